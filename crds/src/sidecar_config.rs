@@ -313,10 +313,10 @@ impl SidecarConfig {
         if l.dedup_capacity < 16 {
             return Err(invalid("limits.dedupCapacity", "must be at least 16 entries"));
         }
-        if l.max_freeze_proof_bytes >= l.max_message_bytes {
+        if l.max_freeze_proof_bytes.saturating_add(512) > l.max_message_bytes {
             return Err(invalid(
                 "limits.maxFreezeProofBytes",
-                "must be smaller than limits.maxMessageBytes",
+                "must be at least 512 bytes below limits.maxMessageBytes (one order must fit a message)",
             ));
         }
         let p = &self.publish;

@@ -1,0 +1,308 @@
+//! The engine-facing API: gRPC (tonic) over a Unix domain socket, plus the standard
+//! `grpc.health.v1.Health` service.
+//!
+//! Requests are checked before they reach the node: unknown market → FAILED_PRECONDITION;
+//! a malformed order, or `origin`/`epoch` filled in → INVALID_ARGUMENT naming the field (and
+//! the order's index in a stream); a request above `limits.maxMessageBytes` →
+//! RESOURCE_EXHAUSTED. Every call is counted by method and final status code in
+//! `openmatch_gossip_api_requests_total`; a bad request never affects other clients.
+
+use std::collections::HashSet;
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use anyhow::{Context as _, bail};
+use futures::future::BoxFuture;
+use hyper_util::rt::TokioIo;
+use prost::Message as _;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::metrics::{Metrics, MethodCode};
+use crate::node::{EventStream, NodeGone, NodeHandle};
+use crate::proto::sidecar_client::SidecarClient;
+use crate::proto::sidecar_server::{Sidecar, SidecarServer};
+use crate::proto::{
+    GetStatusRequest, NodeStatus, Order, SubmitOrderRequest, SubmitOrderResponse, SubmitOrdersRequest,
+    SubmitOrdersResponse, SubscribeRequest,
+};
+use crate::wire;
+
+/// Socket file mode: owner and group (the engine container's group) may connect.
+pub const SOCKET_MODE: u32 = 0o660;
+
+/// The gRPC service implementation.
+pub struct EngineApi {
+    node: NodeHandle,
+    markets: HashSet<String>,
+}
+
+impl EngineApi {
+    /// Serves `node`.
+    pub fn new(node: NodeHandle) -> Self {
+        let markets = node.info().markets.iter().cloned().collect();
+        EngineApi { node, markets }
+    }
+
+    /// Checks one engine order; `at` prefixes errors (e.g. `order #3: `).
+    fn check(&self, o: &Order, at: &str) -> Result<(), Status> {
+        if !self.markets.contains(&o.market) {
+            return Err(Status::failed_precondition(format!(
+                "{at}market {:?} is not traded by this node (markets: {})",
+                o.market,
+                self.node.info().markets.join(", ")
+            )));
+        }
+        if !o.origin.is_empty() {
+            return Err(Status::invalid_argument(format!("{at}origin: set by the sidecar; leave it empty")));
+        }
+        if o.epoch != 0 {
+            return Err(Status::invalid_argument(format!("{at}epoch: set by the sidecar; leave it 0")));
+        }
+        wire::check_order_fields(o, self.node.info().max_freeze_proof_bytes)
+            .map_err(|e| Status::invalid_argument(format!("{at}{e}")))
+    }
+}
+
+fn gone(_: NodeGone) -> Status {
+    Status::unavailable("the sidecar is shutting down")
+}
+
+#[tonic::async_trait]
+impl Sidecar for EngineApi {
+    async fn submit_order(&self, req: Request<SubmitOrderRequest>) -> Result<Response<SubmitOrderResponse>, Status> {
+        let order = req.into_inner().order.ok_or_else(|| Status::invalid_argument("order: required"))?;
+        self.check(&order, "")?;
+        let receipts = self.node.submit(vec![order], true).await.map_err(gone)?;
+        let r = receipts.first().ok_or_else(|| Status::internal("no receipt"))?;
+        Ok(Response::new(SubmitOrderResponse { digest: r.digest.to_vec(), epoch: r.epoch }))
+    }
+
+    async fn submit_orders(&self, req: Request<Streaming<SubmitOrdersRequest>>) -> Result<Response<SubmitOrdersResponse>, Status> {
+        let mut stream = req.into_inner();
+        let cap = self.node.info().outbox_capacity;
+        let mut accepted: u64 = 0;
+        loop {
+            let chunk = match stream.message().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(s) => return Err(with_accepted(s, accepted)),
+            };
+            if chunk.orders.len() > cap {
+                return Err(with_accepted(
+                    Status::resource_exhausted(format!("{} orders in one request exceed the outbox capacity of {cap}", chunk.orders.len())),
+                    accepted,
+                ));
+            }
+            for (i, o) in chunk.orders.iter().enumerate() {
+                if let Err(s) = self.check(o, &format!("order #{}: ", accepted + i as u64)) {
+                    // Orders before the bad one in this chunk still stand.
+                    let good = chunk.orders[..i].to_vec();
+                    let n = good.len() as u64;
+                    if n > 0 {
+                        self.node.submit(good, false).await.map_err(gone)?;
+                    }
+                    return Err(with_accepted(s, accepted + n));
+                }
+            }
+            let n = chunk.orders.len() as u64;
+            if n > 0 {
+                self.node.submit(chunk.orders, false).await.map_err(gone)?;
+            }
+            accepted += n;
+        }
+        Ok(Response::new(SubmitOrdersResponse { accepted }))
+    }
+
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(&self, req: Request<SubscribeRequest>) -> Result<Response<EventStream>, Status> {
+        let markets = req.into_inner().markets;
+        if let Some(m) = markets.iter().find(|m| !self.markets.contains(*m)) {
+            return Err(Status::failed_precondition(format!("market {m:?} is not traded by this node")));
+        }
+        Ok(Response::new(self.node.subscribe(markets).await.map_err(gone)?))
+    }
+
+    async fn get_status(&self, _: Request<GetStatusRequest>) -> Result<Response<NodeStatus>, Status> {
+        Ok(Response::new(self.node.status().await.map_err(gone)?))
+    }
+}
+
+/// Appends the count of orders accepted so far to an error's message.
+fn with_accepted(s: Status, accepted: u64) -> Status {
+    let code = match s.code() {
+        // tonic reports an oversized message as OUT_OF_RANGE; gRPC convention is
+        // RESOURCE_EXHAUSTED.
+        tonic::Code::OutOfRange => tonic::Code::ResourceExhausted,
+        tonic::Code::Internal if s.message().contains("decode") => tonic::Code::InvalidArgument,
+        c => c,
+    };
+    Status::new(code, format!("{} ({accepted} orders accepted before this error)", s.message()))
+}
+
+/// Binds the engine socket at `path`: creates the parent directory, replaces a stale socket
+/// (one nobody answers on), refuses to take over a live one or to delete a non-socket file,
+/// and sets mode 0660.
+pub async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating socket directory {}", dir.display()))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path).await {
+            Ok(_) => bail!("{}: another live process is serving this socket; not taking it over", path.display()),
+            Err(e) if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound) => {
+                tracing::warn!(path = %path.display(), "removing a stale socket left by an earlier run");
+                std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+            }
+            Err(e) => return Err(e).with_context(|| format!("probing existing socket {}", path.display())),
+        },
+        Ok(_) => bail!("{}: exists and is not a socket; refusing to replace it", path.display()),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("inspecting {}", path.display())),
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .with_context(|| format!("setting mode 0660 on {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Serves the API and the health service on `listener` until `shutdown` resolves, then
+/// drains in-flight calls.
+pub async fn serve(
+    listener: UnixListener,
+    node: NodeHandle,
+    metrics: Arc<Metrics>,
+    health: tonic_health::server::HealthReporter,
+    health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let cap = node.info().max_message_bytes;
+    health.set_serving::<SidecarServer<EngineApi>>().await;
+    let svc = SidecarServer::new(EngineApi::new(node)).max_decoding_message_size(cap);
+    tonic::transport::Server::builder()
+        .layer(tower::layer::layer_fn(move |inner| StatusCounter { inner, metrics: metrics.clone() }))
+        .add_service(health_service)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Tower middleware that counts every call by method and status code and maps tonic's
+/// transport-level codes for bad input to the conventional ones (an undecodable message
+/// INTERNAL → INVALID_ARGUMENT; an oversized one OUT_OF_RANGE → RESOURCE_EXHAUSTED).
+#[derive(Clone)]
+pub struct StatusCounter<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+fn method_label(path: &str) -> String {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    match (parts.next(), parts.next()) {
+        (Some(svc), Some(m)) if svc == "openmatch.gossip.v1.Sidecar" || svc == "grpc.health.v1.Health" => {
+            format!("{}/{m}", svc.rsplit('.').next().unwrap_or(svc))
+        }
+        _ => "unknown".to_owned(),
+    }
+}
+
+impl<S, ReqB, ResB> tower::Service<http::Request<ReqB>> for StatusCounter<S>
+where
+    S: tower::Service<http::Request<ReqB>, Response = http::Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqB: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
+        let method = method_label(req.uri().path());
+        let metrics = self.metrics.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            // Errors before any response message are "trailers-only": the status is in the
+            // headers. Streams that opened fine are counted as OK here.
+            let code = tonic::Status::from_header_map(resp.headers()).map(|s| s.code()).unwrap_or(tonic::Code::Ok);
+            let mapped = match code {
+                tonic::Code::Internal
+                    if resp.headers().get("grpc-message").is_some_and(|m| m.to_str().unwrap_or("").contains("decode")) =>
+                {
+                    tonic::Code::InvalidArgument
+                }
+                tonic::Code::OutOfRange => tonic::Code::ResourceExhausted,
+                c => c,
+            };
+            if mapped != code {
+                resp.headers_mut().insert("grpc-status", http::HeaderValue::from(mapped as i32));
+            }
+            metrics.api_requests.get_or_create(&MethodCode { method, code: format!("{mapped:?}") }).inc();
+            Ok(resp)
+        })
+    }
+}
+
+/// Connects a gRPC client to the sidecar socket at `path`.
+pub async fn connect(path: &Path) -> anyhow::Result<SidecarClient<Channel>> {
+    Ok(SidecarClient::new(channel(path).await?).max_decoding_message_size(64 << 20))
+}
+
+/// A gRPC channel over the Unix socket at `path` (the URI is a placeholder; every
+/// connection goes to the socket).
+pub async fn channel(path: &Path) -> anyhow::Result<Channel> {
+    let path: PathBuf = path.to_owned();
+    let shown = path.display().to_string();
+    Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .with_context(|| format!("connecting to the sidecar socket {shown}"))
+}
+
+/// Encoded size of a request, bytes (for callers that want to split before sending).
+pub fn request_size(req: &SubmitOrdersRequest) -> usize {
+    req.encoded_len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_are_bounded() {
+        assert_eq!(method_label("/openmatch.gossip.v1.Sidecar/SubmitOrder"), "Sidecar/SubmitOrder");
+        assert_eq!(method_label("/grpc.health.v1.Health/Check"), "Health/Check");
+        assert_eq!(method_label("/evil.Service/X"), "unknown");
+    }
+
+    #[tokio::test]
+    async fn stale_socket_is_replaced_live_one_and_plain_file_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/engine.sock");
+        let live = bind_socket(&path).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        let err = bind_socket(&path).await.unwrap_err().to_string();
+        assert!(err.contains("live process"), "{err}");
+        drop(live); // the file stays behind: now stale
+        assert!(path.exists());
+        let _again = bind_socket(&path).await.unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"x").unwrap();
+        let err = bind_socket(&plain).await.unwrap_err().to_string();
+        assert!(err.contains("not a socket"), "{err}");
+    }
+}

@@ -1,0 +1,266 @@
+//! The node's settings: the YAML file ([`SidecarConfig`], shared with the operator) plus
+//! command-line flags and environment variables for everything local to one pod.
+//!
+//! Precedence, lowest first: built-in defaults, the file, environment variables, flags.
+//! Every value is validated before the node starts; errors name the field.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, anyhow};
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use openmatch_gossip_crds::SidecarConfig;
+
+use crate::telemetry::LogFormat;
+
+/// Flags of `openmatch-gossip node`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// YAML configuration file (the operator renders it into a ConfigMap). Optional: without
+    /// it, built-in defaults and the flags below apply. See README "Configuration".
+    #[arg(long, env = "OPENMATCH_GOSSIP_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Unix socket for the engine API (gRPC). Created with mode 0660; a stale socket left
+    /// by a crashed run is replaced, a live one is never taken over.
+    #[arg(long, env = "OPENMATCH_GOSSIP_SOCKET", value_name = "PATH",
+          default_value = "/run/openmatch-gossip/engine.sock")]
+    pub socket: PathBuf,
+
+    /// Ed25519 identity key file; created (mode 0600) if absent, so the peer id survives
+    /// restarts. Put it on a persistent volume to keep the peer id across pod moves.
+    #[arg(long, env = "OPENMATCH_GOSSIP_IDENTITY_KEY", value_name = "PATH",
+          default_value = "/var/lib/openmatch-gossip/identity.key")]
+    pub identity_key: PathBuf,
+
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, env = "OPENMATCH_GOSSIP_METRICS_ADDR", value_name = "ADDR",
+          default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+
+    /// Network name (overrides `network` in the file).
+    #[arg(long, env = "OPENMATCH_GOSSIP_NETWORK")]
+    pub network: Option<String>,
+
+    /// Markets to trade, comma-separated, e.g. BTC-USDT,ETH-USDT (replaces `markets`).
+    #[arg(long = "markets", env = "OPENMATCH_GOSSIP_MARKETS", value_delimiter = ',')]
+    pub markets: Option<Vec<String>>,
+
+    /// libp2p listen multiaddrs, comma-separated (replaces `p2p.listenAddrs`).
+    #[arg(long = "listen", env = "OPENMATCH_GOSSIP_LISTEN", value_delimiter = ',')]
+    pub listen: Option<Vec<String>>,
+
+    /// Bootstrap peer multiaddrs ending in /p2p/<peer id>, comma-separated (replaces
+    /// `p2p.bootstrapPeers`).
+    #[arg(long = "bootstrap", env = "OPENMATCH_GOSSIP_BOOTSTRAP", value_delimiter = ',')]
+    pub bootstrap: Option<Vec<String>>,
+
+    /// Enable mDNS discovery on the local link (overrides `p2p.mdns`).
+    #[arg(long, env = "OPENMATCH_GOSSIP_MDNS")]
+    pub mdns: Option<bool>,
+
+    /// Largest gossip message, bytes (overrides `limits.maxMessageBytes`; default 1 MiB).
+    #[arg(long, env = "OPENMATCH_GOSSIP_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<u32>,
+
+    /// Per-peer sustained gossip messages/s (overrides `limits.rateLimit.messagesPerSecond`).
+    #[arg(long, env = "OPENMATCH_GOSSIP_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+
+    /// Per-peer token bucket size, messages (overrides `limits.rateLimit.burst`).
+    #[arg(long, env = "OPENMATCH_GOSSIP_RATE_BURST")]
+    pub rate_burst: Option<u32>,
+
+    /// Seen-cache entries (overrides `limits.dedupCapacity`; default 10,000).
+    #[arg(long, env = "OPENMATCH_GOSSIP_DEDUP_CAPACITY")]
+    pub dedup_capacity: Option<u32>,
+
+    /// Orders an event subscriber may fall behind before its stream is ended with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "OPENMATCH_GOSSIP_SUBSCRIBER_BUFFER", default_value_t = 1_000_000)]
+    pub subscriber_buffer: usize,
+
+    /// Log format: pretty (local) or json (clusters).
+    #[arg(long, env = "OPENMATCH_GOSSIP_LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+}
+
+/// A bootstrap peer: its id and the address to dial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapPeer {
+    /// Peer id from the address's `/p2p/` suffix.
+    pub peer_id: PeerId,
+    /// Full multiaddr, including the `/p2p/` suffix.
+    pub addr: Multiaddr,
+}
+
+/// Everything a node needs to start, validated.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// The shared configuration (file + overrides).
+    pub config: SidecarConfig,
+    /// Parsed `p2p.listenAddrs`.
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Parsed `p2p.bootstrapPeers`.
+    pub bootstrap_peers: Vec<BootstrapPeer>,
+    /// Engine API socket path.
+    pub socket: PathBuf,
+    /// Identity key file.
+    pub identity_key: PathBuf,
+    /// Metrics/health HTTP address.
+    pub metrics_addr: SocketAddr,
+    /// Subscriber backlog limit, orders.
+    pub subscriber_buffer: usize,
+}
+
+/// Parses a multiaddr, naming `field` in the error.
+pub fn parse_multiaddr(field: &str, s: &str) -> anyhow::Result<Multiaddr> {
+    s.parse::<Multiaddr>().map_err(|e| anyhow!("{field}: {s:?} is not a multiaddr: {e}"))
+}
+
+/// Parses a bootstrap address, which must end in `/p2p/<peer id>`.
+pub fn parse_bootstrap(field: &str, s: &str) -> anyhow::Result<BootstrapPeer> {
+    let addr = parse_multiaddr(field, s)?;
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer_id)) => Ok(BootstrapPeer { peer_id, addr }),
+        _ => Err(anyhow!("{field}: {s:?} must end in /p2p/<peer id>")),
+    }
+}
+
+impl NodeSettings {
+    /// Reads the file (if any), applies overrides, validates.
+    pub fn from_args(args: &NodeArgs) -> anyhow::Result<Self> {
+        let mut config = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                SidecarConfig::from_yaml(&text)
+                    .with_context(|| format!("config file {}", path.display()))?
+            }
+            None => SidecarConfig::default(),
+        };
+        if let Some(v) = &args.network {
+            config.network = v.clone();
+        }
+        if let Some(v) = &args.markets {
+            config.markets = v.iter().filter(|m| !m.is_empty()).cloned().collect();
+        }
+        if let Some(v) = &args.listen {
+            config.p2p.listen_addrs = v.clone();
+        }
+        if let Some(v) = &args.bootstrap {
+            config.p2p.bootstrap_peers = v.iter().filter(|m| !m.is_empty()).cloned().collect();
+        }
+        if let Some(v) = args.mdns {
+            config.p2p.mdns = v;
+        }
+        if let Some(v) = args.max_message_bytes {
+            config.limits.max_message_bytes = v;
+        }
+        if let Some(v) = args.rate_limit {
+            config.limits.rate_limit.messages_per_second = v;
+        }
+        if let Some(v) = args.rate_burst {
+            config.limits.rate_limit.burst = v;
+        }
+        if let Some(v) = args.dedup_capacity {
+            config.limits.dedup_capacity = v;
+        }
+        if args.subscriber_buffer == 0 {
+            return Err(anyhow!("--subscriber-buffer: must be at least 1"));
+        }
+        Self::new(config, args.socket.clone(), args.identity_key.clone(), args.metrics_addr)
+            .map(|s| NodeSettings { subscriber_buffer: args.subscriber_buffer, ..s })
+    }
+
+    /// Validates `config` and parses its addresses.
+    pub fn new(
+        config: SidecarConfig,
+        socket: PathBuf,
+        identity_key: PathBuf,
+        metrics_addr: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        config.validate()?;
+        let listen_addrs = config
+            .p2p
+            .listen_addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| parse_multiaddr(&format!("p2p.listenAddrs[{i}]"), a))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let bootstrap_peers = config
+            .p2p
+            .bootstrap_peers
+            .iter()
+            .enumerate()
+            .map(|(i, a)| parse_bootstrap(&format!("p2p.bootstrapPeers[{i}]"), a))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(NodeSettings {
+            config,
+            listen_addrs,
+            bootstrap_peers,
+            socket,
+            identity_key,
+            metrics_addr,
+            subscriber_buffer: 1_000_000,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(config: SidecarConfig) -> anyhow::Result<NodeSettings> {
+        NodeSettings::new(config, "s".into(), "k".into(), "127.0.0.1:0".parse().unwrap())
+    }
+
+    #[test]
+    fn bootstrap_needs_a_peer_id() {
+        let mut c = SidecarConfig::default();
+        c.p2p.bootstrap_peers = vec!["/ip4/127.0.0.1/tcp/4001".into()];
+        let err = settings(c).unwrap_err().to_string();
+        assert!(err.contains("p2p.bootstrapPeers[0]") && err.contains("/p2p/"), "{err}");
+    }
+
+    #[test]
+    fn bad_listen_addr_names_the_field() {
+        let mut c = SidecarConfig::default();
+        c.p2p.listen_addrs = vec!["/ip4/127.0.0.1/tcp/1".into(), "tcp://nope".into()];
+        let err = settings(c).unwrap_err().to_string();
+        assert!(err.contains("p2p.listenAddrs[1]"), "{err}");
+    }
+
+    #[test]
+    fn good_bootstrap_parses() {
+        let id = PeerId::random();
+        let mut c = SidecarConfig::default();
+        c.p2p.bootstrap_peers = vec![format!("/ip4/127.0.0.1/tcp/4001/p2p/{id}")];
+        let s = settings(c).unwrap();
+        assert_eq!(s.bootstrap_peers[0].peer_id, id);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            node: NodeArgs,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "markets: [BTC-USDT]\nlimits: {rateLimit: {burst: 9}}\n").unwrap();
+        let cli = Cli::parse_from([
+            "x", "--config", file.to_str().unwrap(), "--markets", "ETH-USDT,SOL-USDT",
+            "--rate-limit", "77",
+        ]);
+        let s = NodeSettings::from_args(&cli.node).unwrap();
+        assert_eq!(s.config.markets, vec!["ETH-USDT", "SOL-USDT"]);
+        assert_eq!(s.config.limits.rate_limit.messages_per_second, 77);
+        assert_eq!(s.config.limits.rate_limit.burst, 9);
+        let bad = Cli::parse_from(["x", "--markets", "eth"]);
+        let err = format!("{:#}", NodeSettings::from_args(&bad.node).unwrap_err());
+        assert!(err.contains("markets[0]"), "{err}");
+    }
+}

@@ -1,0 +1,253 @@
+//! Prometheus metrics (prometheus-client) and the HTTP endpoints `/metrics`, `/healthz` and
+//! `/readyz`.
+//!
+//! One registry holds this crate's metrics, prefixed `openmatch_gossip_`, and libp2p's own
+//! (GossipSub, Identify, Kademlia, Ping, swarm), prefixed `libp2p_`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::Mutex;
+
+/// Labels: topic kind (`orders`, `batches`, `results`, `control`) and market (empty for
+/// control).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindMarket {
+    /// Topic kind.
+    pub kind: &'static str,
+    /// Market name.
+    pub market: String,
+}
+
+/// Labels: topic kind, market and a short reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindMarketReason {
+    /// Topic kind.
+    pub kind: &'static str,
+    /// Market name.
+    pub market: String,
+    /// Why, e.g. `oversized`, `malformed`, `forged_origin`.
+    pub reason: &'static str,
+}
+
+/// Label: market.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MarketLabel {
+    /// Market name.
+    pub market: String,
+}
+
+/// Labels: market and reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MarketReason {
+    /// Market name.
+    pub market: String,
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// Labels of socket API requests: gRPC method and status code name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodCode {
+    /// gRPC method, e.g. `SubmitOrder`.
+    pub method: String,
+    /// gRPC status code, e.g. `OK`, `InvalidArgument`.
+    pub code: String,
+}
+
+/// Label: which GossipSub send queue failed: `priority` (publish, control) or
+/// `non_priority` (forward).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabel {
+    /// Queue or failure kind.
+    pub queue: &'static str,
+}
+
+/// Every metric the sidecar exports.
+pub struct Metrics {
+    /// `openmatch_gossip_messages_published_total`: gossip messages this node published.
+    pub messages_published: Family<KindMarket, Counter>,
+    /// `openmatch_gossip_messages_received_total`: gossip messages received for validation.
+    pub messages_received: Family<KindMarket, Counter>,
+    /// `openmatch_gossip_messages_rejected_total`: refused by validation (GossipSub penalty).
+    pub messages_rejected: Family<KindMarketReason, Counter>,
+    /// `openmatch_gossip_messages_rate_limited_total`: ignored because the forwarding peer
+    /// was over its token bucket.
+    pub messages_rate_limited: Family<KindMarket, Counter>,
+    /// `openmatch_gossip_messages_duplicate_total`: messages whose orders were all seen.
+    pub messages_duplicate: Family<KindMarket, Counter>,
+    /// `openmatch_gossip_orders_submitted_total`: orders accepted from the local engine.
+    pub orders_submitted: Family<MarketLabel, Counter>,
+    /// `openmatch_gossip_orders_published_total`: local orders published to gossip.
+    pub orders_published: Family<MarketLabel, Counter>,
+    /// `openmatch_gossip_orders_delivered_total`: peers' orders delivered to subscribers
+    /// (each order once).
+    pub orders_delivered: Family<MarketLabel, Counter>,
+    /// `openmatch_gossip_orders_duplicate_total`: peers' orders dropped by the seen-cache.
+    pub orders_duplicate: Family<MarketLabel, Counter>,
+    /// `openmatch_gossip_publish_retries_total`: publish attempts deferred (orders kept in
+    /// the outbox), by reason `no_peers` or `queues_full`.
+    pub publish_retries: Family<MarketReason, Counter>,
+    /// `openmatch_gossip_send_queue_failures_total`: messages GossipSub could not queue or
+    /// send in time to a slow peer (reported by its `SlowPeer` event).
+    pub send_queue_failures: Family<QueueLabel, Counter>,
+    /// `openmatch_gossip_orders_per_message`: packing of published `OrderGossip`.
+    pub orders_per_message: Histogram,
+    /// `openmatch_gossip_propagation_latency_seconds`: engine submit at the origin → receipt
+    /// here (both wall clocks; on one host exact, across hosts includes clock skew).
+    pub propagation_latency: Histogram,
+    /// `openmatch_gossip_outbox_orders`: orders accepted but not yet published.
+    pub outbox_orders: Gauge,
+    /// `openmatch_gossip_peers`: connected peers.
+    pub peers: Gauge,
+    /// `openmatch_gossip_live_peers`: peers whose `PeerStatus` is within the liveness window.
+    pub live_peers: Gauge,
+    /// `openmatch_gossip_mesh_peers`: GossipSub mesh peers per topic.
+    pub mesh_peers: Family<KindMarket, Gauge>,
+    /// `openmatch_gossip_subscribers`: open engine event subscriptions.
+    pub subscribers: Gauge,
+    /// `openmatch_gossip_subscribers_dropped_total`: subscriptions ended for falling behind.
+    pub subscribers_dropped: Counter,
+    /// `openmatch_gossip_api_requests_total`: socket API calls by method and status code.
+    pub api_requests: Family<MethodCode, Counter>,
+}
+
+impl Metrics {
+    /// Registers every metric under `openmatch_gossip_` in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let r = registry.sub_registry_with_prefix("openmatch_gossip");
+        let m = Metrics {
+            messages_published: Family::default(),
+            messages_received: Family::default(),
+            messages_rejected: Family::default(),
+            messages_rate_limited: Family::default(),
+            messages_duplicate: Family::default(),
+            orders_submitted: Family::default(),
+            orders_published: Family::default(),
+            orders_delivered: Family::default(),
+            orders_duplicate: Family::default(),
+            publish_retries: Family::default(),
+            send_queue_failures: Family::default(),
+            orders_per_message: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            // 10 µs .. ~40 s
+            propagation_latency: Histogram::new(exponential_buckets(1e-5, 2.0, 22)),
+            outbox_orders: Gauge::default(),
+            peers: Gauge::default(),
+            live_peers: Gauge::default(),
+            mesh_peers: Family::default(),
+            subscribers: Gauge::default(),
+            subscribers_dropped: Counter::default(),
+            api_requests: Family::default(),
+        };
+        r.register("messages_published", "Gossip messages published", m.messages_published.clone());
+        r.register("messages_received", "Gossip messages received for validation", m.messages_received.clone());
+        r.register("messages_rejected", "Gossip messages rejected by validation", m.messages_rejected.clone());
+        r.register("messages_rate_limited", "Gossip messages ignored: peer over its token bucket", m.messages_rate_limited.clone());
+        r.register("messages_duplicate", "Gossip messages whose orders were all already seen", m.messages_duplicate.clone());
+        r.register("orders_submitted", "Orders accepted from the local engine", m.orders_submitted.clone());
+        r.register("orders_published", "Local orders published to gossip", m.orders_published.clone());
+        r.register("orders_delivered", "Peers' orders delivered to the local engine", m.orders_delivered.clone());
+        r.register("orders_duplicate", "Peers' orders dropped by the seen-cache", m.orders_duplicate.clone());
+        r.register("publish_retries", "Publishes deferred with orders kept in the outbox", m.publish_retries.clone());
+        r.register("send_queue_failures", "Messages GossipSub failed to send to a slow peer", m.send_queue_failures.clone());
+        r.register("orders_per_message", "Orders packed per published OrderGossip", m.orders_per_message.clone());
+        r.register_with_unit(
+            "propagation_latency",
+            "Engine submit at the origin to receipt at this node",
+            prometheus_client::registry::Unit::Seconds,
+            m.propagation_latency.clone(),
+        );
+        r.register("outbox_orders", "Orders accepted but not yet published", m.outbox_orders.clone());
+        r.register("peers", "Connected peers", m.peers.clone());
+        r.register("live_peers", "Peers with a PeerStatus inside the liveness window", m.live_peers.clone());
+        r.register("mesh_peers", "GossipSub mesh peers per topic", m.mesh_peers.clone());
+        r.register("subscribers", "Open engine event subscriptions", m.subscribers.clone());
+        r.register("subscribers_dropped", "Subscriptions ended for falling behind", m.subscribers_dropped.clone());
+        r.register("api_requests", "Socket API requests by method and gRPC status", m.api_requests.clone());
+        m
+    }
+}
+
+/// Liveness and readiness flags served on `/healthz` and `/readyz`.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The node's event loop is running.
+    pub alive: AtomicBool,
+    /// The engine socket is bound and the node listens on its p2p addresses.
+    pub ready: AtomicBool,
+}
+
+/// State of the HTTP endpoints.
+#[derive(Clone)]
+struct HttpState {
+    registry: Arc<Mutex<Registry>>,
+    health: Arc<Health>,
+}
+
+async fn metrics_handler(State(s): State<HttpState>) -> impl IntoResponse {
+    let mut body = String::new();
+    let registry = s.registry.lock().expect("registry lock");
+    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            body,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            format!("encoding metrics failed: {e}"),
+        ),
+    }
+}
+
+fn flag(ok: bool, what: &str) -> (StatusCode, String) {
+    if ok {
+        (StatusCode::OK, "ok\n".to_owned())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not {what}\n"))
+    }
+}
+
+async fn healthz(State(s): State<HttpState>) -> impl IntoResponse {
+    flag(s.health.alive.load(Ordering::Relaxed), "alive")
+}
+
+async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
+    flag(s.health.ready.load(Ordering::Relaxed), "ready")
+}
+
+/// Binds `addr` and serves `/metrics`, `/healthz`, `/readyz` until `shutdown` resolves.
+/// Returns the bound address (useful with port 0) and the server task.
+pub async fn serve_http(
+    addr: SocketAddr,
+    registry: Arc<Mutex<Registry>>,
+    health: Arc<Health>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(HttpState { registry, health });
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+            tracing::error!(error = %e, "metrics HTTP server failed");
+        }
+    });
+    Ok((bound, task))
+}

@@ -1,0 +1,112 @@
+//! The libp2p swarm: TCP (plus the in-process memory transport, for tests) with Noise and
+//! Yamux; GossipSub, Kademlia, mDNS, Identify and Ping.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use libp2p::core::transport::MemoryTransport;
+use libp2p::core::upgrade::Version;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{StreamProtocol, Swarm, Transport as _, gossipsub, identify, identity::Keypair, kad, mdns, noise, ping, tcp, yamux};
+use prometheus_client::registry::Registry;
+
+use crate::config::NodeSettings;
+
+/// Kademlia protocol of openmatch-gossip networks (kept apart from the public IPFS DHT).
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/openmatch/kad/1.0.0");
+/// Identify protocol version string.
+pub const IDENTIFY_PROTOCOL: &str = "/openmatch/id/1.0.0";
+
+/// Extra bytes GossipSub may carry per RPC beyond the application cap: signature (64),
+/// public key, topic, sequence number and protobuf framing. Messages whose payload exceeds
+/// the application cap still reach validation (and are rejected and counted there) as long
+/// as they are within this slack.
+pub const TRANSMIT_SLACK_BYTES: usize = 64 * 1024;
+
+/// The composed behaviour.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// GossipSub v1.1 with signed messages and application validation.
+    pub gossipsub: gossipsub::Behaviour,
+    /// Kademlia peer discovery (toggled by `p2p.kademlia`).
+    pub kademlia: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
+    /// mDNS local discovery (toggled by `p2p.mdns`, off by default).
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Identify: exchanges listen addresses and protocols.
+    pub identify: identify::Behaviour,
+    /// Ping: liveness of connections.
+    pub ping: ping::Behaviour,
+}
+
+/// GossipSub configuration from the node settings.
+pub fn gossipsub_config(settings: &NodeSettings) -> anyhow::Result<gossipsub::Config> {
+    let g = &settings.config.gossipsub;
+    let cap = settings.config.limits.max_message_bytes as usize;
+    gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .mesh_n(g.mesh_n as usize)
+        .mesh_n_low(g.mesh_n_low as usize)
+        .mesh_n_high(g.mesh_n_high as usize)
+        .mesh_outbound_min((g.mesh_n_low as usize / 2).min(g.mesh_n as usize / 2))
+        .heartbeat_interval(Duration::from_millis(g.heartbeat_ms as u64))
+        .max_transmit_size(cap + TRANSMIT_SLACK_BYTES)
+        // Deep per-connection queues and long queue timeouts: the node paces its publishing
+        // to the peers' rate limit, so a full queue means a stalled peer, not a burst.
+        .connection_handler_queue_len(16_384)
+        .publish_queue_duration(Duration::from_secs(30))
+        .forward_queue_duration(Duration::from_secs(10))
+        .build()
+        .context("invalid GossipSub configuration")
+}
+
+/// Builds the behaviour for `key`, registering libp2p's GossipSub metrics in `registry`.
+fn build_behaviour(key: &Keypair, settings: &NodeSettings, registry: &mut Registry) -> anyhow::Result<Behaviour> {
+    let p2p = &settings.config.p2p;
+    let peer_id = key.public().to_peer_id();
+    let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossipsub_config(settings)?)
+        .map_err(|e| anyhow::anyhow!("GossipSub: {e}"))?
+        .with_metrics(registry.sub_registry_with_prefix("gossipsub"), Default::default());
+    let kademlia = p2p.kademlia.then(|| {
+        let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad::Config::new(KAD_PROTOCOL));
+        // Clusters run on private addresses, which Kademlia's client mode would never
+        // confirm as external: serve the DHT from the start.
+        kad.set_mode(Some(kad::Mode::Server));
+        kad
+    });
+    let mdns = if p2p.mdns {
+        Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id).context("starting mDNS")?)
+    } else {
+        None
+    };
+    let identify = identify::Behaviour::new(
+        identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
+            .with_agent_version(format!("openmatch-gossip/{}", crate::VERSION)),
+    );
+    Ok(Behaviour { gossipsub, kademlia: kademlia.into(), mdns: mdns.into(), identify, ping: ping::Behaviour::default() })
+}
+
+/// Builds the swarm for `key`, registering libp2p's GossipSub metrics in `registry`.
+pub fn build_swarm(key: Keypair, settings: &NodeSettings, registry: &mut Registry) -> anyhow::Result<Swarm<Behaviour>> {
+    let behaviour = build_behaviour(&key, settings, registry)?;
+    let memory_noise = noise::Config::new(&key).context("Noise configuration")?;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .context("building the TCP transport")?
+        .with_other_transport(move |_| {
+            MemoryTransport::default()
+                .upgrade(Version::V1)
+                .authenticate(memory_noise)
+                .multiplex(yamux::Config::default())
+        })
+        .context("building the memory transport")?
+        .with_dns()
+        .context("building the DNS resolver")?
+        .with_behaviour(move |_| behaviour)
+        .context("installing the behaviour")?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    Ok(swarm)
+}

@@ -1,0 +1,615 @@
+//! The gossip node: owns the libp2p swarm, publishes the engine's orders from the outbox,
+//! validates inbound gossip and delivers peers' orders to subscribers.
+//!
+//! One task ([`Node::run`]) owns all state; the socket API talks to it through a
+//! [`NodeHandle`] (commands on a channel). Flow control is by credits: the API takes one
+//! credit per order before queueing it and the node returns the credit once the order is
+//! published, so at most `publish.outboxCapacity` orders wait and a fast engine is pushed
+//! back instead of anything being dropped.
+
+mod behaviour;
+mod subscribers;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use libp2p::gossipsub::{self, MessageAcceptance, PublishError, TopicHash};
+use libp2p::metrics::Recorder as _;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, identity::Keypair, kad, mdns};
+use prometheus_client::registry::Registry;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+pub use behaviour::{Behaviour, BehaviourEvent, TRANSMIT_SLACK_BYTES, build_swarm};
+pub use subscribers::EventStream;
+use subscribers::Subscribers;
+
+use crate::config::{BootstrapPeer, NodeSettings};
+use crate::dedup::Digest;
+use crate::metrics::{KindMarket, MarketLabel, MarketReason, Metrics, QueueLabel};
+use crate::outbox::Outbox;
+use crate::proto::{self, NodeStatus, Order, OrderGossip, PeerStatus, TopicMesh, event::Kind, gossip_envelope::Body};
+use crate::ratelimit::Pacer;
+use crate::topics::Topic;
+use crate::validation::{Payload, Validator, ValidatorLimits, Verdict};
+use crate::wire;
+
+/// Static facts about a node, shared with the API without a round trip.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// This node's peer id.
+    pub peer_id: PeerId,
+    /// Network name.
+    pub network: String,
+    /// Markets traded.
+    pub markets: Vec<String>,
+    /// Gossip message and API request cap, bytes.
+    pub max_message_bytes: usize,
+    /// Freeze proof cap, bytes.
+    pub max_freeze_proof_bytes: usize,
+    /// Outbox capacity, orders (= credits).
+    pub outbox_capacity: usize,
+}
+
+/// Where a submitted order went: its digest and epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submitted {
+    /// Order digest (SHA-256 of the canonical encoding).
+    pub digest: Digest,
+    /// Epoch of the batch the order joined.
+    pub epoch: u64,
+}
+
+/// The node has stopped; the request cannot be served.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the gossip node is shutting down")]
+pub struct NodeGone;
+
+enum Command {
+    Submit { orders: Vec<Order>, reply: Option<oneshot::Sender<Vec<Submitted>>> },
+    Subscribe { markets: Vec<String>, reply: oneshot::Sender<Option<EventStream>> },
+    Status { reply: oneshot::Sender<NodeStatus> },
+}
+
+/// A cheap, cloneable handle to a running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    tx: mpsc::UnboundedSender<Command>,
+    credits: Arc<Semaphore>,
+    info: Arc<NodeInfo>,
+}
+
+impl NodeHandle {
+    /// Static facts about the node.
+    pub fn info(&self) -> &NodeInfo {
+        &self.info
+    }
+
+    /// Queues already-validated `orders` (from the engine) for gossip, waiting for outbox
+    /// space first. With `want_receipts`, returns each order's digest and epoch once queued.
+    /// `orders.len()` must not exceed the outbox capacity.
+    pub async fn submit(&self, orders: Vec<Order>, want_receipts: bool) -> Result<Vec<Submitted>, NodeGone> {
+        let n = u32::try_from(orders.len()).map_err(|_| NodeGone)?;
+        self.credits.acquire_many(n).await.map_err(|_| NodeGone)?.forget();
+        let (reply, rx) = if want_receipts {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.tx.send(Command::Submit { orders, reply }).map_err(|_| NodeGone)?;
+        match rx {
+            Some(rx) => rx.await.map_err(|_| NodeGone),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Opens an event subscription for `markets` (empty = all). `None` while shutting down.
+    pub async fn subscribe(&self, markets: Vec<String>) -> Result<EventStream, NodeGone> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Subscribe { markets, reply }).map_err(|_| NodeGone)?;
+        rx.await.map_err(|_| NodeGone)?.ok_or(NodeGone)
+    }
+
+    /// Current status: peers, listen addresses, mesh per topic.
+    pub async fn status(&self) -> Result<NodeStatus, NodeGone> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Status { reply }).map_err(|_| NodeGone)?;
+        rx.await.map_err(|_| NodeGone)
+    }
+}
+
+/// Signals that drive a node's shutdown, in order.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    /// Stop serving subscriptions (ends every event stream with UNAVAILABLE) so the API
+    /// server can drain.
+    pub closing: CancellationToken,
+    /// Flush the outbox (bounded by [`FLUSH_DEADLINE`]), unsubscribe, and return.
+    pub stop: CancellationToken,
+}
+
+/// How long a stopping node keeps trying to publish what is left in its outbox.
+pub const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+/// Bootstrap peers not connected are redialled this often.
+const REDIAL_INTERVAL: Duration = Duration::from_secs(2);
+/// A market whose publish found no subscribed peer is retried after this long (or as soon
+/// as a peer subscribes).
+const NO_PEERS_RETRY: Duration = Duration::from_millis(250);
+/// A market whose publish found every peer queue full is retried after this long.
+const QUEUES_FULL_RETRY: Duration = Duration::from_millis(10);
+/// Most commands handled before the outbox is flushed (bounds latency under load while
+/// letting a backlog pack densely).
+const COMMANDS_PER_TURN: usize = 256;
+
+/// The node task's state.
+pub struct Node {
+    swarm: Swarm<Behaviour>,
+    settings: NodeSettings,
+    info: Arc<NodeInfo>,
+    metrics: Arc<Metrics>,
+    p2p_metrics: libp2p::metrics::Metrics,
+    validator: Validator,
+    outbox: Outbox,
+    pacer: Pacer,
+    credits: Arc<Semaphore>,
+    subscribers: Subscribers,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// Per market: earliest instant of the next publish attempt after a failure.
+    retry_at: HashMap<String, Instant>,
+    /// When the pacer next has a token, if it ran out.
+    pace_at: Option<Instant>,
+    /// Last `PeerStatus` seen per peer.
+    last_status: HashMap<PeerId, Instant>,
+    topic_of: HashMap<TopicHash, Topic>,
+    closing: bool,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Node {
+    /// Builds the swarm, subscribes to every topic of the configured markets and starts
+    /// listening. Returns the node (run it with [`Node::run`]) and its handle.
+    pub fn new(settings: NodeSettings, key: Keypair, registry: &mut Registry) -> anyhow::Result<(Node, NodeHandle)> {
+        let metrics = Arc::new(Metrics::register(registry));
+        let p2p_registry = registry.sub_registry_with_prefix("libp2p");
+        let mut swarm = build_swarm(key, &settings, p2p_registry)?;
+        let p2p_metrics = libp2p::metrics::Metrics::new(p2p_registry);
+        let c = &settings.config;
+        let peer_id = *swarm.local_peer_id();
+        let mut topic_of = HashMap::new();
+        for t in Topic::all_for(&c.markets) {
+            let ident = t.ident(&c.network);
+            swarm.behaviour_mut().gossipsub.subscribe(&ident).context("subscribing to a topic")?;
+            topic_of.insert(ident.hash(), t);
+        }
+        for addr in &settings.listen_addrs {
+            swarm.listen_on(addr.clone()).with_context(|| format!("listening on {addr}"))?;
+        }
+        let limits = ValidatorLimits {
+            max_message_bytes: c.limits.max_message_bytes as usize,
+            max_freeze_proof_bytes: c.limits.max_freeze_proof_bytes as usize,
+            rate_limit: c.limits.rate_limit,
+            dedup_capacity: c.limits.dedup_capacity as usize,
+        };
+        let info = Arc::new(NodeInfo {
+            peer_id,
+            network: c.network.clone(),
+            markets: c.markets.clone(),
+            max_message_bytes: limits.max_message_bytes,
+            max_freeze_proof_bytes: limits.max_freeze_proof_bytes,
+            outbox_capacity: c.publish.outbox_capacity as usize,
+        });
+        let credits = Arc::new(Semaphore::new(info.outbox_capacity));
+        let (tx, commands) = mpsc::unbounded_channel();
+        let node = Node {
+            validator: Validator::new(&c.network, &c.markets, limits.clone(), metrics.clone()),
+            outbox: Outbox::new(c.publish.max_orders_per_message as usize, limits.max_message_bytes),
+            pacer: Pacer::new(c.limits.rate_limit),
+            subscribers: Subscribers::new(settings.subscriber_buffer, metrics.clone()),
+            swarm,
+            settings,
+            info: info.clone(),
+            metrics,
+            p2p_metrics,
+            credits: credits.clone(),
+            commands,
+            retry_at: HashMap::new(),
+            pace_at: None,
+            last_status: HashMap::new(),
+            topic_of,
+            closing: false,
+        };
+        Ok((node, NodeHandle { tx, credits, info }))
+    }
+
+    /// This node's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Runs until `shutdown.stop`; then flushes the outbox (at most [`FLUSH_DEADLINE`]),
+    /// unsubscribes from every topic and returns.
+    pub async fn run(mut self, shutdown: Shutdown) {
+        self.dial_bootstrap_peers();
+        if let Some(kad) = self.swarm.behaviour_mut().kademlia.as_mut() {
+            for p in &self.settings.bootstrap_peers {
+                kad.add_address(&p.peer_id, p.addr.clone());
+            }
+        }
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(self.settings.config.heartbeat.interval_ms as u64));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut redial = tokio::time::interval(REDIAL_INTERVAL);
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut kad_bootstrap = tokio::time::interval(Duration::from_secs(60));
+        let mut flush_deadline: Option<tokio::time::Instant> = None;
+
+        loop {
+            let wake = self.next_wakeup();
+            tokio::select! {
+                biased;
+                _ = shutdown.closing.cancelled(), if !self.closing => {
+                    self.closing = true;
+                    self.subscribers.close_all(tonic::Status::unavailable("the sidecar is shutting down"));
+                }
+                _ = shutdown.stop.cancelled(), if flush_deadline.is_none() => {
+                    tracing::info!(pending = self.outbox.len(), "stopping: flushing the outbox");
+                    flush_deadline = Some(tokio::time::Instant::now() + FLUSH_DEADLINE);
+                    self.closing = true;
+                    self.subscribers.close_all(tonic::Status::unavailable("the sidecar is shutting down"));
+                }
+                _ = async { tokio::time::sleep_until(flush_deadline.expect("guarded")).await }, if flush_deadline.is_some() => {
+                    tracing::error!(lost = self.outbox.len(), "flush deadline passed with orders unpublished");
+                    break;
+                }
+                Some(cmd) = self.commands.recv() => {
+                    self.handle_command(cmd);
+                    for _ in 1..COMMANDS_PER_TURN {
+                        match self.commands.try_recv() {
+                            Ok(cmd) => self.handle_command(cmd),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                event = self.swarm.select_next_some() => self.handle_swarm_event(event),
+                _ = heartbeat.tick() => self.on_heartbeat(),
+                _ = redial.tick() => self.dial_bootstrap_peers(),
+                _ = kad_bootstrap.tick() => {
+                    if let Some(kad) = self.swarm.behaviour_mut().kademlia.as_mut() {
+                        let _ = kad.bootstrap();
+                    }
+                }
+                _ = async { tokio::time::sleep_until(wake.expect("guarded").into()).await }, if wake.is_some() => {}
+            }
+            self.flush();
+            if flush_deadline.is_some() && self.outbox.is_empty() {
+                break;
+            }
+        }
+        self.leave().await;
+    }
+
+    /// Unsubscribes from every topic and gives the swarm a moment to tell the peers.
+    async fn leave(&mut self) {
+        let topics: Vec<Topic> = self.topic_of.values().cloned().collect();
+        for t in topics {
+            self.swarm.behaviour_mut().gossipsub.unsubscribe(&t.ident(&self.info.network));
+        }
+        let linger = tokio::time::sleep(Duration::from_millis(200));
+        tokio::pin!(linger);
+        loop {
+            tokio::select! {
+                _ = &mut linger => break,
+                _ = self.swarm.select_next_some() => {}
+            }
+        }
+        self.credits.close();
+        tracing::info!("node stopped");
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        if self.outbox.is_empty() {
+            return None;
+        }
+        let retry = self.outbox.pending_markets().iter().filter_map(|m| self.retry_at.get(m).copied()).min();
+        match (self.pace_at, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Submit { orders, reply } => {
+                let origin = self.info.peer_id.to_bytes();
+                let mut receipts = Vec::with_capacity(if reply.is_some() { orders.len() } else { 0 });
+                for mut o in orders {
+                    o.origin = origin.clone();
+                    // Epochs arrive with the consensus stage; until then every order joins
+                    // epoch 0 of its market.
+                    o.epoch = 0;
+                    if o.submitted_at_ns == 0 {
+                        o.submitted_at_ns = now_ns();
+                    }
+                    if reply.is_some() {
+                        receipts.push(Submitted { digest: wire::order_digest(&o), epoch: o.epoch });
+                    }
+                    self.metrics.orders_submitted.get_or_create(&MarketLabel { market: o.market.clone() }).inc();
+                    self.outbox.push(o);
+                }
+                self.metrics.outbox_orders.set(self.outbox.len() as i64);
+                if let Some(reply) = reply {
+                    let _ = reply.send(receipts);
+                }
+            }
+            Command::Subscribe { markets, reply } => {
+                let stream = (!self.closing).then(|| self.subscribers.add(markets));
+                let _ = reply.send(stream);
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    /// Publishes as much of the outbox as the pacer and the peers allow, one pack per
+    /// market in turn.
+    fn flush(&mut self) {
+        let now = Instant::now();
+        if self.pace_at.is_some_and(|t| t > now) {
+            return;
+        }
+        self.pace_at = None;
+        loop {
+            let mut progressed = false;
+            for market in self.outbox.pending_markets() {
+                if self.retry_at.get(&market).is_some_and(|t| *t > now) {
+                    continue;
+                }
+                if let Err(at) = self.pacer.try_acquire() {
+                    self.pace_at = Some(at);
+                    self.metrics.outbox_orders.set(self.outbox.len() as i64);
+                    return;
+                }
+                progressed |= self.publish_pack(&market, now);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.metrics.outbox_orders.set(self.outbox.len() as i64);
+    }
+
+    /// Publishes one pack of `market`; `true` if it went out.
+    fn publish_pack(&mut self, market: &str, now: Instant) -> bool {
+        let Some(orders) = self.outbox.take_pack(market) else { return false };
+        let n = orders.len();
+        let gossip = OrderGossip { orders };
+        let data = wire::encode(Body::Orders(gossip.clone()));
+        let topic = Topic::orders(market).ident(&self.info.network);
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
+            Ok(_) => {
+                self.retry_at.remove(market);
+                self.credits.add_permits(n);
+                let m = MarketLabel { market: market.to_owned() };
+                self.metrics.orders_published.get_or_create(&m).inc_by(n as u64);
+                self.metrics.messages_published.get_or_create(&KindMarket { kind: "orders", market: market.to_owned() }).inc();
+                self.metrics.orders_per_message.observe(n as f64);
+                true
+            }
+            Err(e) => {
+                let (reason, retry) = match e {
+                    PublishError::NoPeersSubscribedToTopic => ("no_peers", NO_PEERS_RETRY),
+                    PublishError::AllQueuesFull(_) => ("queues_full", QUEUES_FULL_RETRY),
+                    other => {
+                        // Signing or size failures cannot be fixed by retrying: the pack is
+                        // dropped loudly (the outbox packs within the cap, so this is a bug).
+                        tracing::error!(market, orders = n, error = %other, "publish failed; orders dropped");
+                        self.credits.add_permits(n);
+                        let l = MarketReason { market: market.to_owned(), reason: "publish_error" };
+                        self.metrics.publish_retries.get_or_create(&l).inc();
+                        return false;
+                    }
+                };
+                tracing::debug!(market, orders = n, reason, "publish deferred; orders kept in the outbox");
+                self.metrics.publish_retries.get_or_create(&MarketReason { market: market.to_owned(), reason }).inc();
+                self.outbox.requeue_front(market, gossip.orders);
+                self.retry_at.insert(market.to_owned(), now + retry);
+                false
+            }
+        }
+    }
+
+    fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.p2p_metrics.record(&event);
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(ev)) => {
+                self.p2p_metrics.record(&ev);
+                self.on_gossipsub(ev);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(ev)) => {
+                self.p2p_metrics.record(&ev);
+                if let libp2p::identify::Event::Received { peer_id, info, .. } = ev
+                    && let Some(kad) = self.swarm.behaviour_mut().kademlia.as_mut()
+                {
+                    for addr in info.listen_addrs {
+                        kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kademlia(ev)) => {
+                self.p2p_metrics.record(&ev);
+                if let kad::Event::RoutingUpdated { peer, .. } = ev
+                    && !self.swarm.is_connected(&peer)
+                {
+                    let _ = self.swarm.dial(peer);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    if !self.swarm.is_connected(&peer) {
+                        tracing::debug!(%peer, %addr, "mDNS discovered a peer");
+                        let _ = self.swarm.dial(addr.with_p2p(peer).unwrap_or_else(|a| a));
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ev)) => self.p2p_metrics.record(&ev),
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
+                if num_established.get() == 1 {
+                    tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
+                    self.subscribers.broadcast(Kind::PeerJoined(proto::PeerJoined { peer_id: peer_id.to_string() }));
+                }
+                self.metrics.peers.set(self.swarm.connected_peers().count() as i64);
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
+                if num_established == 0 {
+                    tracing::info!(peer = %peer_id, cause = ?cause, "peer disconnected");
+                    self.last_status.remove(&peer_id);
+                    self.subscribers.broadcast(Kind::PeerLeft(proto::PeerLeft { peer_id: peer_id.to_string() }));
+                }
+                self.metrics.peers.set(self.swarm.connected_peers().count() as i64);
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(addr = %address.clone().with_p2p(self.info.peer_id).unwrap_or(address), "listening");
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, %error, "dial failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_gossipsub(&mut self, ev: gossipsub::Event) {
+        match ev {
+            gossipsub::Event::Message { propagation_source, message_id, message } => {
+                let verdict = self.validator.validate(&propagation_source, message.source.as_ref(), message.topic.as_str(), &message.data);
+                let acceptance = match &verdict {
+                    Verdict::Accept(_) => MessageAcceptance::Accept,
+                    Verdict::Reject { .. } => MessageAcceptance::Reject,
+                    Verdict::Ignore { .. } => MessageAcceptance::Ignore,
+                };
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&message_id, &propagation_source, acceptance);
+                if let Verdict::Accept(payload) = verdict {
+                    self.on_payload(payload, message.source);
+                }
+            }
+            gossipsub::Event::Subscribed { peer_id, topic } => {
+                tracing::debug!(peer = %peer_id, topic = %topic, "peer subscribed");
+                // A market waiting for peers can try again right away.
+                if let Some(t) = self.topic_of.get(&topic) {
+                    self.retry_at.remove(&t.market);
+                }
+            }
+            gossipsub::Event::SlowPeer { peer_id, failed_messages } => {
+                tracing::warn!(peer = %peer_id, ?failed_messages, "GossipSub could not send to a slow peer in time");
+                let f = failed_messages;
+                for (queue, n) in [("priority", f.priority), ("non_priority", f.non_priority)] {
+                    if n > 0 {
+                        self.metrics.send_queue_failures.get_or_create(&QueueLabel { queue }).inc_by(n as u64);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_payload(&mut self, payload: Payload, author: Option<PeerId>) {
+        match payload {
+            Payload::Orders { market, orders } => {
+                let now = now_ns();
+                for o in &orders {
+                    if o.submitted_at_ns > 0 && now >= o.submitted_at_ns {
+                        self.metrics.propagation_latency.observe((now - o.submitted_at_ns) as f64 * 1e-9);
+                    }
+                }
+                self.metrics.orders_delivered.get_or_create(&MarketLabel { market: market.clone() }).inc_by(orders.len() as u64);
+                self.subscribers.deliver_orders(&market, orders);
+            }
+            Payload::PeerStatus(_) => {
+                if let Some(peer) = author {
+                    self.last_status.insert(peer, Instant::now());
+                }
+            }
+            Payload::Consensus(_) => {}
+        }
+    }
+
+    fn on_heartbeat(&mut self) {
+        let status = PeerStatus {
+            node_id: self.info.peer_id.to_bytes(),
+            epoch_id: 0,
+            phase: proto::Phase::Collect as i32,
+            markets: self.info.markets.clone(),
+            version: crate::VERSION.to_owned(),
+            sent_at_ns: now_ns(),
+        };
+        let control = Topic::control().ident(&self.info.network);
+        match self.swarm.behaviour_mut().gossipsub.publish(control, wire::encode(Body::PeerStatus(status))) {
+            Ok(_) => {
+                self.metrics.messages_published.get_or_create(&KindMarket { kind: "control", market: String::new() }).inc();
+            }
+            Err(PublishError::NoPeersSubscribedToTopic) => {}
+            Err(e) => tracing::debug!(error = %e, "PeerStatus not published"),
+        }
+        let window = Duration::from_millis(self.settings.config.heartbeat.liveness_window_ms as u64);
+        self.last_status.retain(|_, seen| seen.elapsed() <= window);
+        self.metrics.live_peers.set(self.last_status.len() as i64);
+        let gs = &self.swarm.behaviour().gossipsub;
+        for (hash, t) in &self.topic_of {
+            let n = gs.mesh_peers(hash).count();
+            self.metrics.mesh_peers.get_or_create(&KindMarket { kind: t.kind.as_str(), market: t.market.clone() }).set(n as i64);
+        }
+        self.validator.rate_limiter().retain_recent();
+    }
+
+    fn dial_bootstrap_peers(&mut self) {
+        let missing: Vec<BootstrapPeer> = self
+            .settings
+            .bootstrap_peers
+            .iter()
+            .filter(|p| p.peer_id != self.info.peer_id && !self.swarm.is_connected(&p.peer_id))
+            .cloned()
+            .collect();
+        for p in missing {
+            if let Err(e) = self.swarm.dial(p.addr.clone()) {
+                tracing::debug!(peer = %p.peer_id, addr = %p.addr, error = %e, "bootstrap dial not started");
+            }
+        }
+    }
+
+    fn status(&self) -> NodeStatus {
+        let gs = &self.swarm.behaviour().gossipsub;
+        let mut subscribed: HashMap<&TopicHash, u32> = HashMap::new();
+        for (_, topics) in gs.all_peers() {
+            for t in topics {
+                *subscribed.entry(t).or_default() += 1;
+            }
+        }
+        let mut topics: Vec<TopicMesh> = self
+            .topic_of
+            .iter()
+            .map(|(hash, t)| TopicMesh {
+                topic: t.name(&self.info.network),
+                mesh_peers: gs.mesh_peers(hash).map(|p| p.to_string()).collect(),
+                subscribed_peers: subscribed.get(hash).copied().unwrap_or(0),
+            })
+            .collect();
+        topics.sort_by(|a, b| a.topic.cmp(&b.topic));
+        let listen: HashSet<&Multiaddr> = self.swarm.listeners().collect();
+        NodeStatus {
+            peer_id: self.info.peer_id.to_string(),
+            network: self.info.network.clone(),
+            markets: self.info.markets.clone(),
+            listen_addrs: listen.into_iter().map(|a| a.to_string()).collect(),
+            connected_peers: self.swarm.connected_peers().map(|p| p.to_string()).collect(),
+            topics,
+            version: crate::VERSION.to_owned(),
+        }
+    }
+}

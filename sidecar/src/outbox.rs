@@ -1,0 +1,144 @@
+//! The outbox: orders the local engine submitted that are not yet published, per market,
+//! and their packing into `OrderGossip` messages.
+//!
+//! Packing is adaptive: a pack takes whatever is queued for the market, up to
+//! `max_orders` orders and `max_bytes` encoded bytes, so a lone order on an idle node goes
+//! out alone and at once, while a backlog goes out in full packs. Orders whose publish
+//! failed are put back at the front, in order; nothing leaves the outbox unpublished.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use prost::Message as _;
+
+use crate::proto::Order;
+
+/// Bytes of envelope framing reserved per message beyond the orders (version field, body
+/// tag and length).
+const ENVELOPE_OVERHEAD: usize = 16;
+
+/// Pending local orders per market.
+#[derive(Debug)]
+pub struct Outbox {
+    queues: BTreeMap<String, VecDeque<Order>>,
+    len: usize,
+    max_orders: usize,
+    max_bytes: usize,
+}
+
+impl Outbox {
+    /// An empty outbox packing at most `max_orders` orders and `max_bytes` encoded bytes
+    /// per message.
+    pub fn new(max_orders: usize, max_bytes: usize) -> Self {
+        Outbox { queues: BTreeMap::new(), len: 0, max_orders: max_orders.max(1), max_bytes, }
+    }
+
+    /// Queues `order` at the back of its market's queue.
+    pub fn push(&mut self, order: Order) {
+        self.queues.entry(order.market.clone()).or_default().push_back(order);
+        self.len += 1;
+    }
+
+    /// Orders queued across markets.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Markets with queued orders, in name order.
+    pub fn pending_markets(&self) -> Vec<String> {
+        self.queues.iter().filter(|(_, q)| !q.is_empty()).map(|(m, _)| m.clone()).collect()
+    }
+
+    /// Takes the next pack of `market`: the longest prefix of its queue within the order
+    /// and byte limits (at least one order). `None` when the market has nothing queued.
+    pub fn take_pack(&mut self, market: &str) -> Option<Vec<Order>> {
+        let q = self.queues.get_mut(market)?;
+        if q.is_empty() {
+            return None;
+        }
+        let mut bytes = ENVELOPE_OVERHEAD;
+        let mut n = 0;
+        for o in q.iter().take(self.max_orders) {
+            let len = o.encoded_len();
+            // field tag (1) + length varint (up to 3 for orders below 2 MiB)
+            let framed = len + 1 + prost::length_delimiter_len(len);
+            if n > 0 && bytes + framed > self.max_bytes {
+                break;
+            }
+            bytes += framed;
+            n += 1;
+        }
+        self.len -= n;
+        Some(q.drain(..n).collect())
+    }
+
+    /// Puts a pack whose publish failed back at the front of its market's queue, keeping
+    /// its order.
+    pub fn requeue_front(&mut self, market: &str, pack: Vec<Order>) {
+        let q = self.queues.entry(market.to_owned()).or_default();
+        self.len += pack.len();
+        for o in pack.into_iter().rev() {
+            q.push_front(o);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{OrderGossip, gossip_envelope::Body};
+
+    fn order(market: &str, id: u64, proof: usize) -> Order {
+        Order { id, market: market.into(), quantity_lots: 1, freeze_proof: vec![7; proof], ..Default::default() }
+    }
+
+    #[test]
+    fn lone_order_goes_alone_backlog_goes_in_full_packs() {
+        let mut ob = Outbox::new(4, 1 << 20);
+        ob.push(order("A", 0, 0));
+        assert_eq!(ob.take_pack("A").unwrap().len(), 1);
+        for i in 0..10 {
+            ob.push(order("A", i, 0));
+        }
+        let sizes: Vec<usize> = std::iter::from_fn(|| ob.take_pack("A").filter(|p| !p.is_empty()))
+            .map(|p| p.len())
+            .collect();
+        assert_eq!(sizes, vec![4, 4, 2]);
+        assert!(ob.is_empty());
+    }
+
+    #[test]
+    fn packs_respect_the_byte_cap() {
+        let cap = 1100;
+        let mut ob = Outbox::new(1000, cap);
+        for i in 0..50 {
+            ob.push(order("A", i, 100));
+        }
+        let mut total = 0;
+        while let Some(pack) = ob.take_pack("A").filter(|p| !p.is_empty()) {
+            total += pack.len();
+            let encoded = crate::wire::encode(Body::Orders(OrderGossip { orders: pack }));
+            assert!(encoded.len() <= cap, "{} > {cap}", encoded.len());
+        }
+        assert_eq!(total, 50);
+    }
+
+    #[test]
+    fn requeue_restores_order_and_markets_are_separate() {
+        let mut ob = Outbox::new(2, 1 << 20);
+        for i in 0..3 {
+            ob.push(order("A", i, 0));
+        }
+        ob.push(order("B", 9, 0));
+        assert_eq!(ob.pending_markets(), vec!["A", "B"]);
+        let p = ob.take_pack("A").unwrap();
+        ob.requeue_front("A", p);
+        let ids: Vec<u64> = ob.take_pack("A").unwrap().iter().map(|o| o.id).collect();
+        assert_eq!(ids, vec![0, 1]);
+        assert_eq!(ob.len(), 2);
+    }
+}

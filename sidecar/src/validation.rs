@@ -1,0 +1,314 @@
+//! Application validation of every inbound gossip message (GossipSub `validate_messages`):
+//! nothing is forwarded to other peers or delivered to the engine before it passes here.
+//!
+//! Order of checks, cheapest first: topic of this network → per-peer token bucket → size
+//! cap → protobuf decode, version and body kind → schema (market of the topic, fields,
+//! signed author = order origin) → SHA-256 seen-cache of order digests. Each outcome is
+//! counted in [`Metrics`]; the [`Verdict`] says what to tell GossipSub.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use libp2p::PeerId;
+
+use crate::dedup::SeenCache;
+use crate::metrics::{KindMarket, KindMarketReason, MarketLabel, Metrics};
+use crate::proto::{Order, PeerStatus, gossip_envelope::Body};
+use crate::ratelimit::PeerRateLimiter;
+use crate::topics::{Topic, TopicKind};
+use crate::wire::{self, WireError};
+
+/// What the node does with a message.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    /// Valid: forward it, and act on the payload.
+    Accept(Payload),
+    /// Invalid: drop it and penalise the sender (GossipSub P₄). `reason` is a metric label.
+    Reject {
+        /// Short reason (metric label).
+        reason: &'static str,
+        /// Human-readable detail for the log.
+        detail: String,
+    },
+    /// Drop without penalty and without forwarding (over rate, all duplicates, foreign
+    /// topic).
+    Ignore {
+        /// Short reason (metric label).
+        reason: &'static str,
+    },
+}
+
+/// The useful content of an accepted message.
+#[derive(Debug, PartialEq)]
+pub enum Payload {
+    /// Orders not seen before (duplicates removed), all of one market.
+    Orders {
+        /// Market of the topic.
+        market: String,
+        /// New orders, in message order.
+        orders: Vec<Order>,
+    },
+    /// A heartbeat from `author`.
+    PeerStatus(PeerStatus),
+    /// A batch seal or a trade result (consensus bodies; acted on by later stages).
+    Consensus(Body),
+}
+
+/// Validator state: limits, token buckets and the seen-cache.
+pub struct Validator {
+    network: String,
+    markets: HashSet<String>,
+    max_message_bytes: usize,
+    max_freeze_proof_bytes: usize,
+    rate: PeerRateLimiter,
+    seen: SeenCache,
+    metrics: Arc<Metrics>,
+}
+
+/// Limits the validator enforces.
+#[derive(Debug, Clone)]
+pub struct ValidatorLimits {
+    /// Size cap per message, bytes.
+    pub max_message_bytes: usize,
+    /// Size cap per freeze proof, bytes.
+    pub max_freeze_proof_bytes: usize,
+    /// Per-peer token bucket.
+    pub rate_limit: openmatch_gossip_crds::sidecar_config::RateLimitConfig,
+    /// Seen-cache entries.
+    pub dedup_capacity: usize,
+}
+
+impl Validator {
+    /// A validator for `network` trading `markets`.
+    pub fn new(network: &str, markets: &[String], limits: ValidatorLimits, metrics: Arc<Metrics>) -> Self {
+        Validator {
+            network: network.to_owned(),
+            markets: markets.iter().cloned().collect(),
+            max_message_bytes: limits.max_message_bytes,
+            max_freeze_proof_bytes: limits.max_freeze_proof_bytes,
+            rate: PeerRateLimiter::new(limits.rate_limit),
+            seen: SeenCache::new(limits.dedup_capacity),
+            metrics,
+        }
+    }
+
+    /// The token buckets, for periodic cleanup.
+    pub fn rate_limiter(&self) -> &PeerRateLimiter {
+        &self.rate
+    }
+
+    /// Validates one message that `propagation_source` forwarded, signed by `author`, on
+    /// topic string `topic`.
+    pub fn validate(&mut self, propagation_source: &PeerId, author: Option<&PeerId>, topic: &str, data: &[u8]) -> Verdict {
+        let Some(topic) = Topic::parse(&self.network, topic) else {
+            return Verdict::Ignore { reason: "foreign_topic" };
+        };
+        if topic.kind != TopicKind::Control && !self.markets.contains(&topic.market) {
+            return Verdict::Ignore { reason: "foreign_topic" };
+        }
+        let labels = KindMarket { kind: topic.kind.as_str(), market: topic.market.clone() };
+        self.metrics.messages_received.get_or_create(&labels).inc();
+
+        if !self.rate.check(propagation_source) {
+            self.metrics.messages_rate_limited.get_or_create(&labels).inc();
+            return Verdict::Ignore { reason: "rate_limited" };
+        }
+        let verdict = match wire::decode(data, self.max_message_bytes, topic.kind) {
+            Err(e) => reject(e.reason(), e.to_string()),
+            Ok(body) => self.check_body(&topic, author, body),
+        };
+        match &verdict {
+            Verdict::Reject { reason, detail } => {
+                tracing::warn!(peer = %propagation_source, topic = %topic.name(&self.network), reason, detail, "rejected gossip message");
+                let l = KindMarketReason { kind: labels.kind, market: labels.market, reason };
+                self.metrics.messages_rejected.get_or_create(&l).inc();
+            }
+            Verdict::Ignore { reason: "duplicate" } => {
+                self.metrics.messages_duplicate.get_or_create(&labels).inc();
+            }
+            _ => {}
+        }
+        verdict
+    }
+
+    fn check_body(&mut self, topic: &Topic, author: Option<&PeerId>, body: Body) -> Verdict {
+        let Some(author) = author else {
+            return reject("unsigned", "message has no author".into());
+        };
+        match body {
+            Body::Orders(g) => self.check_orders(topic, author, g.orders),
+            Body::PeerStatus(s) => {
+                if s.node_id != author.to_bytes() {
+                    return reject("forged_origin", "PeerStatus.node_id is not the signer".into());
+                }
+                Verdict::Accept(Payload::PeerStatus(s))
+            }
+            Body::BatchSealed(b) => {
+                let ok = b.batch_hash.len() == 32
+                    && b.batch_id.as_ref().is_some_and(|id| id.market == topic.market);
+                if !ok {
+                    return reject("invalid", "BatchSealed needs a 32-byte hash and the topic's market".into());
+                }
+                Verdict::Accept(Payload::Consensus(Body::BatchSealed(b)))
+            }
+            Body::TradeResult(r) => {
+                let ok = r.result_hash.len() == 32
+                    && r.batch_id.as_ref().is_some_and(|id| id.market == topic.market);
+                if !ok {
+                    return reject("invalid", "TradeResult needs a 32-byte hash and the topic's market".into());
+                }
+                Verdict::Accept(Payload::Consensus(Body::TradeResult(r)))
+            }
+        }
+    }
+
+    fn check_orders(&mut self, topic: &Topic, author: &PeerId, orders: Vec<Order>) -> Verdict {
+        if orders.is_empty() {
+            return reject("invalid", "OrderGossip without orders".into());
+        }
+        let author_bytes = author.to_bytes();
+        for (i, o) in orders.iter().enumerate() {
+            if o.market != topic.market {
+                return reject("invalid", format!("order #{i}: market {:?} on the {} topic", o.market, topic.market));
+            }
+            if o.origin != author_bytes {
+                return reject("forged_origin", format!("order #{i}: origin is not the message's signer"));
+            }
+            if let Err(e) = wire::check_order_fields(o, self.max_freeze_proof_bytes) {
+                return reject(e.reason(), format!("order #{i}: {e}"));
+            }
+        }
+        let total = orders.len();
+        let fresh: Vec<Order> = orders.into_iter().filter(|o| self.seen.insert(wire::order_digest(o))).collect();
+        let dups = (total - fresh.len()) as u64;
+        if dups > 0 {
+            self.metrics.orders_duplicate.get_or_create(&MarketLabel { market: topic.market.clone() }).inc_by(dups);
+        }
+        if fresh.is_empty() {
+            return Verdict::Ignore { reason: "duplicate" };
+        }
+        Verdict::Accept(Payload::Orders { market: topic.market.clone(), orders: fresh })
+    }
+}
+
+fn reject(reason: &'static str, detail: String) -> Verdict {
+    Verdict::Reject { reason, detail }
+}
+
+impl From<WireError> for Verdict {
+    fn from(e: WireError) -> Self {
+        reject(e.reason(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{OrderGossip, OrderKind, Side};
+    use openmatch_gossip_crds::sidecar_config::RateLimitConfig;
+    use prometheus_client::registry::Registry;
+
+    fn validator(rate: RateLimitConfig) -> (Validator, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::register(&mut Registry::default()));
+        let limits = ValidatorLimits {
+            max_message_bytes: 4096,
+            max_freeze_proof_bytes: 64,
+            rate_limit: rate,
+            dedup_capacity: 100,
+        };
+        (Validator::new("n", &["BTC-USDT".into()], limits, metrics.clone()), metrics)
+    }
+
+    fn order(origin: &PeerId, id: u64) -> Order {
+        Order {
+            id,
+            market: "BTC-USDT".into(),
+            side: Side::Buy as i32,
+            kind: OrderKind::Limit as i32,
+            price_ticks: 100,
+            quantity_lots: 1,
+            origin: origin.to_bytes(),
+            ..Default::default()
+        }
+    }
+
+    fn msg(orders: Vec<Order>) -> Vec<u8> {
+        wire::encode(Body::Orders(OrderGossip { orders }))
+    }
+
+    const T: &str = "openmatch/n/orders/BTC-USDT";
+    const FAST: RateLimitConfig = RateLimitConfig { messages_per_second: 1000, burst: 1000 };
+
+    #[test]
+    fn same_orders_from_two_peers_are_delivered_once() {
+        let (mut v, m) = validator(FAST);
+        let (a, b, author) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let first = v.validate(&a, Some(&author), T, &msg(vec![order(&author, 1)]));
+        assert!(matches!(first, Verdict::Accept(Payload::Orders { ref orders, .. }) if orders.len() == 1));
+        let again = v.validate(&b, Some(&author), T, &msg(vec![order(&author, 1)]));
+        assert_eq!(again, Verdict::Ignore { reason: "duplicate" });
+        // A re-pack with one new order delivers only the new one.
+        let mixed = v.validate(&b, Some(&author), T, &msg(vec![order(&author, 1), order(&author, 2)]));
+        match mixed {
+            Verdict::Accept(Payload::Orders { orders, .. }) => {
+                assert_eq!(orders.iter().map(|o| o.id).collect::<Vec<_>>(), vec![2])
+            }
+            other => panic!("{other:?}"),
+        }
+        let l = MarketLabel { market: "BTC-USDT".into() };
+        assert_eq!(m.orders_duplicate.get_or_create(&l).get(), 2);
+    }
+
+    #[test]
+    fn forged_origin_and_bad_fields_are_rejected() {
+        let (mut v, m) = validator(FAST);
+        let (src, author, other) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let forged = v.validate(&src, Some(&author), T, &msg(vec![order(&other, 1)]));
+        assert!(matches!(forged, Verdict::Reject { reason: "forged_origin", .. }));
+        let zero_qty = Order { quantity_lots: 0, ..order(&author, 2) };
+        let bad = v.validate(&src, Some(&author), T, &msg(vec![zero_qty]));
+        assert!(matches!(bad, Verdict::Reject { reason: "invalid", ref detail } if detail.contains("quantity_lots")));
+        let wrong_market = Order { market: "ETH-USDT".into(), ..order(&author, 3) };
+        assert!(matches!(v.validate(&src, Some(&author), T, &msg(vec![wrong_market])), Verdict::Reject { .. }));
+        let l = KindMarketReason { kind: "orders", market: "BTC-USDT".into(), reason: "forged_origin" };
+        assert_eq!(m.messages_rejected.get_or_create(&l).get(), 1);
+    }
+
+    #[test]
+    fn oversized_and_malformed_are_rejected_and_counted() {
+        let (mut v, m) = validator(FAST);
+        let (src, author) = (PeerId::random(), PeerId::random());
+        let big = msg((0..200).map(|i| order(&author, i)).collect());
+        assert!(big.len() > 4096);
+        assert!(matches!(v.validate(&src, Some(&author), T, &big), Verdict::Reject { reason: "oversized", .. }));
+        assert!(matches!(v.validate(&src, Some(&author), T, b"\xff\xff"), Verdict::Reject { reason: "malformed", .. }));
+        let l = KindMarketReason { kind: "orders", market: "BTC-USDT".into(), reason: "oversized" };
+        assert_eq!(m.messages_rejected.get_or_create(&l).get(), 1);
+    }
+
+    #[test]
+    fn peer_over_rate_is_ignored_and_counted_other_peer_unaffected() {
+        let (mut v, m) = validator(RateLimitConfig { messages_per_second: 1, burst: 3 });
+        let (fast, slow, author) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let verdicts: Vec<Verdict> =
+            (0..10).map(|i| v.validate(&fast, Some(&author), T, &msg(vec![order(&author, i)]))).collect();
+        let accepted = verdicts.iter().filter(|v| matches!(v, Verdict::Accept(_))).count();
+        assert!((3..=4).contains(&accepted), "{accepted}");
+        let l = KindMarket { kind: "orders", market: "BTC-USDT".into() };
+        assert_eq!(m.messages_rate_limited.get_or_create(&l).get() as usize, 10 - accepted);
+        let other = v.validate(&slow, Some(&author), T, &msg(vec![order(&author, 100)]));
+        assert!(matches!(other, Verdict::Accept(_)));
+    }
+
+    #[test]
+    fn foreign_topics_are_ignored_and_peer_status_checked() {
+        let (mut v, _) = validator(FAST);
+        let (src, author) = (PeerId::random(), PeerId::random());
+        let data = msg(vec![order(&author, 1)]);
+        assert_eq!(v.validate(&src, Some(&author), "openmatch/other/orders/BTC-USDT", &data), Verdict::Ignore { reason: "foreign_topic" });
+        assert_eq!(v.validate(&src, Some(&author), "openmatch/n/orders/DOGE-USDT", &data), Verdict::Ignore { reason: "foreign_topic" });
+        let status = |id: &PeerId| wire::encode(Body::PeerStatus(PeerStatus { node_id: id.to_bytes(), ..Default::default() }));
+        assert!(matches!(v.validate(&src, Some(&author), "openmatch/n/control", &status(&author)), Verdict::Accept(Payload::PeerStatus(_))));
+        assert!(matches!(v.validate(&src, Some(&author), "openmatch/n/control", &status(&src)), Verdict::Reject { reason: "forged_origin", .. }));
+    }
+}
