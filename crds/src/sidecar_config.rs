@@ -251,7 +251,11 @@ impl SidecarConfig {
 
     /// Renders the configuration as YAML (what the operator writes into the ConfigMap).
     pub fn to_yaml(&self) -> String {
-        serde_saphyr::to_string(self).expect("SidecarConfig serialises to YAML")
+        // Plain scalars only: serde-saphyr 0.0.14 folds long strings (> 80 chars, e.g. a
+        // bootstrap multiaddr) into `>-` block scalars that, inside a sequence, it emits at
+        // an indentation its own parser rejects.
+        let options = serde_saphyr::SerializerOptions { prefer_block_scalars: false, ..Default::default() };
+        serde_saphyr::to_string_with_options(self, options).expect("SidecarConfig serialises to YAML")
     }
 
     /// Checks ranges and cross-field rules. Multiaddr syntax is checked by the sidecar,
@@ -359,7 +363,11 @@ mod tests {
         let mut c = SidecarConfig::default();
         c.network = "prod-eu".into();
         c.markets = vec!["BTC-USDT".into(), "ETH-USDT".into()];
-        c.p2p.bootstrap_peers = vec!["/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWabc".into()];
+        c.p2p.bootstrap_peers = vec![
+            "/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWabc".into(),
+            // Longer than 80 characters: once emitted as a folded block scalar.
+            "/ip4/127.0.0.1/tcp/44587/p2p/12D3KooWEsCYTUJYho9yZ4t7aK4xXFzCfkH4xxxxxxxxxxxxxxxxxxxxxxx".into(),
+        ];
         c.limits.rate_limit.burst = 77;
         let back = SidecarConfig::from_yaml(&c.to_yaml()).unwrap();
         assert_eq!(back, c);

@@ -8,11 +8,11 @@
 //! data from [`marketdata`]) and the main job that runs three of each ([`cluster`]).
 
 pub mod api;
-// pub mod bench;
-// pub mod cluster;
+pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod dedup;
-// pub mod engine;
+pub mod engine;
 pub mod identity;
 pub mod marketdata;
 pub mod metrics;
@@ -21,7 +21,7 @@ pub mod outbox;
 pub mod proto;
 pub mod ratelimit;
 pub mod server;
-// pub mod stats;
+pub mod stats;
 pub mod telemetry;
 pub mod topics;
 pub mod validation;

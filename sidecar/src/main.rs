@@ -1,1 +1,105 @@
-fn main(){}
+//! `openmatch-gossip`: the sidecar node and its companion tools.
+
+use clap::{Parser, Subcommand};
+use openmatch_gossip_sidecar::{bench, cluster, config, engine, identity, server, telemetry};
+
+/// openmatch-gossip: a libp2p gossip sidecar for replicated matching engines.
+///
+/// `node` runs the sidecar next to a matching engine: it gossips the engine's orders per
+/// market over GossipSub (TCP + Noise + Yamux) and delivers the peers' orders to the engine
+/// over a gRPC Unix socket, each exactly once. `cluster` is the main demo: three sidecars
+/// and three reference engines replaying real Binance order flow.
+#[derive(Parser)]
+#[command(name = "openmatch-gossip", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the sidecar node (what the pod's sidecar container runs).
+    Node(config::NodeArgs),
+    /// Run the reference engine: replay the bundled Binance data through a sidecar and
+    /// report what was sent and received (one JSON line on stdout).
+    Engine(engine::EngineArgs),
+    /// The main job: start N sidecars and N engines on loopback, replay the real data,
+    /// print sent/received/missing/duplicates, orders/s and propagation latency. Exits
+    /// non-zero if any order was lost, duplicated or altered.
+    Cluster(cluster::ClusterArgs),
+    /// Benchmark: the main job at maximum speed and at real pace, each beside a plain-TCP
+    /// baseline between the same engines; prints a table of ratios.
+    Bench(bench::BenchArgs),
+    /// Print the peer id of an identity key file, creating the key if absent.
+    PeerId {
+        /// Key file path.
+        path: std::path::PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let format = match &cli.command {
+        Cmd::Node(a) => a.log_format,
+        _ => telemetry::LogFormat::Pretty,
+    };
+    telemetry::init(format);
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cmd: Cmd) -> anyhow::Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    match cmd {
+        Cmd::Node(args) => {
+            let settings = config::NodeSettings::from_args(&args)?;
+            let key = identity::load_or_create(&settings.identity_key)?;
+            let running = server::start(settings, key).await?;
+            wait_for_signal().await?;
+            running.shutdown().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Engine(args) => {
+            let report = engine::run(&args).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cluster(args) => {
+            let binary = std::env::current_exe()?;
+            let report = cluster::run(&args, &binary).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Cmd::Bench(args) => {
+            let binary = std::env::current_exe()?;
+            let ok = bench::run(&args, &binary).await?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Cmd::PeerId { path } => {
+            let key = identity::load_or_create(&path)?;
+            println!("{}", key.public().to_peer_id());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! The benchmark: the main job's setup at maximum speed and at real pace, each beside the
+//! plain-TCP baseline (the same engines exchanging the same orders directly, no gossip, no
+//! crypto), so figures read as ratios to the baseline.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::cluster::{self, ClusterArgs, ClusterReport};
+use crate::engine::{Pace, TransportKind};
+
+/// Flags of `openmatch-gossip bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Seconds of the recording replayed at max speed (default: all of it).
+    #[arg(long)]
+    pub max_duration_s: Option<f64>,
+    /// Seconds of the recording replayed at real pace.
+    #[arg(long, default_value_t = 60.0)]
+    pub real_duration_s: f64,
+    /// Also write the table as Markdown to this file.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+}
+
+fn row(label: &str, r: &ClusterReport, base: Option<&ClusterReport>) -> String {
+    let n = r.engines.len();
+    let rates: Vec<f64> = (0..n).map(|i| r.delivered_rate(i)).collect();
+    let min_rate = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    let expected: u64 = r.engines.iter().map(|e| e.expected).sum();
+    let received: u64 = r.engines.iter().map(|e| e.received).sum();
+    let ratio = if expected > 0 { received as f64 / expected as f64 } else { 1.0 };
+    let vs = base.map_or("1.00 (baseline)".to_owned(), |b| {
+        let bmin = (0..b.engines.len()).map(|i| b.delivered_rate(i)).fold(f64::INFINITY, f64::min);
+        format!("{:.3}", min_rate / bmin)
+    });
+    let cpu: Vec<String> = r.sidecars.iter().map(|u| format!("{:.1}", u.cpu_secs)).collect();
+    let rss: Vec<String> = r.sidecars.iter().map(|u| format!("{:.0}", u.peak_rss_mib)).collect();
+    format!(
+        "| {label} | {} | {:.4} | {vs} | {} | {} | {} | {} | {} |",
+        rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" / "),
+        ratio,
+        r.latency.p50_us,
+        r.latency.p99_us,
+        r.latency.max_us,
+        if cpu.is_empty() { "–".into() } else { cpu.join(" / ") },
+        if rss.is_empty() { "–".into() } else { rss.join(" / ") },
+    )
+}
+
+/// Runs the four configurations and prints the table; `true` if every run was lossless.
+pub async fn run(args: &BenchArgs, binary: &Path) -> anyhow::Result<bool> {
+    let base = ClusterArgs { nodes: 3, pace: Pace::Max, speed: 1.0, duration_s: args.max_duration_s, transport: TransportKind::Sidecar, work_dir: None, keep: false, json: false };
+    let mut table = String::new();
+    let _ = writeln!(table, "| run | delivered orders/s per engine | delivery ratio | min rate vs baseline | p50 µs | p99 µs | max µs | sidecar CPU s | sidecar peak RSS MiB |");
+    let _ = writeln!(table, "|---|---|---|---|---|---|---|---|---|");
+    let mut ok = true;
+    for (pace, duration, label) in [(Pace::Max, args.max_duration_s, "max speed"), (Pace::Real, Some(args.real_duration_s), "real pace")] {
+        let tcp = cluster::run(&ClusterArgs { pace, duration_s: duration, transport: TransportKind::Tcp, ..base.clone() }, binary).await?;
+        eprint!("{}", tcp.render());
+        let gossip = cluster::run(&ClusterArgs { pace, duration_s: duration, transport: TransportKind::Sidecar, ..base.clone() }, binary).await?;
+        eprint!("{}", gossip.render());
+        ok &= tcp.ok() && gossip.ok();
+        let _ = writeln!(table, "{}", row(&format!("{label}, plain TCP baseline"), &tcp, None));
+        let _ = writeln!(table, "{}", row(&format!("{label}, openmatch-gossip"), &gossip, Some(&tcp)));
+    }
+    println!("{table}");
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &table)?;
+    }
+    Ok(ok)
+}

@@ -1,0 +1,370 @@
+//! The main job: three sidecars and three reference engines on loopback, replaying the real
+//! Binance flow, with a summary of what every engine sent and received.
+//!
+//! Every piece is a real process: `openmatch-gossip node` ×N (TCP + Noise + Yamux on
+//! 127.0.0.1, full bootstrap lists from pre-generated identities) and `openmatch-gossip
+//! engine` ×N (each on its own sidecar's socket). Engines load their shard, subscribe,
+//! print READY; when all are ready the job writes GO to each so they start together. Each
+//! engine prints a JSON [`EngineReport`]; the job cross-checks them: every engine must
+//! receive every other engine's orders exactly once, with matching content checksums.
+//!
+//! With transport `tcp` the sidecars are skipped and the engines connect to each other
+//! directly: the benchmark's baseline.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+
+use crate::engine::{EngineReport, MARKETS, Pace, TransportKind};
+use crate::stats::{Latency, LatencySummary};
+use openmatch_gossip_crds::SidecarConfig;
+
+/// Flags of `openmatch-gossip cluster`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterArgs {
+    /// Number of sidecar + engine pairs.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Replay pace: max (as fast as possible) or real (recorded timing).
+    #[arg(long, value_enum, default_value = "max")]
+    pub pace: Pace,
+    /// Speed factor for --pace real.
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Replay only the first SECONDS of the recording (default: all ~345 s of it).
+    #[arg(long, value_name = "SECONDS")]
+    pub duration_s: Option<f64>,
+    /// Transport: sidecar (the real thing) or tcp (plain-TCP baseline, no sidecars).
+    #[arg(long, value_enum, default_value = "sidecar")]
+    pub transport: TransportKind,
+    /// Directory for configs, keys, sockets and logs (default: a fresh temporary directory,
+    /// removed afterwards unless --keep).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Keep the work directory (logs) after the run.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the result as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// CPU and memory of one sidecar process, read from /proc before it is stopped.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct ProcessUsage {
+    /// User + system CPU time, s.
+    pub cpu_secs: f64,
+    /// Peak resident set size (VmHWM), MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// The outcome of one run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterReport {
+    /// Transport used.
+    pub transport: TransportKind,
+    /// Pace used.
+    pub pace: Pace,
+    /// Engines' reports, by shard.
+    pub engines: Vec<EngineReport>,
+    /// Sidecars' CPU and memory (empty on the tcp baseline).
+    pub sidecars: Vec<ProcessUsage>,
+    /// Orders that did not reach an engine that should have received them.
+    pub missing: u64,
+    /// Orders that reached an engine more than once.
+    pub duplicates: u64,
+    /// (receiver, origin) pairs whose content checksum differs from what the origin sent.
+    pub checksum_mismatches: Vec<String>,
+    /// Propagation latency over all engines.
+    pub latency: LatencySummary,
+}
+
+impl ClusterReport {
+    /// Nothing lost, duplicated or altered.
+    pub fn ok(&self) -> bool {
+        self.missing == 0 && self.duplicates == 0 && self.checksum_mismatches.is_empty()
+    }
+
+    /// Orders delivered per second to engine `i` (distinct orders / time from GO to the last
+    /// one received).
+    pub fn delivered_rate(&self, i: usize) -> f64 {
+        let e = &self.engines[i];
+        if e.receive_secs > 0.0 { e.received as f64 / e.receive_secs } else { 0.0 }
+    }
+
+    /// The human-readable summary.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "openmatch-gossip cluster: {} engines, transport {:?}, pace {:?}", self.engines.len(), self.transport, self.pace);
+        let _ = writeln!(s, "{:<6} {:>10} {:>10} {:>10} {:>8} {:>6} {:>12} {:>9} {:>9} {:>9}", "engine", "sent", "expected", "received", "missing", "dups", "orders/s", "p50 µs", "p99 µs", "max µs");
+        for (i, e) in self.engines.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "{:<6} {:>10} {:>10} {:>10} {:>8} {:>6} {:>12.0} {:>9} {:>9} {:>9}",
+                e.shard, e.sent, e.expected, e.received, e.expected.saturating_sub(e.received), e.duplicates,
+                self.delivered_rate(i), e.latency.p50_us, e.latency.p99_us, e.latency.max_us
+            );
+        }
+        for (i, u) in self.sidecars.iter().enumerate() {
+            let _ = writeln!(s, "sidecar {i}: CPU {:.2} s, peak RSS {:.1} MiB", u.cpu_secs, u.peak_rss_mib);
+        }
+        let l = &self.latency;
+        let _ = writeln!(s, "propagation latency (submit at one engine → event at another): p50 {} µs, p99 {} µs, max {} µs over {} deliveries", l.p50_us, l.p99_us, l.max_us, l.count);
+        let _ = writeln!(s, "missing {}, duplicates {}, checksum mismatches {}", self.missing, self.duplicates, self.checksum_mismatches.len());
+        for m in &self.checksum_mismatches {
+            let _ = writeln!(s, "  mismatch: {m}");
+        }
+        let _ = writeln!(s, "{}", if self.ok() { "RESULT: OK — every engine received every other engine's orders exactly once" } else { "RESULT: FAILED — orders were lost, duplicated or altered" });
+        s
+    }
+}
+
+/// A free loopback TCP port (bound, then released; the short race is acceptable here).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn proc_usage(pid: u32) -> Option<ProcessUsage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command name: state is field 3 of stat(5); utime 14 and stime 15.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm_kib: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(ProcessUsage { cpu_secs: ticks / hz.max(1.0), peak_rss_mib: hwm_kib / 1024.0 })
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+struct Sidecar {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+struct Engine {
+    child: Child,
+    stdin: ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    log: PathBuf,
+}
+
+fn log_file(path: &Path) -> anyhow::Result<Stdio> {
+    Ok(Stdio::from(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?))
+}
+
+async fn start_sidecars(binary: &Path, dir: &Path, n: usize) -> anyhow::Result<Vec<Sidecar>> {
+    let mut keys = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..n {
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let key_path = dir.join(format!("node{i}.key"));
+        crate::identity::write_new(&key_path, &key)?;
+        let addr = format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", free_port()?, key.public().to_peer_id());
+        keys.push(key_path);
+        addrs.push(addr);
+    }
+    let mut sidecars = Vec::new();
+    for i in 0..n {
+        let mut config = SidecarConfig { network: "demo".into(), markets: MARKETS.iter().map(|(m, _)| m.to_string()).collect(), ..Default::default() };
+        let listen = addrs[i].rsplit_once("/p2p/").expect("built above").0.to_owned();
+        config.p2p.listen_addrs = vec![listen];
+        config.p2p.bootstrap_peers = addrs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| a.clone()).collect();
+        let config_path = dir.join(format!("node{i}.yaml"));
+        std::fs::write(&config_path, config.to_yaml())?;
+        let socket = dir.join(format!("node{i}.sock"));
+        let log = dir.join(format!("node{i}.log"));
+        let child = Command::new(binary)
+            .arg("node")
+            .arg("--config").arg(&config_path)
+            .arg("--socket").arg(&socket)
+            .arg("--identity-key").arg(&keys[i])
+            .arg("--metrics-addr").arg(format!("127.0.0.1:{}", free_port()?))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file(&log)?)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        sidecars.push(Sidecar { child, socket, log });
+    }
+    Ok(sidecars)
+}
+
+/// Waits until every sidecar has all others in its mesh on every orders topic.
+async fn wait_for_mesh(sidecars: &mut [Sidecar], timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let want = sidecars.len() - 1;
+    for (i, s) in sidecars.iter_mut().enumerate() {
+        loop {
+            if let Some(status) = s.child.try_wait()? {
+                bail!("sidecar {i} exited with {status} during start-up; its log ends:\n{}", tail(&s.log, 20));
+            }
+            let ready = match crate::api::connect(&s.socket).await {
+                Ok(mut c) => match c.get_status(crate::proto::GetStatusRequest {}).await {
+                    Ok(st) => st.into_inner().topics.iter().filter(|t| t.topic.contains("/orders/")).all(|t| t.mesh_peers.len() >= want),
+                    Err(_) => false,
+                },
+                Err(_) => false,
+            };
+            if ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("sidecar {i} did not see its {want} peers in the GossipSub mesh within {timeout:?}; its log ends:\n{}", tail(&s.log, 20));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the main job with `binary` as the `openmatch-gossip` executable.
+pub async fn run(args: &ClusterArgs, binary: &Path) -> anyhow::Result<ClusterReport> {
+    let n = args.nodes;
+    if n < 2 {
+        bail!("--nodes must be at least 2");
+    }
+    let temp;
+    let dir: PathBuf = match &args.work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            temp = tempfile::Builder::new().prefix("openmatch-cluster-").tempdir()?;
+            if args.keep { temp.keep() } else { temp.path().to_owned() }
+        }
+    };
+    let mut sidecars = Vec::new();
+    if args.transport == TransportKind::Sidecar {
+        sidecars = start_sidecars(binary, &dir, n).await?;
+        wait_for_mesh(&mut sidecars, Duration::from_secs(30)).await?;
+    }
+    let tcp_ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
+    let mut engines = Vec::new();
+    for i in 0..n {
+        let log = dir.join(format!("engine{i}.log"));
+        let mut cmd = Command::new(binary);
+        cmd.arg("engine").args(["--shard", &i.to_string(), "--shards", &n.to_string()]);
+        cmd.arg("--pace").arg(match args.pace { Pace::Max => "max", Pace::Real => "real" });
+        cmd.arg("--speed").arg(args.speed.to_string()).arg("--wait-for-go");
+        if let Some(d) = args.duration_s {
+            cmd.arg("--duration-s").arg(d.to_string());
+        }
+        match args.transport {
+            TransportKind::Sidecar => {
+                cmd.arg("--transport").arg("sidecar").arg("--socket").arg(&sidecars[i].socket);
+            }
+            TransportKind::Tcp => {
+                cmd.arg("--transport").arg("tcp").arg("--listen").arg(format!("127.0.0.1:{}", tcp_ports[i]));
+                for (j, p) in tcp_ports.iter().enumerate().filter(|(j, _)| *j != i) {
+                    let _ = j;
+                    cmd.arg("--peer").arg(format!("127.0.0.1:{p}"));
+                }
+            }
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log_file(&log)?)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting engine {i}"))?;
+        let stdin = child.stdin.take().expect("piped");
+        let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        engines.push(Engine { child, stdin, lines, log });
+    }
+    for (i, e) in engines.iter_mut().enumerate() {
+        let line = tokio::time::timeout(Duration::from_secs(120), e.lines.next_line()).await;
+        match line {
+            Ok(Ok(Some(l))) if l.trim() == "READY" => {}
+            other => bail!("engine {i} did not become ready ({other:?}); its log ends:\n{}", tail(&e.log, 20)),
+        }
+    }
+    for e in &mut engines {
+        e.stdin.write_all(b"GO\n").await?;
+        e.stdin.flush().await?;
+    }
+    let mut reports = Vec::new();
+    for (i, e) in engines.iter_mut().enumerate() {
+        let mut last = None;
+        while let Some(l) = e.lines.next_line().await? {
+            last = Some(l);
+        }
+        let status = e.child.wait().await?;
+        if !status.success() {
+            bail!("engine {i} failed ({status}); its log ends:\n{}", tail(&e.log, 30));
+        }
+        let line = last.with_context(|| format!("engine {i} printed no report"))?;
+        reports.push(serde_json::from_str::<EngineReport>(&line).with_context(|| format!("engine {i} report: {line}"))?);
+    }
+    let mut usage = Vec::new();
+    for (i, s) in sidecars.iter_mut().enumerate() {
+        let pid = s.child.id().context("sidecar already exited")?;
+        usage.push(proc_usage(pid).unwrap_or_default());
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let status = tokio::time::timeout(Duration::from_secs(20), s.child.wait()).await.context("sidecar did not stop within 20 s of SIGTERM")??;
+        if !status.success() {
+            bail!("sidecar {i} exited with {status} on SIGTERM; its log ends:\n{}", tail(&s.log, 20));
+        }
+        if s.socket.exists() {
+            bail!("sidecar {i} left its socket {} behind", s.socket.display());
+        }
+    }
+    if !args.keep && args.work_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("logs, configs and keys kept in {}", dir.display());
+    }
+    Ok(summarise(args, reports, usage))
+}
+
+fn summarise(args: &ClusterArgs, engines: Vec<EngineReport>, sidecars: Vec<ProcessUsage>) -> ClusterReport {
+    let sent_by_origin: BTreeMap<&str, (&str, u64)> = engines.iter().map(|e| (e.origin.as_str(), (e.sent_checksum.as_str(), e.sent))).collect();
+    let mut mismatches = Vec::new();
+    let mut latency = Latency::default();
+    for e in &engines {
+        latency.merge_buckets(&e.latency_buckets);
+        for (origin, (checksum, sent)) in &sent_by_origin {
+            if *origin == e.origin {
+                continue;
+            }
+            match e.by_origin.get(*origin) {
+                Some(t) if t.orders == *sent && t.checksum != *checksum => mismatches.push(format!("engine {} got different content from {origin}", e.shard)),
+                Some(_) | None => {}
+            }
+        }
+        for origin in e.by_origin.keys() {
+            if !sent_by_origin.contains_key(origin.as_str()) {
+                mismatches.push(format!("engine {} got orders from unknown origin {origin}", e.shard));
+            }
+        }
+    }
+    ClusterReport {
+        transport: args.transport,
+        pace: args.pace,
+        missing: engines.iter().map(|e| e.expected.saturating_sub(e.received)).sum(),
+        duplicates: engines.iter().map(|e| e.duplicates).sum(),
+        checksum_mismatches: mismatches,
+        latency: latency.summary(),
+        engines,
+        sidecars,
+    }
+}

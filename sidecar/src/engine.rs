@@ -1,0 +1,512 @@
+//! The reference engine: replays the bundled Binance recordings as order flow through its
+//! sidecar, subscribes to the peers' orders and reports what it sent and received.
+//!
+//! Sharding: the two markets' events are merged by receive time; event `k` belongs to shard
+//! `k mod shards`, so each of `n` engines submits a disjoint share of the same real flow and
+//! expects every other shard's orders back exactly once. Order ids count up from 0 per
+//! engine. Pace: `max` submits as fast as the sidecar accepts (chunks of up to
+//! `--chunk-orders`); `real` sleeps to the recorded receive times (divided by `--speed`) and
+//! submits each event's orders together.
+//!
+//! Transports: `sidecar` (the real path: gRPC over the Unix socket, gossip between
+//! sidecars) and `tcp` (the benchmark baseline: engines connected directly over plain
+//! loopback TCP, length-delimited protobuf frames, no gossip, no crypto).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr as _;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use futures::{SinkExt as _, StreamExt as _};
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncBufReadExt as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+use crate::marketdata::{self, MarketEvent, OrderKind as MdKind, Scale, Side as MdSide};
+use crate::proto::{Order, OrderKind, OrdersReceived, Side, SubmitOrdersRequest, SubscribeRequest, event::Kind};
+use crate::stats::{Checksum, Latency, LatencySummary};
+
+/// The bundled markets: market name and recording file name.
+pub const MARKETS: [(&str, &str); 2] = [("BTC-USDT", "btcusdt_20240808.gz"), ("ETH-USDT", "ethusdt_20240808.gz")];
+
+/// Replay pace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pace {
+    /// As fast as the path accepts.
+    Max,
+    /// At the recorded pace (scaled by `--speed`).
+    Real,
+}
+
+/// How the engine reaches its peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// Through the sidecar's Unix socket and gossip.
+    Sidecar,
+    /// Baseline: plain TCP straight to the other engines.
+    Tcp,
+}
+
+/// Flags of `openmatch-gossip engine`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineArgs {
+    /// Sidecar socket (transport `sidecar`).
+    #[arg(long, default_value = "/run/openmatch-gossip/engine.sock")]
+    pub socket: PathBuf,
+    /// Directory with the recordings (default: the bundled Binance data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// This engine's shard, 0-based.
+    #[arg(long, default_value_t = 0)]
+    pub shard: usize,
+    /// Number of engines sharing the flow.
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
+    /// Replay pace.
+    #[arg(long, value_enum, default_value = "max")]
+    pub pace: Pace,
+    /// Speed factor for `--pace real` (2.0 = twice as fast as recorded).
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Replay only the first SECONDS of the recording (default: all of it, ~345 s).
+    #[arg(long, value_name = "SECONDS")]
+    pub duration_s: Option<f64>,
+    /// Most orders per submitted chunk at max pace.
+    #[arg(long, default_value_t = 512)]
+    pub chunk_orders: usize,
+    /// Print READY on stdout once subscribed, then wait for a line GO on stdin before
+    /// replaying (how the main job starts all engines together).
+    #[arg(long)]
+    pub wait_for_go: bool,
+    /// Stop waiting for peers' orders after this long without receiving any, ms.
+    #[arg(long, default_value_t = 15_000)]
+    pub idle_timeout_ms: u64,
+    /// Transport to the peers.
+    #[arg(long, value_enum, default_value = "sidecar")]
+    pub transport: TransportKind,
+    /// Transport `tcp`: address to listen on for the other engines.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Transport `tcp`: the other engines' addresses.
+    #[arg(long = "peer")]
+    pub peers: Vec<SocketAddr>,
+}
+
+/// Orders of one shard, ready to replay.
+pub struct Workload {
+    /// Market names, by index.
+    pub markets: Vec<String>,
+    /// This shard's events: (recv offset from the first event, ns; orders).
+    pub events: Vec<(u64, Vec<Order>)>,
+    /// Orders in this shard.
+    pub orders: u64,
+    /// Orders in every other shard: what this engine should receive.
+    pub expected_from_peers: u64,
+}
+
+fn to_order(market: &str, id: u64, o: &marketdata::ReplayOrder) -> Order {
+    Order {
+        id,
+        market: market.to_owned(),
+        side: match o.side {
+            MdSide::Buy => Side::Buy,
+            MdSide::Sell => Side::Sell,
+        } as i32,
+        kind: match o.kind {
+            MdKind::Limit => OrderKind::Limit,
+            MdKind::Cancel => OrderKind::Cancel,
+            MdKind::Market => OrderKind::Market,
+        } as i32,
+        price_ticks: o.price_ticks,
+        quantity_lots: o.quantity_lots,
+        client_ts_ns: o.client_ts_ns,
+        ..Default::default()
+    }
+}
+
+/// Loads the recordings in `dir` (or the bundled ones), merges them by time, keeps the first
+/// `duration_s` seconds, and returns shard `shard` of `shards`.
+pub fn load_workload(dir: Option<&Path>, duration_s: Option<f64>, shard: usize, shards: usize) -> anyhow::Result<Workload> {
+    if shards == 0 || shard >= shards {
+        bail!("--shard {shard} must be below --shards {shards}");
+    }
+    let dir = dir.map(Path::to_path_buf).unwrap_or_else(marketdata::bundled_dataset_dir);
+    let mut per_market: Vec<Vec<MarketEvent>> = Vec::new();
+    for (_, file) in MARKETS {
+        let path = dir.join(file);
+        per_market.push(marketdata::load_file(&path, Scale::BINANCE_USDM).with_context(|| format!("loading {}", path.display()))?);
+    }
+    let merged = marketdata::merge_by_time(per_market);
+    let t0 = merged.first().map_or(0, |(_, e)| e.recv_ts_ns);
+    let horizon = duration_s.map(|s| (s * 1e9) as u64);
+    let mut events = Vec::new();
+    let (mut mine, mut others, mut next_id) = (0u64, 0u64, 0u64);
+    for (k, (m, ev)) in merged.into_iter().enumerate() {
+        let offset = ev.recv_ts_ns.saturating_sub(t0);
+        if horizon.is_some_and(|h| offset >= h) {
+            break;
+        }
+        if k % shards != shard {
+            others += ev.orders.len() as u64;
+            continue;
+        }
+        let market = MARKETS[m].0;
+        let orders: Vec<Order> = ev
+            .orders
+            .iter()
+            .map(|o| {
+                next_id += 1;
+                to_order(market, next_id - 1, o)
+            })
+            .collect();
+        mine += orders.len() as u64;
+        events.push((offset, orders));
+    }
+    Ok(Workload {
+        markets: MARKETS.iter().map(|(m, _)| m.to_string()).collect(),
+        events,
+        orders: mine,
+        expected_from_peers: others,
+    })
+}
+
+/// Tally of orders received from one origin.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OriginTally {
+    /// Distinct orders received.
+    pub orders: u64,
+    /// Content checksum of those orders (hex).
+    pub checksum: String,
+}
+
+/// What an engine did, printed as one JSON line on stdout at the end.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EngineReport {
+    /// Shard index.
+    pub shard: usize,
+    /// Origin id of this engine's orders as receivers see it (sidecar peer id, or
+    /// `shard-N` on the TCP baseline).
+    pub origin: String,
+    /// Orders submitted.
+    pub sent: u64,
+    /// Content checksum of the submitted orders (hex).
+    pub sent_checksum: String,
+    /// Orders the other shards hold (what should arrive).
+    pub expected: u64,
+    /// Distinct orders received from peers.
+    pub received: u64,
+    /// Orders received more than once.
+    pub duplicates: u64,
+    /// Per origin: distinct orders and checksum.
+    pub by_origin: BTreeMap<String, OriginTally>,
+    /// GO → last order submitted, s.
+    pub send_secs: f64,
+    /// GO → last order received, s.
+    pub receive_secs: f64,
+    /// Submit at the origin → receipt here.
+    pub latency: LatencySummary,
+    /// Latency histogram (µs value, count), for merging.
+    pub latency_buckets: Vec<(u64, u64)>,
+    /// Peer joined/left events seen.
+    pub peer_events: u64,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The engine's two ends: chunks out, chunks in.
+struct Link {
+    origin: Vec<u8>,
+    origin_label: String,
+    out: mpsc::Sender<Vec<Order>>,
+    inbound: mpsc::Receiver<Vec<Order>>,
+    peer_events: mpsc::UnboundedReceiver<()>,
+    /// Resolves to the number of orders the transport accepted once `out` is closed.
+    done: tokio::task::JoinHandle<anyhow::Result<u64>>,
+}
+
+async fn connect_sidecar(socket: &Path) -> anyhow::Result<Link> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut client = loop {
+        match crate::api::connect(socket).await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %format!("{e:#}"), "sidecar not reachable yet");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let status = client.get_status(crate::proto::GetStatusRequest {}).await?.into_inner();
+    let peer_id = libp2p::PeerId::from_str(&status.peer_id).context("sidecar reported a bad peer id")?;
+    let mut events = client.subscribe(SubscribeRequest { markets: vec![] }).await?.into_inner();
+    let (in_tx, inbound) = mpsc::channel(1024);
+    let (pe_tx, peer_events) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(ev) => match ev.kind {
+                    Some(Kind::Orders(o)) => {
+                        if in_tx.send(o.orders).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(_) => {
+                        let _ = pe_tx.send(());
+                    }
+                    None => {}
+                },
+                Err(s) => {
+                    tracing::error!(status = %s, "event stream ended with an error");
+                    break;
+                }
+            }
+        }
+    });
+    let (out, rx) = mpsc::channel::<Vec<Order>>(8);
+    let mut submit = client.clone();
+    let done = tokio::spawn(async move {
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|orders| SubmitOrdersRequest { orders });
+        let resp = submit.submit_orders(stream).await.context("SubmitOrders")?;
+        Ok(resp.into_inner().accepted)
+    });
+    Ok(Link { origin: peer_id.to_bytes(), origin_label: peer_id.to_string(), out, inbound, peer_events, done })
+}
+
+async fn connect_tcp(shard: usize, listen: SocketAddr, peers: &[SocketAddr]) -> anyhow::Result<Link> {
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let (in_tx, inbound) = mpsc::channel(1024);
+    let expected_inbound = peers.len();
+    tokio::spawn(async move {
+        for _ in 0..expected_inbound {
+            let Ok((sock, _)) = listener.accept().await else { break };
+            let _ = sock.set_nodelay(true);
+            let tx = in_tx.clone();
+            tokio::spawn(async move {
+                let mut frames = FramedRead::new(sock, LengthDelimitedCodec::builder().max_frame_length(64 << 20).new_codec());
+                while let Some(Ok(frame)) = frames.next().await {
+                    match OrdersReceived::decode(frame.freeze()) {
+                        Ok(o) => {
+                            if tx.send(o.orders).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "bad baseline frame"),
+                    }
+                }
+            });
+        }
+    });
+    let mut writers = Vec::new();
+    for &addr in peers {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let sock = loop {
+            match TcpStream::connect(addr).await {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => return Err(e).with_context(|| format!("connecting to baseline peer {addr}")),
+            }
+        };
+        sock.set_nodelay(true)?;
+        writers.push(FramedWrite::new(sock, LengthDelimitedCodec::builder().max_frame_length(64 << 20).new_codec()));
+    }
+    let (out, mut rx) = mpsc::channel::<Vec<Order>>(8);
+    let origin = format!("shard-{shard}");
+    let origin_bytes = origin.clone().into_bytes();
+    let stamp = origin_bytes.clone();
+    let done = tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Some(mut orders) = rx.recv().await {
+            for o in &mut orders {
+                o.origin = stamp.clone();
+            }
+            n += orders.len() as u64;
+            let frame = Bytes::from(OrdersReceived { orders }.encode_to_vec());
+            for w in &mut writers {
+                w.send(frame.clone()).await.context("baseline send")?;
+            }
+        }
+        for w in &mut writers {
+            futures::SinkExt::<Bytes>::flush(w).await?;
+        }
+        Ok(n)
+    });
+    let (_pe_tx, peer_events) = mpsc::unbounded_channel();
+    Ok(Link { origin: origin_bytes, origin_label: origin, out, inbound, peer_events, done })
+}
+
+fn origin_label(origin: &[u8]) -> String {
+    libp2p::PeerId::from_bytes(origin).map(|p| p.to_string()).unwrap_or_else(|_| String::from_utf8_lossy(origin).into_owned())
+}
+
+/// Receives peers' orders until `expected` distinct ones arrived or nothing arrived for
+/// `idle`; returns the tallies.
+struct Receiver {
+    seen: HashSet<(u32, u64)>,
+    origins: HashMap<Vec<u8>, (u32, OriginTally, Checksum)>,
+    duplicates: u64,
+    latency: Latency,
+    last_rx: Option<Instant>,
+}
+
+impl Receiver {
+    fn take(&mut self, orders: Vec<Order>) {
+        let now = now_ns();
+        let next = self.origins.len() as u32;
+        for o in orders {
+            let entry = self.origins.entry(o.origin.clone()).or_insert_with(|| (next, OriginTally::default(), Checksum::default()));
+            if !self.seen.insert((entry.0, o.id)) {
+                self.duplicates += 1;
+                continue;
+            }
+            entry.1.orders += 1;
+            entry.2.add(&o);
+            if o.submitted_at_ns > 0 {
+                self.latency.record(now.saturating_sub(o.submitted_at_ns) / 1_000);
+            }
+        }
+        self.last_rx = Some(Instant::now());
+    }
+}
+
+/// Runs the reference engine; returns its report.
+pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
+    let workload = load_workload(args.data_dir.as_deref(), args.duration_s, args.shard, args.shards)?;
+    tracing::info!(shard = args.shard, shards = args.shards, orders = workload.orders, events = workload.events.len(), expected = workload.expected_from_peers, "workload loaded");
+    let mut link = match args.transport {
+        TransportKind::Sidecar => connect_sidecar(&args.socket).await?,
+        TransportKind::Tcp => {
+            let listen = args.listen.context("--transport tcp needs --listen")?;
+            connect_tcp(args.shard, listen, &args.peers).await?
+        }
+    };
+    if args.wait_for_go {
+        println!("READY");
+        let mut line = String::new();
+        tokio::io::BufReader::new(tokio::io::stdin()).read_line(&mut line).await?;
+        if line.trim() != "GO" {
+            bail!("expected GO on stdin, got {line:?}");
+        }
+    }
+    let start = Instant::now();
+    let expected = workload.expected_from_peers;
+    let mut rx = Receiver { seen: HashSet::new(), origins: HashMap::new(), duplicates: 0, latency: Latency::default(), last_rx: None };
+    let mut inbound = std::mem::replace(&mut link.inbound, mpsc::channel(1).1);
+    let idle = Duration::from_millis(args.idle_timeout_ms);
+    let receiver = tokio::spawn(async move {
+        loop {
+            if rx.seen.len() as u64 >= expected {
+                break;
+            }
+            match tokio::time::timeout(idle, inbound.recv()).await {
+                Ok(Some(orders)) => rx.take(orders),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(received = rx.seen.len(), expected, "no orders for {idle:?}; giving up waiting");
+                    break;
+                }
+            }
+        }
+        rx
+    });
+
+    // Replay.
+    let mut sent_checksum = Checksum::default();
+    let mut sent = 0u64;
+    let mut chunk: Vec<Order> = Vec::new();
+    let origin = link.origin.clone();
+    for (offset, orders) in workload.events {
+        if args.pace == Pace::Real {
+            let due = start + Duration::from_nanos((offset as f64 / args.speed) as u64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        for o in &orders {
+            sent_checksum.add(&Order { origin: origin.clone(), ..o.clone() });
+        }
+        sent += orders.len() as u64;
+        chunk.extend(orders);
+        if args.pace == Pace::Real || chunk.len() >= args.chunk_orders {
+            let stamp = now_ns();
+            let mut out = std::mem::take(&mut chunk);
+            for o in &mut out {
+                o.submitted_at_ns = stamp;
+            }
+            link.out.send(out).await.context("the transport closed while submitting")?;
+        }
+    }
+    if !chunk.is_empty() {
+        let stamp = now_ns();
+        for o in &mut chunk {
+            o.submitted_at_ns = stamp;
+        }
+        link.out.send(chunk).await.context("the transport closed while submitting")?;
+    }
+    drop(link.out);
+    let accepted = link.done.await.context("submit task panicked")??;
+    let send_secs = start.elapsed().as_secs_f64();
+    if accepted != sent {
+        bail!("the transport accepted {accepted} of {sent} orders");
+    }
+    tracing::info!(sent, secs = send_secs, "replay submitted");
+
+    let rx = receiver.await.context("receiver task panicked")?;
+    let mut peer_events = 0;
+    while link.peer_events.try_recv().is_ok() {
+        peer_events += 1;
+    }
+    let by_origin = rx
+        .origins
+        .iter()
+        .map(|(o, (_, tally, sum))| (origin_label(o), OriginTally { orders: tally.orders, checksum: sum.hex() }))
+        .collect();
+    Ok(EngineReport {
+        shard: args.shard,
+        origin: link.origin_label,
+        sent,
+        sent_checksum: sent_checksum.hex(),
+        expected,
+        received: rx.seen.len() as u64,
+        duplicates: rx.duplicates,
+        by_origin,
+        send_secs,
+        receive_secs: rx.last_rx.map_or(0.0, |t| t.duration_since(start).as_secs_f64()),
+        latency: rx.latency.summary(),
+        latency_buckets: rx.latency.buckets(),
+        peer_events,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_partition_the_flow() {
+        let a = load_workload(None, Some(5.0), 0, 3).unwrap();
+        let b = load_workload(None, Some(5.0), 1, 3).unwrap();
+        let c = load_workload(None, Some(5.0), 2, 3).unwrap();
+        let total = a.orders + b.orders + c.orders;
+        assert!(total > 1000, "{total}");
+        assert_eq!(a.expected_from_peers, b.orders + c.orders);
+        assert_eq!(b.expected_from_peers, a.orders + c.orders);
+        // Ids are per engine, from 0, without gaps.
+        let ids: Vec<u64> = a.events.iter().flat_map(|(_, o)| o.iter().map(|o| o.id)).collect();
+        assert_eq!(ids, (0..a.orders).collect::<Vec<_>>());
+        assert!(a.events.windows(2).all(|w| w[0].0 <= w[1].0), "time-ordered");
+        assert!(a.events.iter().all(|(t, _)| *t < 5_000_000_000));
+    }
+
+    #[test]
+    fn bad_shard_is_an_error() {
+        assert!(load_workload(None, Some(1.0), 3, 3).is_err());
+    }
+}
