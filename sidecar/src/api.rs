@@ -49,23 +49,30 @@ impl EngineApi {
         EngineApi { node, markets }
     }
 
-    /// Checks one engine order; `at` prefixes errors (e.g. `order #3: `).
-    fn check(&self, o: &Order, at: &str) -> Result<(), Status> {
+    /// Checks one engine order; errors name `index` (its position in a stream) if given.
+    fn check(&self, o: &Order, index: Option<u64>) -> Result<(), Status> {
+        self.check_fields(o).map_err(|s| match index {
+            Some(i) => Status::new(s.code(), format!("order #{i}: {}", s.message())),
+            None => s,
+        })
+    }
+
+    fn check_fields(&self, o: &Order) -> Result<(), Status> {
         if !self.markets.contains(&o.market) {
             return Err(Status::failed_precondition(format!(
-                "{at}market {:?} is not traded by this node (markets: {})",
+                "market {:?} is not traded by this node (markets: {})",
                 o.market,
                 self.node.info().markets.join(", ")
             )));
         }
         if !o.origin.is_empty() {
-            return Err(Status::invalid_argument(format!("{at}origin: set by the sidecar; leave it empty")));
+            return Err(Status::invalid_argument("origin: set by the sidecar; leave it empty"));
         }
         if o.epoch != 0 {
-            return Err(Status::invalid_argument(format!("{at}epoch: set by the sidecar; leave it 0")));
+            return Err(Status::invalid_argument("epoch: set by the sidecar; leave it 0"));
         }
         wire::check_order_fields(o, self.node.info().max_freeze_proof_bytes)
-            .map_err(|e| Status::invalid_argument(format!("{at}{e}")))
+            .map_err(|e| Status::invalid_argument(e.to_string()))
     }
 }
 
@@ -77,7 +84,7 @@ fn gone(_: NodeGone) -> Status {
 impl Sidecar for EngineApi {
     async fn submit_order(&self, req: Request<SubmitOrderRequest>) -> Result<Response<SubmitOrderResponse>, Status> {
         let order = req.into_inner().order.ok_or_else(|| Status::invalid_argument("order: required"))?;
-        self.check(&order, "")?;
+        self.check(&order, None)?;
         let receipts = self.node.submit(vec![order], true).await.map_err(gone)?;
         let r = receipts.first().ok_or_else(|| Status::internal("no receipt"))?;
         Ok(Response::new(SubmitOrderResponse { digest: r.digest.to_vec(), epoch: r.epoch }))
@@ -100,7 +107,7 @@ impl Sidecar for EngineApi {
                 ));
             }
             for (i, o) in chunk.orders.iter().enumerate() {
-                if let Err(s) = self.check(o, &format!("order #{}: ", accepted + i as u64)) {
+                if let Err(s) = self.check(o, Some(accepted + i as u64)) {
                     // Orders before the bad one in this chunk still stand.
                     let good = chunk.orders[..i].to_vec();
                     let n = good.len() as u64;

@@ -34,7 +34,12 @@ impl Outbox {
 
     /// Queues `order` at the back of its market's queue.
     pub fn push(&mut self, order: Order) {
-        self.queues.entry(order.market.clone()).or_default().push_back(order);
+        match self.queues.get_mut(&order.market) {
+            Some(q) => q.push_back(order),
+            None => {
+                self.queues.insert(order.market.clone(), VecDeque::from([order]));
+            }
+        }
         self.len += 1;
     }
 

@@ -3,7 +3,8 @@
 //!
 //! Order of checks, cheapest first: topic of this network → per-peer token bucket → size
 //! cap → protobuf decode, version and body kind → schema (market of the topic, fields,
-//! signed author = order origin) → SHA-256 seen-cache of order digests. Each outcome is
+//! signed author = order origin; both filled in when elided on the wire) → SHA-256
+//! seen-cache of order digests. Each outcome is
 //! counted in [`Metrics`]; the [`Verdict`] says what to tell GossipSub.
 
 use std::collections::HashSet;
@@ -162,16 +163,22 @@ impl Validator {
         }
     }
 
-    fn check_orders(&mut self, topic: &Topic, author: &PeerId, orders: Vec<Order>) -> Verdict {
+    fn check_orders(&mut self, topic: &Topic, author: &PeerId, mut orders: Vec<Order>) -> Verdict {
         if orders.is_empty() {
             return reject("invalid", "OrderGossip without orders".into());
         }
         let author_bytes = author.to_bytes();
-        for (i, o) in orders.iter().enumerate() {
-            if o.market != topic.market {
+        for (i, o) in orders.iter_mut().enumerate() {
+            // Origin and market are elided on the wire (implied by signer and topic); if
+            // present they must agree.
+            if o.market.is_empty() {
+                o.market.clone_from(&topic.market);
+            } else if o.market != topic.market {
                 return reject("invalid", format!("order #{i}: market {:?} on the {} topic", o.market, topic.market));
             }
-            if o.origin != author_bytes {
+            if o.origin.is_empty() {
+                o.origin.clone_from(&author_bytes);
+            } else if o.origin != author_bytes {
                 return reject("forged_origin", format!("order #{i}: origin is not the message's signer"));
             }
             if let Err(e) = wire::check_order_fields(o, self.max_freeze_proof_bytes) {
@@ -257,6 +264,17 @@ mod tests {
         }
         let l = MarketLabel { market: "BTC-USDT".into() };
         assert_eq!(m.orders_duplicate.get_or_create(&l).get(), 2);
+    }
+
+    #[test]
+    fn elided_origin_and_market_are_filled_from_signer_and_topic() {
+        let (mut v, _) = validator(FAST);
+        let (src, author) = (PeerId::random(), PeerId::random());
+        let wire_order = Order { origin: vec![], market: String::new(), ..order(&author, 5) };
+        match v.validate(&src, Some(&author), T, &msg(vec![wire_order])) {
+            Verdict::Accept(Payload::Orders { orders, .. }) => assert_eq!(orders, vec![order(&author, 5)]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

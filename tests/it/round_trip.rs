@@ -2,7 +2,7 @@
 //! reach engine B through gossip with every field intact; A does not get its own orders
 //! back; the receipt digest is the order digest of what B received.
 
-use openmatch_gossip_sidecar::proto::{Order, SubmitOrderRequest, SubmitOrdersRequest, event::Kind};
+use openmatch_gossip_sidecar::proto::{Order, SubmitOrderRequest, SubmitOrdersRequest};
 use openmatch_gossip_sidecar::wire;
 use openmatch_gossip_tests::*;
 
@@ -45,7 +45,11 @@ async fn orders_cross_intact_and_not_echoed() {
         let expected = Order { origin: a_origin.clone(), epoch: 0, ..want.clone() };
         assert_eq!(got, &expected);
     }
-    assert_eq!(receipt.digest, wire::order_digest(&received[0]).to_vec(), "receipt digest = digest of the gossiped order");
+    assert_eq!(
+        receipt.digest,
+        wire::order_digest(&received[0]).to_vec(),
+        "receipt digest = digest of the gossiped order"
+    );
 
     // B answers; A's first order event is B's order, so A never saw its own.
     let mut engine_b = b.client().await;
@@ -56,8 +60,5 @@ async fn orders_cross_intact_and_not_echoed() {
     // And B does not get its own order either.
     expect_no_orders(&mut b_events, std::time::Duration::from_millis(300)).await;
 
-    let _ = Kind::PeerJoined; // (event kinds other than orders are skipped by the helpers)
-    for n in nodes {
-        n.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }

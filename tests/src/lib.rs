@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::Streaming;
 use tonic::transport::Channel;
 
+/// The crate under test, re-exported for convenience.
 pub use openmatch_gossip_sidecar as sidecar;
 
 /// Network name every test node uses.
@@ -199,9 +200,8 @@ async fn start_node_at(
     )
     .unwrap_or_else(|e| panic!("node {name}: invalid settings: {e:#}"));
     let key = sidecar::identity::load_or_create(&key_path).expect("identity key");
-    let sidecar = sidecar::server::start(settings, key)
-        .await
-        .unwrap_or_else(|e| panic!("node {name} did not start: {e:#}"));
+    let sidecar =
+        sidecar::server::start(settings, key).await.unwrap_or_else(|e| panic!("node {name} did not start: {e:#}"));
     TestNode { name: name.to_owned(), listen, sidecar }
 }
 
@@ -232,30 +232,44 @@ pub async fn start_cluster(
     nodes
 }
 
-/// Names of the orders topics in `status` that lack one of `peers` (as subscribed or as
-/// a mesh member): empty when `status` sees all of them.
-fn missing_peers(status: &NodeStatus, peers: &[String]) -> Vec<String> {
+/// Names of the orders topics in `status` that lack one of `peers` as a subscriber (and,
+/// with `mesh`, as a mesh member): empty when `status` sees all of them.
+fn incomplete_topics(status: &NodeStatus, peers: &[String], mesh: bool) -> Vec<String> {
     let orders = format!("openmatch/{NETWORK}/orders/");
     status
         .topics
         .iter()
         .filter(|t| t.topic.starts_with(&orders))
-        .filter(|t| (t.subscribed_peers as usize) < peers.len() || peers.iter().any(|p| !t.mesh_peers.contains(p)))
+        .filter(|t| {
+            (t.subscribed_peers as usize) < peers.len() || mesh && peers.iter().any(|p| !t.mesh_peers.contains(p))
+        })
         .map(|t| t.topic.clone())
         .collect()
 }
 
 /// Waits until every node has every other node subscribed and in its GossipSub mesh on
 /// every orders topic; panics after `timeout` showing each node's topics.
-pub async fn wait_for_mesh(nodes: &[TestNode], timeout: Duration) {
+pub async fn wait_for_mesh<'a>(nodes: impl IntoIterator<Item = &'a TestNode>, timeout: Duration) {
+    wait_for_peers(&nodes.into_iter().collect::<Vec<_>>(), timeout, true).await
+}
+
+/// Waits until every node knows every other node to be subscribed to every orders topic
+/// (enough for a publish to reach them: nodes flood their own messages to all subscribed
+/// peers), mesh or not; panics after `timeout` showing each node's topics.
+pub async fn wait_for_subscribed<'a>(nodes: impl IntoIterator<Item = &'a TestNode>, timeout: Duration) {
+    wait_for_peers(&nodes.into_iter().collect::<Vec<_>>(), timeout, false).await
+}
+
+async fn wait_for_peers(nodes: &[&TestNode], timeout: Duration, mesh: bool) {
     let ids: Vec<String> = nodes.iter().map(|n| n.peer_id().to_string()).collect();
-    wait_for(timeout, &format!("a full mesh of {} nodes on every orders topic", nodes.len()), async || {
+    let what = if mesh { "a full mesh" } else { "every peer subscribed" };
+    wait_for(timeout, &format!("{what} among {} nodes on every orders topic", nodes.len()), async || {
         let mut report = Vec::new();
         let mut done = true;
         for (i, node) in nodes.iter().enumerate() {
             let status = node.status().await;
             let others: Vec<String> = ids.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| p.clone()).collect();
-            let missing = missing_peers(&status, &others);
+            let missing = incomplete_topics(&status, &others, mesh);
             done &= missing.is_empty();
             let topics: Vec<_> = status.topics.iter().map(|t| (&t.topic, t.subscribed_peers, &t.mesh_peers)).collect();
             report.push(format!(
@@ -266,6 +280,11 @@ pub async fn wait_for_mesh(nodes: &[TestNode], timeout: Duration) {
         if done { Ok(()) } else { Err(report.join("\n  ")) }
     })
     .await
+}
+
+/// Shuts all `nodes` down concurrently.
+pub async fn shutdown_all(nodes: Vec<TestNode>) {
+    futures::future::join_all(nodes.into_iter().map(TestNode::shutdown)).await;
 }
 
 /// Connects a gRPC client to the socket at `path` (panics on failure).
@@ -279,7 +298,7 @@ pub fn order(market: &str, id: u64) -> Order {
     Order {
         id,
         market: market.to_owned(),
-        side: if id % 2 == 0 { Side::Buy } else { Side::Sell } as i32,
+        side: if id.is_multiple_of(2) { Side::Buy } else { Side::Sell } as i32,
         price_ticks: 6_000_000 + id,
         quantity_lots: 1 + id % 97,
         kind: OrderKind::Limit as i32,
@@ -390,8 +409,8 @@ pub mod metric {
 // Raw peer
 // ---------------------------------------------------------------------------------------
 
-/// Largest RPC a [`RawPeer`] sends: far above the nodes' cap, so it can send oversized
-/// messages and let the node's validation (not the codec) refuse them.
+/// Largest RPC a [`RawPeer`] sends (4 MiB): far above a node's cap and transmit size, so
+/// it can send messages that only the node's side refuses.
 pub const RAW_MAX_TRANSMIT: usize = 4 << 20;
 
 enum RawCommand {
@@ -549,7 +568,12 @@ impl RawPeer {
 pub fn distinct_identities(orders: &[Order]) -> HashSet<(Vec<u8>, u64)> {
     let mut seen = HashSet::with_capacity(orders.len());
     for o in orders {
-        assert!(seen.insert((o.origin.clone(), o.id)), "order {} from {:?} received twice", o.id, origin_name(&o.origin));
+        assert!(
+            seen.insert((o.origin.clone(), o.id)),
+            "order {} from {:?} received twice",
+            o.id,
+            origin_name(&o.origin)
+        );
     }
     seen
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
+use prost::Message as _;
 use libp2p::gossipsub::{self, MessageAcceptance, PublishError, TopicHash};
 use libp2p::metrics::Recorder as _;
 use libp2p::swarm::SwarmEvent;
@@ -32,7 +33,7 @@ use crate::config::{BootstrapPeer, NodeSettings};
 use crate::dedup::Digest;
 use crate::metrics::{KindMarket, MarketLabel, MarketReason, Metrics, QueueLabel};
 use crate::outbox::Outbox;
-use crate::proto::{self, NodeStatus, Order, OrderGossip, PeerStatus, TopicMesh, event::Kind, gossip_envelope::Body};
+use crate::proto::{self, GossipEnvelope, NodeStatus, Order, OrderGossip, PeerStatus, TopicMesh, event::Kind, gossip_envelope::Body};
 use crate::ratelimit::Pacer;
 use crate::topics::Topic;
 use crate::validation::{Payload, Validator, ValidatorLimits, Verdict};
@@ -329,19 +330,31 @@ impl Node {
             Command::Submit { orders, reply } => {
                 let origin = self.info.peer_id.to_bytes();
                 let mut receipts = Vec::with_capacity(if reply.is_some() { orders.len() } else { 0 });
+                let stamp = now_ns();
+                let mut per_market: HashMap<String, u64> = HashMap::new();
                 for mut o in orders {
-                    o.origin = origin.clone();
                     // Epochs arrive with the consensus stage; until then every order joins
                     // epoch 0 of its market.
                     o.epoch = 0;
                     if o.submitted_at_ns == 0 {
-                        o.submitted_at_ns = now_ns();
+                        o.submitted_at_ns = stamp;
                     }
                     if reply.is_some() {
+                        o.origin.clone_from(&origin);
                         receipts.push(Submitted { digest: wire::order_digest(&o), epoch: o.epoch });
                     }
-                    self.metrics.orders_submitted.get_or_create(&MarketLabel { market: o.market.clone() }).inc();
+                    // The outbox keeps orders without origin: it is elided on the wire.
+                    o.origin.clear();
+                    match per_market.get_mut(&o.market) {
+                        Some(n) => *n += 1,
+                        None => {
+                            per_market.insert(o.market.clone(), 1);
+                        }
+                    }
                     self.outbox.push(o);
+                }
+                for (market, n) in per_market {
+                    self.metrics.orders_submitted.get_or_create(&MarketLabel { market }).inc_by(n);
                 }
                 self.metrics.outbox_orders.set(self.outbox.len() as i64);
                 if let Some(reply) = reply {
@@ -386,12 +399,16 @@ impl Node {
         self.metrics.outbox_orders.set(self.outbox.len() as i64);
     }
 
-    /// Publishes one pack of `market`; `true` if it went out.
+    /// Publishes one pack of `market`; `true` if it went out. On the wire each order's
+    /// origin and market are elided (implied by the signer and the topic).
     fn publish_pack(&mut self, market: &str, now: Instant) -> bool {
-        let Some(orders) = self.outbox.take_pack(market) else { return false };
+        let Some(mut orders) = self.outbox.take_pack(market) else { return false };
         let n = orders.len();
-        let gossip = OrderGossip { orders };
-        let data = wire::encode(Body::Orders(gossip.clone()));
+        for o in &mut orders {
+            o.market.clear();
+        }
+        let mut envelope = GossipEnvelope { version: wire::WIRE_VERSION, body: Some(Body::Orders(OrderGossip { orders })) };
+        let data = envelope.encode_to_vec();
         let topic = Topic::orders(market).ident(&self.info.network);
         match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
             Ok(_) => {
@@ -419,7 +436,13 @@ impl Node {
                 };
                 tracing::debug!(market, orders = n, reason, "publish deferred; orders kept in the outbox");
                 self.metrics.publish_retries.get_or_create(&MarketReason { market: market.to_owned(), reason }).inc();
-                self.outbox.requeue_front(market, gossip.orders);
+                let Some(Body::Orders(OrderGossip { mut orders })) = envelope.body.take() else {
+                    unreachable!("built above")
+                };
+                for o in &mut orders {
+                    o.market = market.to_owned();
+                }
+                self.outbox.requeue_front(market, orders);
                 self.retry_at.insert(market.to_owned(), now + retry);
                 false
             }
