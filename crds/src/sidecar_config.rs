@@ -360,9 +360,11 @@ mod tests {
 
     #[test]
     fn yaml_round_trip_keeps_every_field() {
-        let mut c = SidecarConfig::default();
-        c.network = "prod-eu".into();
-        c.markets = vec!["BTC-USDT".into(), "ETH-USDT".into()];
+        let mut c = SidecarConfig {
+            network: "prod-eu".into(),
+            markets: vec!["BTC-USDT".into(), "ETH-USDT".into()],
+            ..Default::default()
+        };
         c.p2p.bootstrap_peers = vec![
             "/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWabc".into(),
             // Longer than 80 characters: once emitted as a folded block scalar.

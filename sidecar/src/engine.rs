@@ -253,22 +253,23 @@ async fn connect_sidecar(socket: &Path) -> anyhow::Result<Link> {
     let (pe_tx, peer_events) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(ev) = events.next().await {
-            match ev {
-                Ok(ev) => match ev.kind {
-                    Some(Kind::Orders(o)) => {
-                        if in_tx.send(o.orders).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(_) => {
-                        let _ = pe_tx.send(());
-                    }
-                    None => {}
-                },
+            let kind = match ev {
+                Ok(ev) => ev.kind,
                 Err(s) => {
                     tracing::error!(status = %s, "event stream ended with an error");
                     break;
                 }
+            };
+            let orders = match kind {
+                Some(Kind::Orders(o)) => o.orders,
+                Some(_) => {
+                    let _ = pe_tx.send(());
+                    continue;
+                }
+                None => continue,
+            };
+            if in_tx.send(orders).await.is_err() {
+                break;
             }
         }
     });

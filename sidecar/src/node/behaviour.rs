@@ -57,6 +57,11 @@ pub fn gossipsub_config(settings: &NodeSettings) -> anyhow::Result<gossipsub::Co
         .connection_handler_queue_len(16_384)
         .publish_queue_duration(Duration::from_secs(30))
         .forward_queue_duration(Duration::from_secs(10))
+        // A sidecar unsubscribes when it stops; peers then refuse its GRAFTs for this long.
+        // The GossipSub default (10 s) would keep a quickly restarted pod (same identity)
+        // out of the mesh, and its GRAFT during the backoff would extend that to the
+        // prune backoff (60 s). One second covers the shutdown itself.
+        .unsubscribe_backoff(Duration::from_secs(1))
         .build()
         .context("invalid GossipSub configuration")
 }
