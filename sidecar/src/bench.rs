@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::cluster::{self, ClusterArgs, ClusterReport};
-use crate::engine::{Pace, TransportKind};
+use crate::engine::{Pace, ReplayArgs, TransportKind};
 
 /// Flags of `openmatch-gossip bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -14,7 +14,9 @@ pub struct BenchArgs {
     /// Seconds of the recording replayed at max speed (default: all of it).
     #[arg(long)]
     pub max_duration_s: Option<f64>,
-    /// Seconds of the recording replayed at real pace.
+    /// Seconds of the recording replayed at real pace, in each of two windows: from the
+    /// start (including the initial book snapshot, a one-off burst of ~1,850 orders per
+    /// market) and from 10 s in (steady flow).
     #[arg(long, default_value_t = 60.0)]
     pub real_duration_s: f64,
     /// Also write the table as Markdown to this file.
@@ -49,15 +51,22 @@ fn row(label: &str, r: &ClusterReport, base: Option<&ClusterReport>) -> String {
 
 /// Runs the four configurations and prints the table; `true` if every run was lossless.
 pub async fn run(args: &BenchArgs, binary: &Path) -> anyhow::Result<bool> {
-    let base = ClusterArgs { nodes: 3, pace: Pace::Max, speed: 1.0, duration_s: args.max_duration_s, transport: TransportKind::Sidecar, work_dir: None, keep: false, json: false };
+    let base = ClusterArgs { nodes: 3, replay: ReplayArgs::MAX, transport: TransportKind::Sidecar, work_dir: None, keep: false, json: false };
     let mut table = String::new();
     let _ = writeln!(table, "| run | delivered orders/s per engine | delivery ratio | min rate vs baseline | p50 µs | p99 µs | max µs | sidecar CPU s | sidecar peak RSS MiB |");
     let _ = writeln!(table, "|---|---|---|---|---|---|---|---|---|");
     let mut ok = true;
-    for (pace, duration, label) in [(Pace::Max, args.max_duration_s, "max speed"), (Pace::Real, Some(args.real_duration_s), "real pace")] {
-        let tcp = cluster::run(&ClusterArgs { pace, duration_s: duration, transport: TransportKind::Tcp, ..base.clone() }, binary).await?;
+    let real = Some(args.real_duration_s);
+    let runs = [
+        (Pace::Max, 0.0, args.max_duration_s, "max speed".to_owned()),
+        (Pace::Real, 0.0, real, format!("real pace, first {:.0} s (with snapshot burst)", args.real_duration_s)),
+        (Pace::Real, 10.0, real, format!("real pace, {:.0}–{:.0} s (steady flow)", 10.0, 10.0 + args.real_duration_s)),
+    ];
+    for (pace, from_s, duration, label) in runs {
+        let replay = ReplayArgs { pace, from_s, duration_s: duration, speed: 1.0 };
+        let tcp = cluster::run(&ClusterArgs { replay, transport: TransportKind::Tcp, ..base.clone() }, binary).await?;
         eprint!("{}", tcp.render());
-        let gossip = cluster::run(&ClusterArgs { pace, duration_s: duration, transport: TransportKind::Sidecar, ..base.clone() }, binary).await?;
+        let gossip = cluster::run(&ClusterArgs { replay, transport: TransportKind::Sidecar, ..base.clone() }, binary).await?;
         eprint!("{}", gossip.render());
         ok &= tcp.ok() && gossip.ok();
         let _ = writeln!(table, "{}", row(&format!("{label}, plain TCP baseline"), &tcp, None));

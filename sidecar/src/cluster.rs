@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 
-use crate::engine::{EngineReport, MARKETS, Pace, TransportKind};
+use crate::engine::{EngineReport, MARKETS, Pace, ReplayArgs, TransportKind};
 use crate::stats::{Latency, LatencySummary};
 use openmatch_gossip_crds::SidecarConfig;
 
@@ -33,15 +33,9 @@ pub struct ClusterArgs {
     /// Number of sidecar + engine pairs.
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
-    /// Replay pace: max (as fast as possible) or real (recorded timing).
-    #[arg(long, value_enum, default_value = "max")]
-    pub pace: Pace,
-    /// Speed factor for --pace real.
-    #[arg(long, default_value_t = 1.0)]
-    pub speed: f64,
-    /// Replay only the first SECONDS of the recording (default: all ~345 s of it).
-    #[arg(long, value_name = "SECONDS")]
-    pub duration_s: Option<f64>,
+    /// What to replay and how fast.
+    #[command(flatten)]
+    pub replay: ReplayArgs,
     /// Transport: sidecar (the real thing) or tcp (plain-TCP baseline, no sidecars).
     #[arg(long, value_enum, default_value = "sidecar")]
     pub transport: TransportKind,
@@ -262,11 +256,7 @@ pub async fn run(args: &ClusterArgs, binary: &Path) -> anyhow::Result<ClusterRep
         let log = dir.join(format!("engine{i}.log"));
         let mut cmd = Command::new(binary);
         cmd.arg("engine").args(["--shard", &i.to_string(), "--shards", &n.to_string()]);
-        cmd.arg("--pace").arg(match args.pace { Pace::Max => "max", Pace::Real => "real" });
-        cmd.arg("--speed").arg(args.speed.to_string()).arg("--wait-for-go");
-        if let Some(d) = args.duration_s {
-            cmd.arg("--duration-s").arg(d.to_string());
-        }
+        cmd.args(args.replay.to_args()).arg("--wait-for-go");
         match args.transport {
             TransportKind::Sidecar => {
                 cmd.arg("--transport").arg("sidecar").arg("--socket").arg(&sidecars[i].socket);
@@ -359,7 +349,7 @@ fn summarise(args: &ClusterArgs, engines: Vec<EngineReport>, sidecars: Vec<Proce
     }
     ClusterReport {
         transport: args.transport,
-        pace: args.pace,
+        pace: args.replay.pace,
         missing: engines.iter().map(|e| e.expected.saturating_sub(e.received)).sum(),
         duplicates: engines.iter().map(|e| e.duplicates).sum(),
         checksum_mismatches: mismatches,

@@ -55,6 +55,42 @@ pub enum TransportKind {
     Tcp,
 }
 
+/// What to replay and how fast: shared by `engine` and `cluster`.
+#[derive(Debug, Clone, Copy, PartialEq, clap::Args, Serialize, Deserialize)]
+pub struct ReplayArgs {
+    /// Replay pace: max (as fast as the path accepts) or real (recorded timing).
+    #[arg(long, value_enum, default_value = "max")]
+    pub pace: Pace,
+    /// Speed factor for --pace real (2.0 = twice as fast as recorded).
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Start SECONDS into the recording (10 skips the initial book snapshot, a one-off
+    /// burst of ~1,850 orders per market).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    pub from_s: f64,
+    /// Replay only SECONDS of the recording from --from-s (default: to the end, ~345 s).
+    #[arg(long, value_name = "SECONDS")]
+    pub duration_s: Option<f64>,
+}
+
+impl ReplayArgs {
+    /// Everything at maximum speed.
+    pub const MAX: ReplayArgs = ReplayArgs { pace: Pace::Max, speed: 1.0, from_s: 0.0, duration_s: None };
+
+    /// The same flags as command-line arguments, for a child `engine` process.
+    pub fn to_args(&self) -> Vec<String> {
+        let pace = match self.pace {
+            Pace::Max => "max",
+            Pace::Real => "real",
+        };
+        let mut v = vec!["--pace".into(), pace.into(), "--speed".into(), self.speed.to_string(), "--from-s".into(), self.from_s.to_string()];
+        if let Some(d) = self.duration_s {
+            v.extend(["--duration-s".into(), d.to_string()]);
+        }
+        v
+    }
+}
+
 /// Flags of `openmatch-gossip engine`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EngineArgs {
@@ -70,15 +106,9 @@ pub struct EngineArgs {
     /// Number of engines sharing the flow.
     #[arg(long, default_value_t = 1)]
     pub shards: usize,
-    /// Replay pace.
-    #[arg(long, value_enum, default_value = "max")]
-    pub pace: Pace,
-    /// Speed factor for `--pace real` (2.0 = twice as fast as recorded).
-    #[arg(long, default_value_t = 1.0)]
-    pub speed: f64,
-    /// Replay only the first SECONDS of the recording (default: all of it, ~345 s).
-    #[arg(long, value_name = "SECONDS")]
-    pub duration_s: Option<f64>,
+    /// What to replay and how fast.
+    #[command(flatten)]
+    pub replay: ReplayArgs,
     /// Most orders per submitted chunk at max pace.
     #[arg(long, default_value_t = 512)]
     pub chunk_orders: usize,
@@ -132,9 +162,10 @@ fn to_order(market: &str, id: u64, o: &marketdata::ReplayOrder) -> Order {
     }
 }
 
-/// Loads the recordings in `dir` (or the bundled ones), merges them by time, keeps the first
-/// `duration_s` seconds, and returns shard `shard` of `shards`.
-pub fn load_workload(dir: Option<&Path>, duration_s: Option<f64>, shard: usize, shards: usize) -> anyhow::Result<Workload> {
+/// Loads the recordings in `dir` (or the bundled ones), merges them by time, keeps the
+/// window [`from_s`, `from_s + duration_s`) seconds into the recording, and returns shard
+/// `shard` of `shards`. Event offsets are relative to the window's start.
+pub fn load_workload(dir: Option<&Path>, from_s: f64, duration_s: Option<f64>, shard: usize, shards: usize) -> anyhow::Result<Workload> {
     if shards == 0 || shard >= shards {
         bail!("--shard {shard} must be below --shards {shards}");
     }
@@ -145,12 +176,12 @@ pub fn load_workload(dir: Option<&Path>, duration_s: Option<f64>, shard: usize, 
         per_market.push(marketdata::load_file(&path, Scale::BINANCE_USDM).with_context(|| format!("loading {}", path.display()))?);
     }
     let merged = marketdata::merge_by_time(per_market);
-    let t0 = merged.first().map_or(0, |(_, e)| e.recv_ts_ns);
+    let t0 = merged.first().map_or(0, |(_, e)| e.recv_ts_ns) + (from_s.max(0.0) * 1e9) as u64;
     let horizon = duration_s.map(|s| (s * 1e9) as u64);
     let mut events = Vec::new();
     let (mut mine, mut others, mut next_id) = (0u64, 0u64, 0u64);
-    for (k, (m, ev)) in merged.into_iter().enumerate() {
-        let offset = ev.recv_ts_ns.saturating_sub(t0);
+    for (k, (m, ev)) in merged.into_iter().skip_while(|(_, e)| e.recv_ts_ns < t0).enumerate() {
+        let offset = ev.recv_ts_ns - t0;
         if horizon.is_some_and(|h| offset >= h) {
             break;
         }
@@ -381,7 +412,8 @@ impl Receiver {
 
 /// Runs the reference engine; returns its report.
 pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
-    let workload = load_workload(args.data_dir.as_deref(), args.duration_s, args.shard, args.shards)?;
+    let replay = args.replay;
+    let workload = load_workload(args.data_dir.as_deref(), replay.from_s, replay.duration_s, args.shard, args.shards)?;
     tracing::info!(shard = args.shard, shards = args.shards, orders = workload.orders, events = workload.events.len(), expected = workload.expected_from_peers, "workload loaded");
     let mut link = match args.transport {
         TransportKind::Sidecar => connect_sidecar(&args.socket).await?,
@@ -426,8 +458,8 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
     let mut chunk: Vec<Order> = Vec::new();
     let origin = link.origin.clone();
     for (offset, orders) in workload.events {
-        if args.pace == Pace::Real {
-            let due = start + Duration::from_nanos((offset as f64 / args.speed) as u64);
+        if replay.pace == Pace::Real {
+            let due = start + Duration::from_nanos((offset as f64 / replay.speed) as u64);
             tokio::time::sleep_until(due.into()).await;
         }
         for o in &orders {
@@ -435,7 +467,7 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
         }
         sent += orders.len() as u64;
         chunk.extend(orders);
-        if args.pace == Pace::Real || chunk.len() >= args.chunk_orders {
+        if replay.pace == Pace::Real || chunk.len() >= args.chunk_orders {
             let stamp = now_ns();
             let mut out = std::mem::take(&mut chunk);
             for o in &mut out {
@@ -492,9 +524,9 @@ mod tests {
 
     #[test]
     fn shards_partition_the_flow() {
-        let a = load_workload(None, Some(5.0), 0, 3).unwrap();
-        let b = load_workload(None, Some(5.0), 1, 3).unwrap();
-        let c = load_workload(None, Some(5.0), 2, 3).unwrap();
+        let a = load_workload(None, 0.0, Some(5.0), 0, 3).unwrap();
+        let b = load_workload(None, 0.0, Some(5.0), 1, 3).unwrap();
+        let c = load_workload(None, 0.0, Some(5.0), 2, 3).unwrap();
         let total = a.orders + b.orders + c.orders;
         assert!(total > 1000, "{total}");
         assert_eq!(a.expected_from_peers, b.orders + c.orders);
@@ -508,6 +540,16 @@ mod tests {
 
     #[test]
     fn bad_shard_is_an_error() {
-        assert!(load_workload(None, Some(1.0), 3, 3).is_err());
+        assert!(load_workload(None, 0.0, Some(1.0), 3, 3).is_err());
+    }
+
+    #[test]
+    fn window_skips_the_start() {
+        let all = load_workload(None, 0.0, Some(20.0), 0, 1).unwrap();
+        let late = load_workload(None, 10.0, Some(10.0), 0, 1).unwrap();
+        assert!(late.orders > 0 && late.orders < all.orders);
+        assert!(late.events.iter().all(|(t, _)| *t < 10_000_000_000));
+        // The window's first event starts near offset 0.
+        assert!(late.events[0].0 < 1_000_000_000);
     }
 }

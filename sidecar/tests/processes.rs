@@ -7,12 +7,19 @@ use std::path::Path;
 use std::process::Command;
 
 use openmatch_gossip_sidecar::cluster::{self, ClusterArgs};
-use openmatch_gossip_sidecar::engine::{Pace, TransportKind};
+use openmatch_gossip_sidecar::engine::{Pace, ReplayArgs, TransportKind};
 
 const BIN: &str = env!("CARGO_BIN_EXE_openmatch-gossip");
 
 fn args(pace: Pace, duration_s: f64, transport: TransportKind) -> ClusterArgs {
-    ClusterArgs { nodes: 3, pace, speed: 1.0, duration_s: Some(duration_s), transport, work_dir: None, keep: false, json: false }
+    ClusterArgs {
+        nodes: 3,
+        replay: ReplayArgs { pace, speed: 1.0, from_s: 0.0, duration_s: Some(duration_s) },
+        transport,
+        work_dir: None,
+        keep: false,
+        json: false,
+    }
 }
 
 fn assert_lossless(report: &cluster::ClusterReport) {

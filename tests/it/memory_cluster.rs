@@ -62,7 +62,7 @@ async fn engine(node_socket: std::path::PathBuf, shard: Arc<Workload>, ready: Ar
 async fn three_engines_replay_real_data() {
     let t0 = Instant::now();
     let loading: futures::stream::FuturesOrdered<_> = (0..NODES)
-        .map(|i| tokio::task::spawn_blocking(move || load_workload(None, Some(REPLAY_SECS), i, NODES)))
+        .map(|i| tokio::task::spawn_blocking(move || load_workload(None, 0.0, Some(REPLAY_SECS), i, NODES)))
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let nodes = start_cluster(dir.path(), NODES, &[BTC, ETH], |_| {}).await;
