@@ -73,6 +73,10 @@ pub struct SidecarConfig {
     pub publish: PublishConfig,
     /// `PeerStatus` heartbeats on the control topic.
     pub heartbeat: HeartbeatConfig,
+    /// Epochs, batch sealing and the comparison of batch and result hashes.
+    pub consensus: ConsensusConfig,
+    /// Peer reputation: penalties and bans.
+    pub reputation: ReputationConfig,
 }
 
 impl Default for SidecarConfig {
@@ -85,6 +89,8 @@ impl Default for SidecarConfig {
             limits: LimitsConfig::default(),
             publish: PublishConfig::default(),
             heartbeat: HeartbeatConfig::default(),
+            consensus: ConsensusConfig::default(),
+            reputation: ReputationConfig::default(),
         }
     }
 }
@@ -217,6 +223,84 @@ impl Default for HeartbeatConfig {
     }
 }
 
+/// Who closes an epoch and seals its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SealingMode {
+    /// Every node seals epoch `e` of every market at `(e + 1) × epochMs + graceMs` on its
+    /// wall clock (Unix ms); epoch `e` covers `[e × epochMs, (e + 1) × epochMs)`. Needs
+    /// clocks synchronised to well within the grace (NTP/PTP).
+    Clock,
+    /// The engine seals explicitly (`SealBatch`); orders join the market's current epoch,
+    /// which advances when the engine seals it.
+    Engine,
+}
+
+/// Epochs and consensus (DESIGN §4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ConsensusConfig {
+    /// Who closes epochs. Default `clock`.
+    pub sealing: SealingMode,
+    /// Epoch length, ms. Default 1,000.
+    pub epoch_ms: u32,
+    /// Wait after an epoch ends before sealing it, ms, so orders in flight arrive.
+    /// Default 200.
+    pub grace_ms: u32,
+    /// Seals that must agree, this node included. 0 (default) = a strict majority of the
+    /// live members (this node plus peers whose `PeerStatus` is within the liveness window).
+    pub quorum: u32,
+    /// After sealing, how long to wait for every live peer's seal before deciding with a
+    /// quorum, ms. Default 1,000.
+    pub seal_timeout_ms: u32,
+    /// From the first seal, how long repair may take before an unagreed batch is reported
+    /// `BatchDisputed`, ms. Default 5,000.
+    pub repair_window_ms: u32,
+    /// From this node's result, how long to wait for peers' results, ms. Default 5,000.
+    pub result_timeout_ms: u32,
+    /// Finished batches kept for `GetBatch` and late seals, per market. Default 64.
+    pub retained_batches: u32,
+}
+
+impl Default for ConsensusConfig {
+    fn default() -> Self {
+        Self {
+            sealing: SealingMode::Clock,
+            epoch_ms: 1_000,
+            grace_ms: 200,
+            quorum: 0,
+            seal_timeout_ms: 1_000,
+            repair_window_ms: 5_000,
+            result_timeout_ms: 5_000,
+            retained_batches: 64,
+        }
+    }
+}
+
+/// Peer reputation: scores start at 0, offences subtract, time restores (DESIGN §5). The
+/// score is fed to GossipSub as the peer's application score; at or below
+/// `banThreshold` the peer is disconnected and blocked for `banMs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ReputationConfig {
+    /// Penalty for being in the minority of a batch or result comparison. Default 10.
+    pub minority_penalty: f64,
+    /// Penalty for an invalid gossip message. Default 5.
+    pub invalid_message_penalty: f64,
+    /// Score at or below which a peer is banned. Default -30 (three minority offences).
+    pub ban_threshold: f64,
+    /// Ban length, ms. Default 60,000.
+    pub ban_ms: u32,
+    /// Points restored per minute towards 0. Default 5.
+    pub recovery_per_minute: f64,
+}
+
+impl Default for ReputationConfig {
+    fn default() -> Self {
+        Self { minority_penalty: 10.0, invalid_message_penalty: 5.0, ban_threshold: -30.0, ban_ms: 60_000, recovery_per_minute: 5.0 }
+    }
+}
+
 /// Whether `s` is a valid market name: `[A-Z0-9]+(-[A-Z0-9]+)*`, 1–32 characters.
 pub fn is_valid_market(s: &str) -> bool {
     !s.is_empty()
@@ -333,6 +417,35 @@ impl SidecarConfig {
                 "must be at least publish.maxOrdersPerMessage",
             ));
         }
+        let c = &self.consensus;
+        if !(10..=3_600_000).contains(&c.epoch_ms) {
+            return Err(invalid("consensus.epochMs", "must be between 10 and 3600000 ms"));
+        }
+        if c.grace_ms >= c.epoch_ms.saturating_mul(10) {
+            return Err(invalid("consensus.graceMs", "must be shorter than 10 epochs"));
+        }
+        if c.seal_timeout_ms == 0 || c.seal_timeout_ms > c.repair_window_ms {
+            return Err(invalid("consensus.sealTimeoutMs", "must be between 1 ms and consensus.repairWindowMs"));
+        }
+        if c.result_timeout_ms == 0 {
+            return Err(invalid("consensus.resultTimeoutMs", "must be at least 1 ms"));
+        }
+        if c.retained_batches == 0 {
+            return Err(invalid("consensus.retainedBatches", "must be at least 1"));
+        }
+        let r = &self.reputation;
+        for (field, v) in [
+            ("reputation.minorityPenalty", r.minority_penalty),
+            ("reputation.invalidMessagePenalty", r.invalid_message_penalty),
+            ("reputation.recoveryPerMinute", r.recovery_per_minute),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(invalid(field, "must be a finite number >= 0"));
+            }
+        }
+        if !(r.ban_threshold.is_finite() && r.ban_threshold < 0.0) {
+            return Err(invalid("reputation.banThreshold", "must be a finite number < 0"));
+        }
         let h = &self.heartbeat;
         if !(10..=600_000).contains(&h.interval_ms) {
             return Err(invalid("heartbeat.intervalMs", "must be between 10 and 600000 ms"));
@@ -412,6 +525,10 @@ mod tests {
             ("publish: {maxOrdersPerMessage: 0}", "publish.maxOrdersPerMessage"),
             ("heartbeat: {intervalMs: 5000, livenessWindowMs: 100}", "heartbeat.livenessWindowMs"),
             ("p2p: {listenAddrs: []}", "p2p.listenAddrs"),
+            ("consensus: {epochMs: 1}", "consensus.epochMs"),
+            ("consensus: {sealTimeoutMs: 9000}", "consensus.sealTimeoutMs"),
+            ("reputation: {banThreshold: 5}", "reputation.banThreshold"),
+            ("reputation: {minorityPenalty: -1}", "reputation.minorityPenalty"),
         ];
         for (yaml, field) in cases {
             match SidecarConfig::from_yaml(yaml) {

@@ -27,10 +27,26 @@ use crate::metrics::{Metrics, MethodCode};
 use crate::node::{EventStream, NodeGone, NodeHandle};
 use crate::proto::sidecar_client::SidecarClient;
 use crate::proto::sidecar_server::{Sidecar, SidecarServer};
+use crate::consensus::BatchKey;
+use crate::node::BatchError;
 use crate::proto::{
-    GetStatusRequest, NodeStatus, Order, SubmitOrderRequest, SubmitOrderResponse, SubmitOrdersRequest,
-    SubmitOrdersResponse, SubscribeRequest,
+    BatchChunk, GetBatchRequest, GetStatusRequest, NodeStatus, Order, SealBatchRequest, SealBatchResponse, SubmitOrderRequest,
+    SubmitOrderResponse, SubmitOrdersRequest, SubmitOrdersResponse, SubmitResultRequest, SubmitResultResponse, SubscribeRequest,
 };
+
+/// Orders per `BatchChunk` of a `GetBatch` stream.
+pub const BATCH_CHUNK_ORDERS: usize = 4096;
+
+fn batch_status(e: BatchError) -> Status {
+    match e {
+        BatchError::NotFound(m) => Status::not_found(m),
+        BatchError::Precondition(m) => Status::failed_precondition(m),
+    }
+}
+
+fn batch_key(id: Option<crate::proto::BatchId>) -> Result<BatchKey, Status> {
+    id.map(|id| BatchKey::from_proto(&id)).ok_or_else(|| Status::invalid_argument("batch_id: required"))
+}
 use crate::wire;
 
 /// Socket file mode: owner and group (the engine container's group) may connect.
@@ -138,6 +154,30 @@ impl Sidecar for EngineApi {
 
     async fn get_status(&self, _: Request<GetStatusRequest>) -> Result<Response<NodeStatus>, Status> {
         Ok(Response::new(self.node.status().await.map_err(gone)?))
+    }
+
+    type GetBatchStream = futures::stream::Iter<std::vec::IntoIter<Result<BatchChunk, Status>>>;
+
+    async fn get_batch(&self, req: Request<GetBatchRequest>) -> Result<Response<Self::GetBatchStream>, Status> {
+        let key = batch_key(req.into_inner().batch_id)?;
+        let orders = self.node.batch(key).await.map_err(gone)?.map_err(batch_status)?;
+        let chunks: Vec<Result<BatchChunk, Status>> =
+            orders.chunks(BATCH_CHUNK_ORDERS).map(|c| Ok(BatchChunk { orders: c.to_vec() })).collect();
+        Ok(Response::new(futures::stream::iter(chunks)))
+    }
+
+    async fn submit_result(&self, req: Request<SubmitResultRequest>) -> Result<Response<SubmitResultResponse>, Status> {
+        let req = req.into_inner();
+        let key = batch_key(req.batch_id)?;
+        let hash = <[u8; 32]>::try_from(req.result_hash.as_slice())
+            .map_err(|_| Status::invalid_argument(format!("result_hash: {} bytes, expected 32", req.result_hash.len())))?;
+        self.node.submit_result(key, hash, req.trade_count).await.map_err(gone)?.map_err(batch_status)?;
+        Ok(Response::new(SubmitResultResponse {}))
+    }
+
+    async fn seal_batch(&self, req: Request<SealBatchRequest>) -> Result<Response<SealBatchResponse>, Status> {
+        let key = self.node.seal(req.into_inner().market).await.map_err(gone)?.map_err(batch_status)?;
+        Ok(Response::new(SealBatchResponse { batch_id: Some(key.to_proto()) }))
     }
 }
 

@@ -8,17 +8,23 @@
 //! data from [`marketdata`]) and the main job that runs three of each ([`cluster`]).
 
 pub mod api;
+pub mod auction;
+pub mod batch_hash;
 pub mod bench;
 pub mod cluster;
 pub mod config;
+pub mod consensus;
 pub mod dedup;
 pub mod engine;
+pub mod epoch;
 pub mod identity;
 pub mod marketdata;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod proto;
+pub mod repair;
+pub mod reputation;
 pub mod ratelimit;
 pub mod server;
 pub mod stats;

@@ -122,6 +122,44 @@ pub struct Metrics {
     pub subscribers_dropped: Counter,
     /// `openmatch_gossip_api_requests_total`: socket API calls by method and status code.
     pub api_requests: Family<MethodCode, Counter>,
+    /// `openmatch_gossip_batches_total`: batch outcomes by market: `sealed` (every
+    /// revision), `agreed`, `repaired`, `disputed`, `result_agreed`, `halted`.
+    pub batches: Family<MarketOutcome, Counter>,
+    /// `openmatch_gossip_batch_mismatches_total`: peer seals that differed from ours.
+    pub batch_mismatches: Family<MarketLabel, Counter>,
+    /// `openmatch_gossip_result_mismatches_total`: peer results that differed from ours
+    /// (determinism violations).
+    pub result_mismatches: Family<MarketLabel, Counter>,
+    /// `openmatch_gossip_repaired_orders_total`: orders fetched by repair.
+    pub repaired_orders: Family<MarketLabel, Counter>,
+    /// `openmatch_gossip_late_orders_total`: orders for a batch already agreed (dropped).
+    pub late_orders: Family<MarketLabel, Counter>,
+    /// `openmatch_gossip_batch_agreement_latency_seconds`: first seal → agreement.
+    pub agreement_latency: Histogram,
+    /// `openmatch_gossip_peer_penalties_total`: reputation penalties by reason.
+    pub penalties: Family<ReasonLabel, Counter>,
+    /// `openmatch_gossip_banned_peers`: peers banned now.
+    pub banned_peers: Gauge,
+    /// `openmatch_gossip_peer_reputation_min`: the lowest peer reputation (0 = all clean).
+    pub reputation_min: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// `openmatch_gossip_health`: 0 healthy, 1 degraded, 2 isolated.
+    pub health: Gauge,
+}
+
+/// Labels: market and batch outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MarketOutcome {
+    /// Market name.
+    pub market: String,
+    /// Outcome.
+    pub outcome: &'static str,
+}
+
+/// Label: reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: &'static str,
 }
 
 impl Metrics {
@@ -150,6 +188,17 @@ impl Metrics {
             subscribers: Gauge::default(),
             subscribers_dropped: Counter::default(),
             api_requests: Family::default(),
+            batches: Family::default(),
+            batch_mismatches: Family::default(),
+            result_mismatches: Family::default(),
+            repaired_orders: Family::default(),
+            late_orders: Family::default(),
+            // 100 µs .. ~100 s
+            agreement_latency: Histogram::new(exponential_buckets(1e-4, 2.0, 20)),
+            penalties: Family::default(),
+            banned_peers: Gauge::default(),
+            reputation_min: Gauge::default(),
+            health: Gauge::default(),
         };
         r.register("messages_published", "Gossip messages published", m.messages_published.clone());
         r.register("messages_received", "Gossip messages received for validation", m.messages_received.clone());
@@ -176,6 +225,21 @@ impl Metrics {
         r.register("subscribers", "Open engine event subscriptions", m.subscribers.clone());
         r.register("subscribers_dropped", "Subscriptions ended for falling behind", m.subscribers_dropped.clone());
         r.register("api_requests", "Socket API requests by method and gRPC status", m.api_requests.clone());
+        r.register("batches", "Batch outcomes by market", m.batches.clone());
+        r.register("batch_mismatches", "Peer batch seals that differed from this node's", m.batch_mismatches.clone());
+        r.register("result_mismatches", "Peer trade results that differed from this node's", m.result_mismatches.clone());
+        r.register("repaired_orders", "Orders fetched by batch repair", m.repaired_orders.clone());
+        r.register("late_orders", "Orders that arrived after their batch was agreed", m.late_orders.clone());
+        r.register_with_unit(
+            "batch_agreement_latency",
+            "First seal of a batch to its agreement",
+            prometheus_client::registry::Unit::Seconds,
+            m.agreement_latency.clone(),
+        );
+        r.register("peer_penalties", "Peer reputation penalties by reason", m.penalties.clone());
+        r.register("banned_peers", "Peers banned now", m.banned_peers.clone());
+        r.register("peer_reputation_min", "Lowest peer reputation score (0 = all clean)", m.reputation_min.clone());
+        r.register("health", "Node health: 0 healthy, 1 degraded, 2 isolated", m.health.clone());
         m
     }
 }
@@ -187,6 +251,8 @@ pub struct Health {
     pub alive: AtomicBool,
     /// The engine socket is bound and the node listens on its p2p addresses.
     pub ready: AtomicBool,
+    /// `healthy`, `degraded` or `isolated`, with the reason (set by the node each heartbeat).
+    pub state: Mutex<(String, String)>,
 }
 
 /// State of the HTTP endpoints.
@@ -221,8 +287,16 @@ fn flag(ok: bool, what: &str) -> (StatusCode, String) {
     }
 }
 
+/// 200 while the node runs (so an isolated node is not restarted in a loop); the body says
+/// `healthy`, `degraded: <reason>` or `isolated: <reason>`.
 async fn healthz(State(s): State<HttpState>) -> impl IntoResponse {
-    flag(s.health.alive.load(Ordering::Relaxed), "alive")
+    if !s.health.alive.load(Ordering::Relaxed) {
+        return flag(false, "alive");
+    }
+    let (state, reason) = s.health.state.lock().expect("health lock").clone();
+    let state = if state.is_empty() { "healthy".to_owned() } else { state };
+    let body = if reason.is_empty() { format!("{state}\n") } else { format!("{state}: {reason}\n") };
+    (StatusCode::OK, body)
 }
 
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {

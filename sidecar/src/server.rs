@@ -49,11 +49,11 @@ pub struct RunningSidecar {
 /// address that cannot be bound.
 pub async fn start(settings: NodeSettings, key: Keypair) -> anyhow::Result<RunningSidecar> {
     let mut registry = Registry::default();
-    let (node, handle) = Node::new(settings.clone(), key, &mut registry)?;
+    let health = Arc::new(Health::default());
+    let (node, handle) = Node::new(settings.clone(), key, &mut registry, health.clone())?;
     let metrics = node.metrics();
     let peer_id = handle.info().peer_id;
     let registry = Arc::new(Mutex::new(registry));
-    let health = Arc::new(Health::default());
 
     let listener = crate::api::bind_socket(&settings.socket).await?;
     let shutdown = Shutdown::default();

@@ -46,8 +46,10 @@ pub enum Payload {
     Orders {
         /// Market of the topic.
         market: String,
-        /// New orders, in message order.
+        /// New orders, in message order, origin and market filled in.
         orders: Vec<Order>,
+        /// Their order digests, index for index.
+        digests: Vec<crate::dedup::Digest>,
     },
     /// A heartbeat from `author`.
     PeerStatus(PeerStatus),
@@ -64,6 +66,9 @@ pub struct Validator {
     rate: PeerRateLimiter,
     seen: SeenCache,
     metrics: Arc<Metrics>,
+    /// Highest epoch an order may carry (clock sealing: the current epoch + 1, for clock
+    /// skew); `None` when epochs are engine-driven.
+    max_epoch: Option<u64>,
 }
 
 /// Limits the validator enforces.
@@ -90,7 +95,19 @@ impl Validator {
             rate: PeerRateLimiter::new(limits.rate_limit),
             seen: SeenCache::new(limits.dedup_capacity),
             metrics,
+            max_epoch: None,
         }
+    }
+
+    /// Records an order digest learnt outside gossip (repair), so a later gossip copy of the
+    /// same order is a duplicate.
+    pub fn remember(&mut self, digest: crate::dedup::Digest) {
+        self.seen.insert(digest);
+    }
+
+    /// Sets the highest epoch an order may carry (see the clock); `None` disables the check.
+    pub fn set_max_epoch(&mut self, max: Option<u64>) {
+        self.max_epoch = max;
     }
 
     /// The token buckets, for periodic cleanup.
@@ -184,9 +201,22 @@ impl Validator {
             if let Err(e) = wire::check_order_fields(o, self.max_freeze_proof_bytes) {
                 return reject(e.reason(), format!("order #{i}: {e}"));
             }
+            if let Some(max) = self.max_epoch
+                && o.epoch > max
+            {
+                return reject("future_epoch", format!("order #{i}: epoch {} is beyond the current epoch {}", o.epoch, max - 1));
+            }
         }
         let total = orders.len();
-        let fresh: Vec<Order> = orders.into_iter().filter(|o| self.seen.insert(wire::order_digest(o))).collect();
+        let mut digests = Vec::with_capacity(total);
+        let mut fresh = Vec::with_capacity(total);
+        for o in orders {
+            let d = wire::order_digest(&o);
+            if self.seen.insert(d) {
+                digests.push(d);
+                fresh.push(o);
+            }
+        }
         let dups = (total - fresh.len()) as u64;
         if dups > 0 {
             self.metrics.orders_duplicate.get_or_create(&MarketLabel { market: topic.market.clone() }).inc_by(dups);
@@ -194,7 +224,7 @@ impl Validator {
         if fresh.is_empty() {
             return Verdict::Ignore { reason: "duplicate" };
         }
-        Verdict::Accept(Payload::Orders { market: topic.market.clone(), orders: fresh })
+        Verdict::Accept(Payload::Orders { market: topic.market.clone(), orders: fresh, digests })
     }
 }
 
@@ -272,7 +302,10 @@ mod tests {
         let (src, author) = (PeerId::random(), PeerId::random());
         let wire_order = Order { origin: vec![], market: String::new(), ..order(&author, 5) };
         match v.validate(&src, Some(&author), T, &msg(vec![wire_order])) {
-            Verdict::Accept(Payload::Orders { orders, .. }) => assert_eq!(orders, vec![order(&author, 5)]),
+            Verdict::Accept(Payload::Orders { orders, digests, .. }) => {
+                assert_eq!(orders, vec![order(&author, 5)]);
+                assert_eq!(digests, vec![wire::order_digest(&order(&author, 5))]);
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -290,6 +323,17 @@ mod tests {
         assert!(matches!(v.validate(&src, Some(&author), T, &msg(vec![wrong_market])), Verdict::Reject { .. }));
         let l = KindMarketReason { kind: "orders", market: "BTC-USDT".into(), reason: "forged_origin" };
         assert_eq!(m.messages_rejected.get_or_create(&l).get(), 1);
+    }
+
+    #[test]
+    fn orders_from_a_future_epoch_are_rejected() {
+        let (mut v, _) = validator(FAST);
+        v.set_max_epoch(Some(11));
+        let (src, author) = (PeerId::random(), PeerId::random());
+        let ok = Order { epoch: 11, ..order(&author, 1) };
+        assert!(matches!(v.validate(&src, Some(&author), T, &msg(vec![ok])), Verdict::Accept(_)));
+        let future = Order { epoch: 12, ..order(&author, 2) };
+        assert!(matches!(v.validate(&src, Some(&author), T, &msg(vec![future])), Verdict::Reject { reason: "future_epoch", .. }));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use libp2p::core::transport::MemoryTransport;
 use libp2p::core::upgrade::Version;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{StreamProtocol, Swarm, Transport as _, gossipsub, identify, identity::Keypair, kad, mdns, noise, ping, tcp, yamux};
+use libp2p::{StreamProtocol, Swarm, Transport as _, allow_block_list, gossipsub, identify, identity::Keypair, kad, mdns, noise, ping, request_response, tcp, yamux};
 use prometheus_client::registry::Registry;
 
 use crate::config::NodeSettings;
@@ -27,6 +27,8 @@ pub const TRANSMIT_SLACK_BYTES: usize = 64 * 1024;
 /// The composed behaviour.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Banned peers: connections refused while the ban lasts.
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     /// GossipSub v1.1 with signed messages and application validation.
     pub gossipsub: gossipsub::Behaviour,
     /// Kademlia peer discovery (toggled by `p2p.kademlia`).
@@ -37,6 +39,16 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     /// Ping: liveness of connections.
     pub ping: ping::Behaviour,
+    /// Batch repair: digest sets and missing orders ([`crate::repair`]).
+    pub repair: request_response::Behaviour<crate::repair::RepairCodec>,
+}
+
+/// GossipSub peer scoring: only the application score (peer reputation, weight 1) and
+/// GossipSub's own behaviour penalty count; IP colocation is off, because inside a cluster
+/// (and on loopback) many honest sidecars share address ranges.
+fn peer_score() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let params = gossipsub::PeerScoreParams { app_specific_weight: 1.0, ip_colocation_factor_weight: 0.0, ..Default::default() };
+    (params, gossipsub::PeerScoreThresholds::default())
 }
 
 /// GossipSub configuration from the node settings.
@@ -70,9 +82,11 @@ pub fn gossipsub_config(settings: &NodeSettings) -> anyhow::Result<gossipsub::Co
 fn build_behaviour(key: &Keypair, settings: &NodeSettings, registry: &mut Registry) -> anyhow::Result<Behaviour> {
     let p2p = &settings.config.p2p;
     let peer_id = key.public().to_peer_id();
-    let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossipsub_config(settings)?)
+    let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossipsub_config(settings)?)
         .map_err(|e| anyhow::anyhow!("GossipSub: {e}"))?
         .with_metrics(registry.sub_registry_with_prefix("gossipsub"), Default::default());
+    let (params, thresholds) = peer_score();
+    gossipsub.with_peer_score(params, thresholds).map_err(|e| anyhow::anyhow!("GossipSub peer scoring: {e}"))?;
     let kademlia = p2p.kademlia.then(|| {
         let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad::Config::new(KAD_PROTOCOL));
         // Clusters run on private addresses, which Kademlia's client mode would never
@@ -89,7 +103,19 @@ fn build_behaviour(key: &Keypair, settings: &NodeSettings, registry: &mut Regist
         identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
             .with_agent_version(format!("openmatch-gossip/{}", crate::VERSION)),
     );
-    Ok(Behaviour { gossipsub, kademlia: kademlia.into(), mdns: mdns.into(), identify, ping: ping::Behaviour::default() })
+    let repair = request_response::Behaviour::new(
+        [(crate::repair::PROTOCOL, request_response::ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+    );
+    Ok(Behaviour {
+        blocked: Default::default(),
+        gossipsub,
+        kademlia: kademlia.into(),
+        mdns: mdns.into(),
+        identify,
+        ping: ping::Behaviour::default(),
+        repair,
+    })
 }
 
 /// Builds the swarm for `key`, registering libp2p's GossipSub metrics in `registry`.

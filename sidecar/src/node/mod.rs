@@ -18,6 +18,7 @@ use anyhow::Context as _;
 use futures::StreamExt as _;
 use prost::Message as _;
 use libp2p::gossipsub::{self, MessageAcceptance, PublishError, TopicHash};
+use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::metrics::Recorder as _;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, identity::Keypair, kad, mdns};
@@ -30,6 +31,11 @@ pub use subscribers::EventStream;
 use subscribers::Subscribers;
 
 use crate::config::{BootstrapPeer, NodeSettings};
+use crate::consensus::{Action, AddOutcome, BatchKey, Consensus};
+use crate::epoch::EpochClock;
+use crate::metrics::{Health, MarketOutcome, ReasonLabel};
+use crate::proto::{RepairRequest, RepairResponse, repair_request, repair_response};
+use crate::reputation::{Offence, Reputation};
 use crate::dedup::Digest;
 use crate::metrics::{KindMarket, MarketLabel, MarketReason, Metrics, QueueLabel};
 use crate::outbox::Outbox;
@@ -74,6 +80,20 @@ enum Command {
     Submit { orders: Vec<Order>, reply: Option<oneshot::Sender<Vec<Submitted>>> },
     Subscribe { markets: Vec<String>, reply: oneshot::Sender<Option<EventStream>> },
     Status { reply: oneshot::Sender<NodeStatus> },
+    GetBatch { batch: BatchKey, reply: oneshot::Sender<Result<Vec<Order>, BatchError>> },
+    SubmitResult { batch: BatchKey, hash: Digest, trades: u64, reply: oneshot::Sender<Result<(), BatchError>> },
+    Seal { market: String, reply: oneshot::Sender<Result<BatchKey, BatchError>> },
+}
+
+/// Why a batch request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// Unknown or already dropped batch.
+    #[error("{0}")]
+    NotFound(String),
+    /// The batch is not in the right phase, or the call does not fit the sealing mode.
+    #[error("{0}")]
+    Precondition(String),
 }
 
 /// A cheap, cloneable handle to a running node.
@@ -116,10 +136,29 @@ impl NodeHandle {
         rx.await.map_err(|_| NodeGone)?.ok_or(NodeGone)
     }
 
-    /// Current status: peers, listen addresses, mesh per topic.
+    /// Current status: peers, listen addresses, mesh per topic, health.
     pub async fn status(&self) -> Result<NodeStatus, NodeGone> {
+        self.ask(|reply| Command::Status { reply }).await
+    }
+
+    /// The orders of an agreed batch in canonical order.
+    pub async fn batch(&self, batch: BatchKey) -> Result<Result<Vec<Order>, BatchError>, NodeGone> {
+        self.ask(|reply| Command::GetBatch { batch, reply }).await
+    }
+
+    /// The engine's result for an agreed batch.
+    pub async fn submit_result(&self, batch: BatchKey, hash: Digest, trades: u64) -> Result<Result<(), BatchError>, NodeGone> {
+        self.ask(|reply| Command::SubmitResult { batch, hash, trades, reply }).await
+    }
+
+    /// Engine sealing: seals `market`'s current epoch.
+    pub async fn seal(&self, market: String) -> Result<Result<BatchKey, BatchError>, NodeGone> {
+        self.ask(|reply| Command::Seal { market, reply }).await
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NodeGone> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Status { reply }).map_err(|_| NodeGone)?;
+        self.tx.send(make(reply)).map_err(|_| NodeGone)?;
         rx.await.map_err(|_| NodeGone)
     }
 }
@@ -132,6 +171,15 @@ pub struct Shutdown {
     pub closing: CancellationToken,
     /// Flush the outbox (bounded by [`FLUSH_DEADLINE`]), unsubscribe, and return.
     pub stop: CancellationToken,
+}
+
+/// How often batches are checked for sealing, agreement, repair and timeouts.
+const CONSENSUS_TICK: Duration = Duration::from_millis(20);
+
+/// An outstanding repair request.
+enum PendingRepair {
+    Digests(BatchKey),
+    Fetch { batch: BatchKey, origin: PeerId, digests: HashSet<Digest> },
 }
 
 /// How long a stopping node keeps trying to publish what is left in its outbox.
@@ -168,6 +216,13 @@ pub struct Node {
     last_status: HashMap<PeerId, Instant>,
     topic_of: HashMap<TopicHash, Topic>,
     closing: bool,
+    consensus: Consensus,
+    epochs: EpochClock,
+    reputation: Reputation,
+    repairs: HashMap<OutboundRequestId, PendingRepair>,
+    health: Arc<Health>,
+    /// Last disputed or halted batch, for the health report.
+    last_trouble: Option<(Instant, String)>,
 }
 
 fn now_ns() -> u64 {
@@ -177,7 +232,7 @@ fn now_ns() -> u64 {
 impl Node {
     /// Builds the swarm, subscribes to every topic of the configured markets and starts
     /// listening. Returns the node (run it with [`Node::run`]) and its handle.
-    pub fn new(settings: NodeSettings, key: Keypair, registry: &mut Registry) -> anyhow::Result<(Node, NodeHandle)> {
+    pub fn new(settings: NodeSettings, key: Keypair, registry: &mut Registry, health: Arc<Health>) -> anyhow::Result<(Node, NodeHandle)> {
         let metrics = Arc::new(Metrics::register(registry));
         let p2p_registry = registry.sub_registry_with_prefix("libp2p");
         let mut swarm = build_swarm(key, &settings, p2p_registry)?;
@@ -209,6 +264,9 @@ impl Node {
         });
         let credits = Arc::new(Semaphore::new(info.outbox_capacity));
         let (tx, commands) = mpsc::unbounded_channel();
+        let consensus = Consensus::new(c.consensus.clone());
+        let epochs = EpochClock::new(&c.consensus);
+        let reputation = Reputation::new(c.reputation.clone());
         let node = Node {
             validator: Validator::new(&c.network, &c.markets, limits.clone(), metrics.clone()),
             outbox: Outbox::new(c.publish.max_orders_per_message as usize, limits.max_message_bytes),
@@ -226,6 +284,12 @@ impl Node {
             last_status: HashMap::new(),
             topic_of,
             closing: false,
+            consensus,
+            epochs,
+            reputation,
+            repairs: HashMap::new(),
+            health,
+            last_trouble: None,
         };
         Ok((node, NodeHandle { tx, credits, info }))
     }
@@ -249,6 +313,8 @@ impl Node {
         let mut redial = tokio::time::interval(REDIAL_INTERVAL);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut kad_bootstrap = tokio::time::interval(Duration::from_secs(60));
+        let mut consensus_tick = tokio::time::interval(CONSENSUS_TICK);
+        consensus_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flush_deadline: Option<tokio::time::Instant> = None;
 
         loop {
@@ -280,6 +346,7 @@ impl Node {
                 }
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 _ = heartbeat.tick() => self.on_heartbeat(),
+                _ = consensus_tick.tick() => self.on_consensus_tick(),
                 _ = redial.tick() => self.dial_bootstrap_peers(),
                 _ = kad_bootstrap.tick() => {
                     if let Some(kad) = self.swarm.behaviour_mut().kademlia.as_mut() {
@@ -331,17 +398,22 @@ impl Node {
                 let origin = self.info.peer_id.to_bytes();
                 let mut receipts = Vec::with_capacity(if reply.is_some() { orders.len() } else { 0 });
                 let stamp = now_ns();
+                let now_ms = stamp / 1_000_000;
                 let mut per_market: HashMap<String, u64> = HashMap::new();
                 for mut o in orders {
-                    // Epochs arrive with the consensus stage; until then every order joins
-                    // epoch 0 of its market.
-                    o.epoch = 0;
+                    o.epoch = self.epochs.epoch_for(&o.market, now_ms);
                     if o.submitted_at_ns == 0 {
                         o.submitted_at_ns = stamp;
                     }
+                    o.origin.clone_from(&origin);
+                    let digest = wire::order_digest(&o);
                     if reply.is_some() {
-                        o.origin.clone_from(&origin);
-                        receipts.push(Submitted { digest: wire::order_digest(&o), epoch: o.epoch });
+                        receipts.push(Submitted { digest, epoch: o.epoch });
+                    }
+                    if self.consensus.add_order(o.clone(), digest) == AddOutcome::Late {
+                        // Engine sealing closed this epoch already: the order is refused.
+                        self.metrics.late_orders.get_or_create(&MarketLabel { market: o.market.clone() }).inc();
+                        continue;
                     }
                     // The outbox keeps orders without origin: it is elided on the wire.
                     o.origin.clear();
@@ -368,6 +440,243 @@ impl Node {
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            Command::GetBatch { batch, reply } => {
+                let result = self.consensus.agreed_orders(&batch).map_err(|phase| match self.consensus.phase(&batch) {
+                    None => BatchError::NotFound(format!("batch {batch} is unknown or no longer kept")),
+                    Some(_) => BatchError::Precondition(format!("batch {batch} is {phase:?}: only agreed batches are served")),
+                });
+                let _ = reply.send(result);
+            }
+            Command::SubmitResult { batch, hash, trades, reply } => {
+                match self.consensus.submit_result(&batch, hash, trades, Instant::now()) {
+                    Ok(actions) => {
+                        let _ = reply.send(Ok(()));
+                        self.run_actions(actions);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(BatchError::Precondition(e)));
+                    }
+                }
+            }
+            Command::Seal { market, reply } => {
+                if self.epochs.mode() != openmatch_gossip_crds::sidecar_config::SealingMode::Engine {
+                    let _ = reply.send(Err(BatchError::Precondition("the network seals by clock (consensus.sealing: clock)".into())));
+                } else if !self.info.markets.contains(&market) {
+                    let _ = reply.send(Err(BatchError::NotFound(format!("market {market:?} is not traded here"))));
+                } else {
+                    let epoch = self.epochs.advance(&market, self.consensus.highest_epoch(&market));
+                    let key = BatchKey { market, epoch };
+                    let actions = self.consensus.seal(&key, Instant::now());
+                    let _ = reply.send(Ok(key));
+                    self.run_actions(actions);
+                }
+            }
+        }
+    }
+
+    /// Peers whose `PeerStatus` is within the liveness window.
+    fn live_peers(&self) -> HashSet<PeerId> {
+        self.last_status.keys().copied().collect()
+    }
+
+    /// Seals due batches (clock mode), advances every batch and carries out the actions.
+    fn on_consensus_tick(&mut self) {
+        let now_ms = now_ns() / 1_000_000;
+        let now = Instant::now();
+        if self.epochs.mode() == openmatch_gossip_crds::sidecar_config::SealingMode::Clock {
+            self.validator.set_max_epoch(Some(self.epochs.epoch_for("", now_ms) + 1));
+            for key in self.consensus.collecting() {
+                if self.epochs.seal_due(key.epoch, now_ms) {
+                    let actions = self.consensus.seal(&key, now);
+                    self.run_actions(actions);
+                }
+            }
+        }
+        let live = self.live_peers();
+        let actions = self.consensus.tick(now, &live);
+        self.run_actions(actions);
+    }
+
+    fn run_actions(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::PublishSeal(seal) => {
+                    let market = seal.batch_id.as_ref().map(|b| b.market.clone()).unwrap_or_default();
+                    self.metrics.batches.get_or_create(&MarketOutcome { market: market.clone(), outcome: "sealed" }).inc();
+                    self.publish_consensus(crate::topics::TopicKind::Batches, &market, Body::BatchSealed(seal));
+                }
+                Action::PublishResult(result) => {
+                    let market = result.batch_id.as_ref().map(|b| b.market.clone()).unwrap_or_default();
+                    self.publish_consensus(crate::topics::TopicKind::Results, &market, Body::TradeResult(result));
+                }
+                Action::RequestDigests { peer, batch } => {
+                    self.metrics.batch_mismatches.get_or_create(&MarketLabel { market: batch.market.clone() }).inc();
+                    let req = RepairRequest { kind: Some(repair_request::Kind::Digests(batch.to_proto())) };
+                    let id = self.swarm.behaviour_mut().repair.send_request(&peer, req);
+                    self.repairs.insert(id, PendingRepair::Digests(batch));
+                }
+                Action::FetchOrders { peer, batch, digests } => {
+                    let req = RepairRequest {
+                        kind: Some(repair_request::Kind::Fetch(proto::FetchOrders {
+                            batch_id: Some(batch.to_proto()),
+                            digests: digests.iter().map(|d| d.to_vec()).collect(),
+                        })),
+                    };
+                    let id = self.swarm.behaviour_mut().repair.send_request(&peer, req);
+                    self.repairs.insert(id, PendingRepair::Fetch { batch, origin: peer, digests: digests.into_iter().collect() });
+                }
+                Action::DeliverRepaired { market, orders } => self.subscribers.deliver_orders(&market, orders),
+                Action::Agreed(a) => {
+                    let market = a.batch_id.as_ref().map(|b| b.market.clone()).unwrap_or_default();
+                    self.metrics.batches.get_or_create(&MarketOutcome { market: market.clone(), outcome: "agreed" }).inc();
+                    if a.repaired_orders > 0 {
+                        self.metrics.batches.get_or_create(&MarketOutcome { market, outcome: "repaired" }).inc();
+                    }
+                    self.metrics.agreement_latency.observe(a.agreement_us as f64 * 1e-6);
+                    self.subscribers.broadcast(Kind::BatchAgreed(a));
+                }
+                Action::Disputed(d) => {
+                    let market = d.batch_id.as_ref().map(|b| b.market.clone()).unwrap_or_default();
+                    self.metrics.batches.get_or_create(&MarketOutcome { market, outcome: "disputed" }).inc();
+                    self.last_trouble = Some((Instant::now(), format!("batch disputed: {}", d.reason)));
+                    self.subscribers.broadcast(Kind::BatchDisputed(d));
+                }
+                Action::ResultAgreed(r) => {
+                    let market = r.batch_id.as_ref().map(|b| b.market.clone()).unwrap_or_default();
+                    self.metrics.batches.get_or_create(&MarketOutcome { market, outcome: "result_agreed" }).inc();
+                    self.subscribers.broadcast(Kind::ResultAgreed(r));
+                }
+                Action::ResultMismatch(m) => {
+                    let market = m.batch_id.as_ref().map(|b| b.market.clone()).unwrap_or_default();
+                    self.metrics.batches.get_or_create(&MarketOutcome { market: market.clone(), outcome: "halted" }).inc();
+                    self.metrics.result_mismatches.get_or_create(&MarketLabel { market }).inc();
+                    self.last_trouble = Some((Instant::now(), format!("batch halted: {}", m.reason)));
+                    self.subscribers.broadcast(Kind::ResultMismatch(m));
+                }
+                Action::Penalize { peer, reason } => self.penalize(peer, Offence::Minority, reason),
+            }
+        }
+    }
+
+    fn publish_consensus(&mut self, kind: crate::topics::TopicKind, market: &str, body: Body) {
+        let topic = Topic { kind, market: market.to_owned() }.ident(&self.info.network);
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, wire::encode(body)) {
+            Ok(_) => {
+                self.metrics.messages_published.get_or_create(&KindMarket { kind: kind.as_str(), market: market.to_owned() }).inc();
+            }
+            // Alone on the topic: nobody to compare with.
+            Err(PublishError::NoPeersSubscribedToTopic) => {}
+            Err(e) => tracing::warn!(market, kind = kind.as_str(), error = %e, "consensus message not published"),
+        }
+    }
+
+    fn penalize(&mut self, peer: PeerId, offence: Offence, reason: &'static str) {
+        let now = Instant::now();
+        self.metrics.penalties.get_or_create(&ReasonLabel { reason }).inc();
+        let (score, ban) = self.reputation.penalize(peer, offence, now);
+        tracing::warn!(%peer, reason, score, "peer penalised");
+        self.swarm.behaviour_mut().gossipsub.set_application_score(&peer, score);
+        if ban {
+            tracing::warn!(%peer, score, ban_ms = self.settings.config.reputation.ban_ms, "peer banned: disconnected and blocked");
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+            self.last_status.remove(&peer);
+        }
+        self.report_reputation(now);
+    }
+
+    fn report_reputation(&self, now: Instant) {
+        let summary = self.reputation.summary(now);
+        self.metrics.banned_peers.set(summary.banned as i64);
+        self.metrics.reputation_min.set(summary.min);
+    }
+
+    fn on_repair(&mut self, ev: request_response::Event<RepairRequest, RepairResponse>) {
+        match ev {
+            request_response::Event::Message { peer, message: request_response::Message::Request { request, channel, .. }, .. } => {
+                let response = self.serve_repair(request);
+                let _ = self.swarm.behaviour_mut().repair.send_response(channel, response);
+                let _ = peer;
+            }
+            request_response::Event::Message { peer, message: request_response::Message::Response { request_id, response }, .. } => {
+                match (self.repairs.remove(&request_id), response.kind) {
+                    (Some(PendingRepair::Digests(_)), Some(repair_response::Kind::Digests(set))) => {
+                        let actions = self.consensus.on_digest_set(&set);
+                        self.run_actions(actions);
+                    }
+                    (Some(PendingRepair::Fetch { batch, origin, digests }), Some(repair_response::Kind::Orders(g))) => {
+                        self.on_fetched(peer, batch, origin, digests, g.orders);
+                    }
+                    (Some(PendingRepair::Digests(batch) | PendingRepair::Fetch { batch, .. }), other) => {
+                        tracing::warn!(%peer, batch = %batch, response = ?other, "repair request refused");
+                        self.consensus.on_repair_failure(&batch);
+                    }
+                    (None, _) => {}
+                }
+            }
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                if let Some(PendingRepair::Digests(batch) | PendingRepair::Fetch { batch, .. }) = self.repairs.remove(&request_id) {
+                    tracing::warn!(%peer, batch = %batch, %error, "repair request failed");
+                    self.consensus.on_repair_failure(&batch);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn serve_repair(&self, request: RepairRequest) -> RepairResponse {
+        use repair_response::Kind as R;
+        let kind = match request.kind {
+            Some(repair_request::Kind::Digests(id)) => match self.consensus.digest_set(&BatchKey::from_proto(&id)) {
+                Some(set) => R::Digests(set),
+                None => R::Error(format!("batch {}#{} unknown", id.market, id.epoch)),
+            },
+            Some(repair_request::Kind::Fetch(f)) => {
+                let Some(id) = f.batch_id else { return RepairResponse { kind: Some(R::Error("no batch id".into())) } };
+                let digests: Vec<Digest> = f.digests.iter().filter_map(|d| <Digest>::try_from(d.as_slice()).ok()).collect();
+                match self.consensus.orders_for(&BatchKey::from_proto(&id), &digests) {
+                    Some(orders) => R::Orders(OrderGossip { orders }),
+                    None => R::Error(format!("batch {}#{} unknown", id.market, id.epoch)),
+                }
+            }
+            None => R::Error("empty request".into()),
+        };
+        RepairResponse { kind: Some(kind) }
+    }
+
+    /// Orders fetched by repair: accepted only from their origin, only as asked, only for
+    /// the batch asked about, and only if well-formed; they join the batch and reach the
+    /// engine before its `BatchAgreed`.
+    fn on_fetched(&mut self, peer: PeerId, batch: BatchKey, origin: PeerId, asked: HashSet<Digest>, orders: Vec<Order>) {
+        let origin_bytes = origin.to_bytes();
+        let mut good = Vec::new();
+        let mut bad = 0;
+        for o in orders {
+            let d = wire::order_digest(&o);
+            let ok = peer == origin
+                && o.origin == origin_bytes
+                && asked.contains(&d)
+                && o.market == batch.market
+                && o.epoch == batch.epoch
+                && wire::check_order_fields(&o, self.info.max_freeze_proof_bytes).is_ok();
+            if ok {
+                good.push((d, o));
+            } else {
+                bad += 1;
+            }
+        }
+        if bad > 0 {
+            tracing::warn!(%peer, batch = %batch, bad, "repair response carried orders that were not asked for or not the peer's own");
+            self.penalize(peer, Offence::InvalidMessage, "bad_repair");
+        }
+        for (d, _) in &good {
+            self.validator.remember(*d);
+        }
+        let added = self.consensus.on_fetched(&batch, good);
+        if !added.is_empty() {
+            tracing::info!(batch = %batch, orders = added.len(), %origin, "repaired missing orders");
+            self.metrics.repaired_orders.get_or_create(&MarketLabel { market: batch.market.clone() }).inc_by(added.len() as u64);
+            self.subscribers.deliver_orders(&batch.market, added);
         }
     }
 
@@ -483,6 +792,7 @@ impl Node {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ev)) => self.p2p_metrics.record(&ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Repair(ev)) => self.on_repair(ev),
             SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
@@ -518,6 +828,10 @@ impl Node {
                     Verdict::Ignore { .. } => MessageAcceptance::Ignore,
                 };
                 self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&message_id, &propagation_source, acceptance);
+                if let Verdict::Reject { reason, .. } = &verdict {
+                    let _ = reason;
+                    self.penalize(propagation_source, Offence::InvalidMessage, "invalid_message");
+                }
                 if let Verdict::Accept(payload) = verdict {
                     self.on_payload(payload, message.source);
                 }
@@ -544,12 +858,27 @@ impl Node {
 
     fn on_payload(&mut self, payload: Payload, author: Option<PeerId>) {
         match payload {
-            Payload::Orders { market, orders } => {
+            Payload::Orders { market, orders, digests } => {
                 let now = now_ns();
-                for o in &orders {
+                let mut fresh = Vec::with_capacity(orders.len());
+                let mut late = 0u64;
+                for (o, d) in orders.into_iter().zip(digests) {
                     if o.submitted_at_ns > 0 && now >= o.submitted_at_ns {
                         self.metrics.propagation_latency.observe((now - o.submitted_at_ns) as f64 * 1e-9);
                     }
+                    match self.consensus.add_order(o.clone(), d) {
+                        AddOutcome::Added => fresh.push(o),
+                        AddOutcome::Duplicate => {}
+                        AddOutcome::Late => late += 1,
+                    }
+                }
+                if late > 0 {
+                    tracing::warn!(market, late, "orders arrived after their batch was agreed; not delivered");
+                    self.metrics.late_orders.get_or_create(&MarketLabel { market: market.clone() }).inc_by(late);
+                }
+                let orders = fresh;
+                if orders.is_empty() {
+                    return;
                 }
                 self.metrics.orders_delivered.get_or_create(&MarketLabel { market: market.clone() }).inc_by(orders.len() as u64);
                 self.subscribers.deliver_orders(&market, orders);
@@ -559,14 +888,31 @@ impl Node {
                     self.last_status.insert(peer, Instant::now());
                 }
             }
-            Payload::Consensus(_) => {}
+            Payload::Consensus(body) => {
+                let Some(author) = author else { return };
+                match body {
+                    Body::BatchSealed(seal) => {
+                        self.consensus.on_peer_seal(author, &seal);
+                    }
+                    Body::TradeResult(result) => self.consensus.on_peer_result(author, &result),
+                    _ => {}
+                }
+            }
         }
     }
 
     fn on_heartbeat(&mut self) {
+        let now = Instant::now();
+        for peer in self.reputation.expire_bans(now) {
+            tracing::info!(%peer, "ban expired");
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            self.swarm.behaviour_mut().gossipsub.set_application_score(&peer, 0.0);
+        }
+        self.report_reputation(now);
+        self.update_health();
         let status = PeerStatus {
             node_id: self.info.peer_id.to_bytes(),
-            epoch_id: 0,
+            epoch_id: self.epochs.epoch_for("", now_ns() / 1_000_000),
             phase: proto::Phase::Collect as i32,
             markets: self.info.markets.clone(),
             version: crate::VERSION.to_owned(),
@@ -589,6 +935,31 @@ impl Node {
             self.metrics.mesh_peers.get_or_create(&KindMarket { kind: t.kind.as_str(), market: t.market.clone() }).set(n as i64);
         }
         self.validator.rate_limiter().retain_recent();
+    }
+
+    /// healthy / degraded / isolated, with the reason, for `/healthz` and node status.
+    fn update_health(&mut self) {
+        let connected = self.swarm.connected_peers().count();
+        let live = self.last_status.len() + 1;
+        let expected = self.settings.bootstrap_peers.iter().filter(|p| p.peer_id != self.info.peer_id).count();
+        let quorum = match self.settings.config.consensus.quorum {
+            0 => crate::consensus::majority(live),
+            q => q as usize,
+        };
+        let recent_trouble = self.last_trouble.as_ref().filter(|(at, _)| at.elapsed() < Duration::from_secs(60)).map(|(_, r)| r.clone());
+        let (state, reason, code) = if connected == 0 && expected > 0 {
+            ("isolated", format!("no connected peers (bootstrap peers: {expected})"), 2)
+        } else if live < quorum {
+            ("degraded", format!("{live} live members, below the quorum of {quorum}"), 1)
+        } else if let Some(r) = recent_trouble {
+            ("degraded", r, 1)
+        } else if self.reputation.summary(Instant::now()).banned > 0 {
+            ("degraded", "a peer is banned".to_owned(), 1)
+        } else {
+            ("healthy", String::new(), 0)
+        };
+        self.metrics.health.set(code);
+        *self.health.state.lock().expect("health lock") = (state.to_owned(), reason);
     }
 
     fn dial_bootstrap_peers(&mut self) {
@@ -633,6 +1004,8 @@ impl Node {
             connected_peers: self.swarm.connected_peers().map(|p| p.to_string()).collect(),
             topics,
             version: crate::VERSION.to_owned(),
+            health: { let (s, _) = self.health.state.lock().expect("health lock").clone(); if s.is_empty() { "healthy".to_owned() } else { s } },
+            health_reason: self.health.state.lock().expect("health lock").1.clone(),
         }
     }
 }

@@ -1,0 +1,823 @@
+//! Batch and result consensus (DESIGN §4): the state machine behind BatchAgreed,
+//! BatchDisputed, ResultAgreed and ResultMismatch.
+//!
+//! Pure logic: the node feeds it orders, peers' seals and results, repair replies and the
+//! time; it answers with [`Action`]s (publish, request repair, notify the engine, penalise
+//! a peer). Per batch `(market, epoch)`:
+//!
+//! 1. **Collect**: orders (local and peers') join the batch's set, keyed by order digest.
+//! 2. **Seal**: `batch_hash` = SHA-256 over the sorted digests ([`crate::batch_hash`]);
+//!    `BatchSealed { hash, count, revision }` is broadcast.
+//! 3. **Compare**: peers' latest seals are compared with ours. Every live peer agreeing →
+//!    agreed at once; otherwise after `sealTimeoutMs`, a quorum agreeing and no repair in
+//!    flight → agreed, and the disagreeing peers are penalised as the minority.
+//! 4. **Repair**: for each peer whose hash differs, request its digest set, fetch the
+//!    orders we miss from their origins, add them (they reach the engine before the
+//!    batch's `BatchAgreed`), re-seal with `revision + 1`. Batches converge to the union.
+//!    Still unagreed `repairWindowMs` after the first seal → `BatchDisputed`.
+//! 5. **Settle**: the engine submits its result; `TradeResult` is broadcast and compared.
+//!    Any differing result halts the batch (`ResultMismatch { halt: true }`, logged at
+//!    error level with `severity=critical`); all live peers agreeing → `ResultAgreed`;
+//!    when every live peer answered (or the timeout passed) the peers outside the majority
+//!    result are penalised.
+//!
+//! Quorum: `consensus.quorum` seals (this node included), or by default a strict majority
+//! of the live members (this node + peers with a recent `PeerStatus`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use openmatch_gossip_crds::sidecar_config::ConsensusConfig;
+
+use crate::batch_hash::batch_hash_sorted;
+use crate::dedup::Digest;
+use crate::proto::{
+    BatchAgreed, BatchDisputed, BatchId, BatchSealed, DigestSet, Order, OriginDigest, ResultAgreed, ResultMismatch,
+    TradeResult,
+};
+
+/// A batch: one market's orders of one epoch. Ordered by market, then epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BatchKey {
+    /// Market name.
+    pub market: String,
+    /// Epoch number.
+    pub epoch: u64,
+}
+
+impl BatchKey {
+    /// The protobuf form.
+    pub fn to_proto(&self) -> BatchId {
+        BatchId { market: self.market.clone(), epoch: self.epoch }
+    }
+
+    /// From the protobuf form.
+    pub fn from_proto(id: &BatchId) -> Self {
+        BatchKey { market: id.market.clone(), epoch: id.epoch }
+    }
+}
+
+impl std::fmt::Display for BatchKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{}", self.market, self.epoch)
+    }
+}
+
+/// Where a batch stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Taking orders; not sealed yet.
+    Collect,
+    /// Sealed; comparing and repairing.
+    Sealed,
+    /// Agreed; waiting for the engine's result.
+    Agreed,
+    /// The engine submitted its result; comparing results.
+    Settling,
+    /// Every result matched.
+    Settled,
+    /// The repair window closed without agreement.
+    Disputed,
+    /// Results differed (or too few arrived): matching halted.
+    Halted,
+}
+
+impl Phase {
+    /// Whether orders may still join the batch.
+    pub fn open(self) -> bool {
+        matches!(self, Phase::Collect | Phase::Sealed)
+    }
+
+    /// Whether the batch is finished (nothing more will happen to it).
+    pub fn finished(self) -> bool {
+        matches!(self, Phase::Settled | Phase::Disputed | Phase::Halted)
+    }
+}
+
+/// What the node must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Broadcast this seal on the market's batches topic.
+    PublishSeal(BatchSealed),
+    /// Broadcast this result on the market's results topic.
+    PublishResult(TradeResult),
+    /// Ask `peer` for its digest set of `batch`.
+    RequestDigests {
+        /// Peer to ask.
+        peer: PeerId,
+        /// Batch.
+        batch: BatchKey,
+    },
+    /// Fetch `digests` of `batch` from `peer` (their origin).
+    FetchOrders {
+        /// The orders' origin.
+        peer: PeerId,
+        /// Batch.
+        batch: BatchKey,
+        /// Missing order digests.
+        digests: Vec<Digest>,
+    },
+    /// Orders that joined the batch by repair: deliver them to the engine.
+    DeliverRepaired {
+        /// Market.
+        market: String,
+        /// The repaired orders.
+        orders: Vec<Order>,
+    },
+    /// Tell the engine.
+    Agreed(BatchAgreed),
+    /// Tell the engine.
+    Disputed(BatchDisputed),
+    /// Tell the engine.
+    ResultAgreed(ResultAgreed),
+    /// Tell the engine (a determinism violation).
+    ResultMismatch(ResultMismatch),
+    /// Lower `peer`'s reputation.
+    Penalize {
+        /// The peer.
+        peer: PeerId,
+        /// Why (a metric label): `batch_minority`, `result_minority`.
+        reason: &'static str,
+    },
+}
+
+/// Why an order could not join its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddOutcome {
+    /// New to the batch.
+    Added,
+    /// Already in the batch.
+    Duplicate,
+    /// The batch is already agreed or finished: too late.
+    Late,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seal {
+    revision: u32,
+    hash: Digest,
+    count: u64,
+}
+
+#[derive(Debug)]
+struct Batch {
+    orders: BTreeMap<Digest, Order>,
+    phase: Phase,
+    revision: u32,
+    hash: Option<Digest>,
+    first_sealed: Option<Instant>,
+    sealed_at: Option<Instant>,
+    peer_seals: HashMap<PeerId, Seal>,
+    /// Peers whose digest set we asked for at (their revision, our revision).
+    asked: HashSet<(PeerId, u32, u32)>,
+    /// Outstanding repair requests.
+    in_flight: usize,
+    repaired: u64,
+    result: Option<(Digest, u64)>,
+    result_at: Option<Instant>,
+    peer_results: HashMap<PeerId, (Digest, u64)>,
+    results_judged: bool,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Batch {
+            orders: BTreeMap::new(),
+            phase: Phase::Collect,
+            revision: 0,
+            hash: None,
+            first_sealed: None,
+            sealed_at: None,
+            peer_seals: HashMap::new(),
+            asked: HashSet::new(),
+            in_flight: 0,
+            repaired: 0,
+            result: None,
+            result_at: None,
+            peer_results: HashMap::new(),
+            results_judged: false,
+        }
+    }
+}
+
+/// Counts of what happened to batches, for metrics and reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Seals broadcast (every revision).
+    pub seals: u64,
+    /// Batches agreed.
+    pub agreed: u64,
+    /// Batches that needed at least one repair.
+    pub repaired_batches: u64,
+    /// Orders added by repair.
+    pub repaired_orders: u64,
+    /// Batches disputed.
+    pub disputed: u64,
+    /// Peer seals that differed from ours.
+    pub batch_mismatches: u64,
+    /// Peer results that differed from ours.
+    pub result_mismatches: u64,
+    /// Batches halted.
+    pub halted: u64,
+    /// Results agreed.
+    pub results_agreed: u64,
+    /// Orders that arrived for an agreed or finished batch.
+    pub late_orders: u64,
+}
+
+/// All batches of this node.
+pub struct Consensus {
+    config: ConsensusConfig,
+    batches: BTreeMap<BatchKey, Batch>,
+    tally: Tally,
+}
+
+/// Strict majority of `live` members (this node included).
+pub fn majority(live: usize) -> usize {
+    live / 2 + 1
+}
+
+impl Consensus {
+    /// No batches yet.
+    pub fn new(config: ConsensusConfig) -> Self {
+        Consensus { config, batches: BTreeMap::new(), tally: Tally::default() }
+    }
+
+    /// What happened so far.
+    pub fn tally(&self) -> Tally {
+        self.tally
+    }
+
+    fn quorum(&self, live: usize) -> usize {
+        match self.config.quorum {
+            0 => majority(live),
+            q => q as usize,
+        }
+    }
+
+    /// The phase of `batch`, if known.
+    pub fn phase(&self, batch: &BatchKey) -> Option<Phase> {
+        self.batches.get(batch).map(|b| b.phase)
+    }
+
+    /// Batches not yet sealed, for the clock to check.
+    pub fn collecting(&self) -> Vec<BatchKey> {
+        self.batches.iter().filter(|(_, b)| b.phase == Phase::Collect).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// Batches not finished.
+    pub fn open_batches(&self) -> usize {
+        self.batches.values().filter(|b| !b.phase.finished()).count()
+    }
+
+    /// Highest epoch known for `market`.
+    pub fn highest_epoch(&self, market: &str) -> Option<u64> {
+        self.batches.keys().filter(|k| k.market == market).map(|k| k.epoch).max()
+    }
+
+    /// Adds an order (`origin` and `epoch` set) to its batch, creating the batch if needed.
+    /// An order that joins an already sealed batch makes the node re-seal at the next
+    /// [`Consensus::tick`].
+    pub fn add_order(&mut self, order: Order, digest: Digest) -> AddOutcome {
+        let key = BatchKey { market: order.market.clone(), epoch: order.epoch };
+        let batch = self.batches.entry(key).or_insert_with(Batch::new);
+        if !batch.phase.open() {
+            self.tally.late_orders += 1;
+            return AddOutcome::Late;
+        }
+        if batch.orders.insert(digest, order).is_some() {
+            return AddOutcome::Duplicate;
+        }
+        if batch.phase == Phase::Sealed {
+            batch.hash = None; // stale: re-seal
+        }
+        AddOutcome::Added
+    }
+
+    /// Seals `batch` now (clock due or the engine asked), creating it empty if unknown.
+    pub fn seal(&mut self, batch: &BatchKey, now: Instant) -> Vec<Action> {
+        let b = self.batches.entry(batch.clone()).or_insert_with(Batch::new);
+        if b.phase != Phase::Collect {
+            return Vec::new();
+        }
+        b.phase = Phase::Sealed;
+        b.first_sealed = Some(now);
+        let mut actions = Vec::new();
+        Self::reseal(&mut self.tally, batch, b, now, &mut actions);
+        actions
+    }
+
+    fn reseal(tally: &mut Tally, key: &BatchKey, b: &mut Batch, now: Instant, actions: &mut Vec<Action>) {
+        let digests: Vec<Digest> = b.orders.keys().copied().collect();
+        let hash = batch_hash_sorted(&digests);
+        if b.sealed_at.is_some() {
+            b.revision += 1;
+        }
+        b.hash = Some(hash);
+        b.sealed_at = Some(now);
+        tally.seals += 1;
+        actions.push(Action::PublishSeal(BatchSealed {
+            batch_id: Some(key.to_proto()),
+            batch_hash: hash.to_vec(),
+            order_count: digests.len() as u64,
+            revision: b.revision,
+        }));
+    }
+
+    /// A peer's seal (validated: 32-byte hash). Creates the batch (empty) if unknown, so a
+    /// late joiner takes part in the open batches.
+    pub fn on_peer_seal(&mut self, peer: PeerId, seal: &BatchSealed) -> AddOutcome {
+        let Some(id) = &seal.batch_id else { return AddOutcome::Duplicate };
+        let Ok(hash) = <Digest>::try_from(seal.batch_hash.as_slice()) else { return AddOutcome::Duplicate };
+        let b = self.batches.entry(BatchKey::from_proto(id)).or_insert_with(Batch::new);
+        let newer = b.peer_seals.get(&peer).is_none_or(|s| seal.revision >= s.revision);
+        if newer {
+            b.peer_seals.insert(peer, Seal { revision: seal.revision, hash, count: seal.order_count });
+        }
+        AddOutcome::Added
+    }
+
+    /// Our digest set of `batch`, for a repair request.
+    pub fn digest_set(&self, batch: &BatchKey) -> Option<DigestSet> {
+        let b = self.batches.get(batch)?;
+        Some(DigestSet {
+            batch_id: Some(batch.to_proto()),
+            entries: b.orders.iter().map(|(d, o)| OriginDigest { digest: d.to_vec(), origin: o.origin.clone() }).collect(),
+        })
+    }
+
+    /// The orders of `batch` among `digests` that we hold, for a fetch request.
+    pub fn orders_for(&self, batch: &BatchKey, digests: &[Digest]) -> Option<Vec<Order>> {
+        let b = self.batches.get(batch)?;
+        Some(digests.iter().filter_map(|d| b.orders.get(d).cloned()).collect())
+    }
+
+    /// The batch's orders in canonical order (ascending digest), once agreed.
+    pub fn agreed_orders(&self, batch: &BatchKey) -> Result<Vec<Order>, Phase> {
+        match self.batches.get(batch) {
+            None => Err(Phase::Collect),
+            Some(b) if matches!(b.phase, Phase::Agreed | Phase::Settling | Phase::Settled | Phase::Halted) => {
+                Ok(b.orders.values().cloned().collect())
+            }
+            Some(b) => Err(b.phase),
+        }
+    }
+
+    /// A digest set answered our request: fetch what we miss from each order's origin
+    /// (entries whose origin is not a valid peer id are skipped).
+    pub fn on_digest_set(&mut self, set: &DigestSet) -> Vec<Action> {
+        let Some(id) = &set.batch_id else { return Vec::new() };
+        let key = BatchKey::from_proto(id);
+        let Some(b) = self.batches.get_mut(&key) else { return Vec::new() };
+        b.in_flight = b.in_flight.saturating_sub(1);
+        if !b.phase.open() {
+            return Vec::new();
+        }
+        let mut by_origin: BTreeMap<Vec<u8>, Vec<Digest>> = BTreeMap::new();
+        for e in &set.entries {
+            if let Ok(d) = <Digest>::try_from(e.digest.as_slice())
+                && !b.orders.contains_key(&d)
+            {
+                by_origin.entry(e.origin.clone()).or_default().push(d);
+            }
+        }
+        let mut actions = Vec::new();
+        for (origin, digests) in by_origin {
+            if let Ok(peer) = PeerId::from_bytes(&origin) {
+                b.in_flight += 1;
+                actions.push(Action::FetchOrders { peer, batch: key.clone(), digests });
+            }
+        }
+        actions
+    }
+
+    /// A repair request failed or was refused.
+    pub fn on_repair_failure(&mut self, batch: &BatchKey) {
+        if let Some(b) = self.batches.get_mut(batch) {
+            b.in_flight = b.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Orders fetched from `peer` (already checked: origin = `peer`, digest as asked, batch
+    /// as asked). They join the batch; the caller delivers them to the engine.
+    pub fn on_fetched(&mut self, batch: &BatchKey, orders: Vec<(Digest, Order)>) -> Vec<Order> {
+        let Some(b) = self.batches.get_mut(batch) else { return Vec::new() };
+        b.in_flight = b.in_flight.saturating_sub(1);
+        if !b.phase.open() {
+            return Vec::new();
+        }
+        let mut added = Vec::new();
+        for (d, o) in orders {
+            if let std::collections::btree_map::Entry::Vacant(v) = b.orders.entry(d) {
+                v.insert(o.clone());
+                added.push(o);
+            }
+        }
+        if !added.is_empty() {
+            if b.repaired == 0 {
+                self.tally.repaired_batches += 1;
+            }
+            b.repaired += added.len() as u64;
+            self.tally.repaired_orders += added.len() as u64;
+            b.hash = None; // re-seal at the next tick
+        }
+        added
+    }
+
+    /// The engine's result for an agreed batch.
+    ///
+    /// Errors: the batch is unknown, not agreed, or already has a result.
+    pub fn submit_result(&mut self, batch: &BatchKey, hash: Digest, trades: u64, now: Instant) -> Result<Vec<Action>, String> {
+        let b = self.batches.get_mut(batch).ok_or_else(|| format!("batch {batch} is unknown"))?;
+        if b.phase != Phase::Agreed {
+            return Err(format!("batch {batch} is {:?}, not Agreed", b.phase));
+        }
+        b.phase = Phase::Settling;
+        b.result = Some((hash, trades));
+        b.result_at = Some(now);
+        Ok(vec![Action::PublishResult(TradeResult { batch_id: Some(batch.to_proto()), result_hash: hash.to_vec(), trade_count: trades })])
+    }
+
+    /// A peer's result (validated: 32-byte hash).
+    pub fn on_peer_result(&mut self, peer: PeerId, r: &TradeResult) {
+        let Some(id) = &r.batch_id else { return };
+        let Ok(hash) = <Digest>::try_from(r.result_hash.as_slice()) else { return };
+        let b = self.batches.entry(BatchKey::from_proto(id)).or_insert_with(Batch::new);
+        b.peer_results.insert(peer, (hash, r.trade_count));
+    }
+
+    /// Advances every batch: re-seals stale ones, starts repairs, decides agreement,
+    /// disputes, results, and drops old finished batches. `live` = live peers (not this
+    /// node).
+    pub fn tick(&mut self, now: Instant, live: &HashSet<PeerId>) -> Vec<Action> {
+        let members = live.len() + 1;
+        let quorum = self.quorum(members);
+        let seal_timeout = Duration::from_millis(self.config.seal_timeout_ms as u64);
+        let repair_window = Duration::from_millis(self.config.repair_window_ms as u64);
+        let result_timeout = Duration::from_millis(self.config.result_timeout_ms as u64);
+        let mut actions = Vec::new();
+        for (key, b) in self.batches.iter_mut() {
+            match b.phase {
+                Phase::Sealed => {
+                    if b.hash.is_none() {
+                        Self::reseal(&mut self.tally, key, b, now, &mut actions);
+                    }
+                    let ours = b.hash.expect("sealed above");
+                    let agreeing: Vec<PeerId> = b.peer_seals.iter().filter(|(_, s)| s.hash == ours).map(|(p, _)| *p).collect();
+                    let differing: Vec<(PeerId, u32)> = b.peer_seals.iter().filter(|(_, s)| s.hash != ours).map(|(p, s)| (*p, s.revision)).collect();
+                    for &(peer, rev) in &differing {
+                        if b.asked.insert((peer, rev, b.revision)) {
+                            self.tally.batch_mismatches += 1;
+                            tracing::warn!(batch = %key, %peer, revision = b.revision, peer_revision = rev, "batch hash mismatch; repairing");
+                            b.in_flight += 1;
+                            actions.push(Action::RequestDigests { peer, batch: key.clone() });
+                        }
+                    }
+                    let live_agree = agreeing.iter().filter(|p| live.contains(p)).count() + 1;
+                    let all_live_agree = differing.iter().all(|(p, _)| !live.contains(p)) && live_agree >= members;
+                    let waited = b.sealed_at.is_some_and(|t| now.duration_since(t) >= seal_timeout);
+                    if all_live_agree || (waited && live_agree >= quorum && b.in_flight == 0) {
+                        b.phase = Phase::Agreed;
+                        self.tally.agreed += 1;
+                        for (peer, _) in &differing {
+                            actions.push(Action::Penalize { peer: *peer, reason: "batch_minority" });
+                        }
+                        let agreement_us = b.first_sealed.map_or(0, |t| now.duration_since(t).as_micros() as u64);
+                        actions.push(Action::Agreed(BatchAgreed {
+                            batch_id: Some(key.to_proto()),
+                            batch_hash: ours.to_vec(),
+                            order_count: b.orders.len() as u64,
+                            revision: b.revision,
+                            agreement_us,
+                            repaired_orders: b.repaired,
+                        }));
+                    } else if b.first_sealed.is_some_and(|t| now.duration_since(t) >= repair_window) {
+                        b.phase = Phase::Disputed;
+                        self.tally.disputed += 1;
+                        let reason = format!("{live_agree} of {members} live members agree on revision {} after the {repair_window:?} repair window; quorum {quorum}", b.revision);
+                        tracing::warn!(batch = %key, reason, "batch disputed: it will not be matched");
+                        actions.push(Action::Disputed(BatchDisputed { batch_id: Some(key.to_proto()), reason }));
+                    }
+                }
+                Phase::Settling => {
+                    let (ours, _) = b.result.expect("settling has a result");
+                    let differing: Vec<PeerId> = b.peer_results.iter().filter(|(_, r)| r.0 != ours).map(|(p, _)| *p).collect();
+                    let answered = b.peer_results.keys().filter(|p| live.contains(p)).count();
+                    let timed_out = b.result_at.is_some_and(|t| now.duration_since(t) >= result_timeout);
+                    if !differing.is_empty() {
+                        self.tally.result_mismatches += differing.len() as u64;
+                        self.tally.halted += 1;
+                        b.phase = Phase::Halted;
+                        let reason = format!("{} peer(s) computed a different result hash", differing.len());
+                        tracing::error!(severity = "critical", batch = %key, reason, "RESULT MISMATCH: determinism violation; matching halted for this batch");
+                        actions.push(Action::ResultMismatch(ResultMismatch { batch_id: Some(key.to_proto()), halt: true, reason }));
+                    } else if answered >= live.len() {
+                        b.phase = Phase::Settled;
+                        self.tally.results_agreed += 1;
+                        actions.push(Action::ResultAgreed(ResultAgreed { batch_id: Some(key.to_proto()), result_hash: ours.to_vec() }));
+                    } else if timed_out {
+                        if answered + 1 >= quorum {
+                            b.phase = Phase::Settled;
+                            self.tally.results_agreed += 1;
+                            actions.push(Action::ResultAgreed(ResultAgreed { batch_id: Some(key.to_proto()), result_hash: ours.to_vec() }));
+                        } else {
+                            b.phase = Phase::Halted;
+                            self.tally.halted += 1;
+                            let reason = format!("only {} of {members} results within {result_timeout:?}; quorum {quorum}", answered + 1);
+                            tracing::error!(severity = "critical", batch = %key, reason, "results unconfirmed; matching halted for this batch");
+                            actions.push(Action::ResultMismatch(ResultMismatch { batch_id: Some(key.to_proto()), halt: true, reason }));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            // Judge the results once everyone live answered (or the time is up), even after
+            // an early halt: the peers outside the majority result lose reputation.
+            if matches!(b.phase, Phase::Halted | Phase::Settled)
+                && !b.results_judged
+                && let Some((ours, _)) = b.result
+            {
+                let answered = b.peer_results.keys().filter(|p| live.contains(p)).count();
+                let timed_out = b.result_at.is_some_and(|t| now.duration_since(t) >= result_timeout);
+                if answered >= live.len() || timed_out {
+                    b.results_judged = true;
+                    let mut votes: HashMap<Digest, usize> = HashMap::from([(ours, 1)]);
+                    for (h, _) in b.peer_results.values() {
+                        *votes.entry(*h).or_default() += 1;
+                    }
+                    let (top, n) = votes.iter().max_by_key(|(h, n)| (**n, **h)).map(|(h, n)| (*h, *n)).expect("ours");
+                    // Only a strict majority can single out a minority.
+                    if n >= majority(b.peer_results.len() + 1) {
+                        for (peer, (h, _)) in &b.peer_results {
+                            if *h != top {
+                                actions.push(Action::Penalize { peer: *peer, reason: "result_minority" });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.prune();
+        actions
+    }
+
+    /// Keeps at most `retainedBatches` finished batches per market (the newest).
+    fn prune(&mut self) {
+        let keep = self.config.retained_batches as usize;
+        let mut finished: HashMap<String, Vec<u64>> = HashMap::new();
+        for (k, b) in &self.batches {
+            if b.phase.finished() && b.results_judged_or_no_result() {
+                finished.entry(k.market.clone()).or_default().push(k.epoch);
+            }
+        }
+        for (market, mut epochs) in finished {
+            if epochs.len() > keep {
+                epochs.sort_unstable();
+                for e in &epochs[..epochs.len() - keep] {
+                    self.batches.remove(&BatchKey { market: market.clone(), epoch: *e });
+                }
+            }
+        }
+    }
+}
+
+impl Batch {
+    fn results_judged_or_no_result(&self) -> bool {
+        self.results_judged || self.result.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{OrderKind, Side};
+
+    fn cfg() -> ConsensusConfig {
+        ConsensusConfig { seal_timeout_ms: 100, repair_window_ms: 1000, result_timeout_ms: 100, retained_batches: 2, ..Default::default() }
+    }
+
+    fn order(origin: &PeerId, id: u64) -> (Order, Digest) {
+        let o = Order {
+            id,
+            market: "M".into(),
+            epoch: 1,
+            side: Side::Buy as i32,
+            kind: OrderKind::Limit as i32,
+            price_ticks: 10,
+            quantity_lots: 1,
+            origin: origin.to_bytes(),
+            ..Default::default()
+        };
+        let d = crate::wire::order_digest(&o);
+        (o, d)
+    }
+
+    fn key() -> BatchKey {
+        BatchKey { market: "M".into(), epoch: 1 }
+    }
+
+    fn seal_of(actions: &[Action]) -> BatchSealed {
+        actions.iter().find_map(|a| match a { Action::PublishSeal(s) => Some(s.clone()), _ => None }).expect("a seal")
+    }
+
+    fn has(actions: &[Action], f: impl Fn(&Action) -> bool) -> bool {
+        actions.iter().any(f)
+    }
+
+    /// Three nodes with the same orders agree as soon as both peers' seals are in.
+    #[test]
+    fn identical_batches_agree_immediately() {
+        let (me, p1, p2) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let live = HashSet::from([p1, p2]);
+        let mut nodes: Vec<Consensus> = (0..3).map(|_| Consensus::new(cfg())).collect();
+        let t0 = Instant::now();
+        let mut seals = Vec::new();
+        for n in &mut nodes {
+            for i in 0..5 {
+                let (o, d) = order(&me, i);
+                assert_eq!(n.add_order(o, d), AddOutcome::Added);
+            }
+            seals.push(seal_of(&n.seal(&key(), t0)));
+        }
+        assert!(seals.windows(2).all(|w| w[0] == w[1]), "same orders, same hash");
+        let c = &mut nodes[0];
+        assert!(!has(&c.tick(t0, &live), |a| matches!(a, Action::Agreed(_))), "peers' seals not in yet");
+        c.on_peer_seal(p1, &seals[1]);
+        c.on_peer_seal(p2, &seals[2]);
+        let acts = c.tick(t0, &live);
+        let agreed = acts.iter().find_map(|a| match a { Action::Agreed(x) => Some(x.clone()), _ => None }).unwrap();
+        assert_eq!(agreed.order_count, 5);
+        assert_eq!(agreed.batch_hash, seals[0].batch_hash);
+        assert_eq!(c.agreed_orders(&key()).unwrap().len(), 5);
+    }
+
+    /// A node missing an order learns the digest, fetches it from its origin, re-seals with
+    /// revision 1 and agrees on the union.
+    #[test]
+    fn missing_order_is_repaired_from_its_origin() {
+        let (origin, other) = (PeerId::random(), PeerId::random());
+        let live = HashSet::from([origin, other]);
+        let t0 = Instant::now();
+        let (mut full, mut short) = (Consensus::new(cfg()), Consensus::new(cfg()));
+        let orders: Vec<(Order, Digest)> = (0..4).map(|i| order(&origin, i)).collect();
+        for (o, d) in &orders {
+            full.add_order(o.clone(), *d);
+        }
+        for (o, d) in &orders[..3] {
+            short.add_order(o.clone(), *d);
+        }
+        let full_seal = seal_of(&full.seal(&key(), t0));
+        let short_seal = seal_of(&short.seal(&key(), t0));
+        assert_ne!(full_seal.batch_hash, short_seal.batch_hash);
+        short.on_peer_seal(origin, &full_seal);
+        short.on_peer_seal(other, &full_seal);
+        let acts = short.tick(t0, &live);
+        assert!(has(&acts, |a| matches!(a, Action::RequestDigests { .. })));
+        assert!(!has(&acts, |a| matches!(a, Action::Agreed(_))));
+        // The digest set names the missing order and its origin.
+        let set = full.digest_set(&key()).unwrap();
+        let fetch = short.on_digest_set(&set);
+        let missing = orders[3].1;
+        match &fetch[..] {
+            [Action::FetchOrders { peer, digests, .. }] => {
+                assert_eq!(*peer, origin);
+                assert_eq!(digests, &vec![missing]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let served = full.orders_for(&key(), &[missing]).unwrap();
+        let added = short.on_fetched(&key(), served.into_iter().map(|o| (crate::wire::order_digest(&o), o)).collect());
+        assert_eq!(added.len(), 1);
+        let acts = short.tick(t0, &live);
+        let reseal = seal_of(&acts);
+        assert_eq!(reseal.revision, 1);
+        assert_eq!(reseal.batch_hash, full_seal.batch_hash);
+        // Every live peer now agrees with the re-seal: agreed in the same tick.
+        let agreed = acts.iter().find_map(|a| match a { Action::Agreed(x) => Some(x.clone()), _ => None }).unwrap();
+        assert_eq!((agreed.order_count, agreed.revision, agreed.repaired_orders), (4, 1, 1));
+        assert_eq!(short.tally().repaired_orders, 1);
+    }
+
+    #[test]
+    fn no_agreement_within_the_repair_window_is_a_dispute() {
+        let (p1, p2) = (PeerId::random(), PeerId::random());
+        let live = HashSet::from([p1, p2]);
+        let t0 = Instant::now();
+        let mut c = Consensus::new(cfg());
+        let (o, d) = order(&p1, 1);
+        c.add_order(o, d);
+        c.seal(&key(), t0);
+        let other = BatchSealed { batch_id: Some(key().to_proto()), batch_hash: vec![7; 32], order_count: 9, revision: 0 };
+        c.on_peer_seal(p1, &other);
+        c.on_peer_seal(p2, &other);
+        c.tick(t0, &live);
+        for _ in 0..2 {
+            c.on_repair_failure(&key());
+        }
+        let acts = c.tick(t0 + Duration::from_millis(1000), &live);
+        assert!(has(&acts, |a| matches!(a, Action::Disputed(_))), "{acts:?}");
+        assert_eq!(c.phase(&key()), Some(Phase::Disputed));
+        assert!(c.agreed_orders(&key()).is_err(), "a disputed batch is not served for matching");
+    }
+
+    #[test]
+    fn quorum_agrees_after_the_timeout_and_penalises_the_minority() {
+        let (p1, p2, liar) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let live = HashSet::from([p1, p2, liar]);
+        let t0 = Instant::now();
+        let mut c = Consensus::new(cfg());
+        let ours = seal_of(&c.seal(&key(), t0));
+        c.on_peer_seal(p1, &ours);
+        c.on_peer_seal(p2, &ours);
+        c.on_peer_seal(liar, &BatchSealed { batch_hash: vec![1; 32], ..ours.clone() });
+        let acts = c.tick(t0, &live);
+        assert!(!has(&acts, |a| matches!(a, Action::Agreed(_))), "waits for repair and the timeout");
+        c.on_digest_set(&DigestSet { batch_id: Some(key().to_proto()), entries: vec![] });
+        let acts = c.tick(t0 + Duration::from_millis(100), &live);
+        assert!(has(&acts, |a| matches!(a, Action::Agreed(_))), "{acts:?}");
+        assert!(has(&acts, |a| matches!(a, Action::Penalize { peer, reason: "batch_minority" } if *peer == liar)));
+    }
+
+    #[test]
+    fn late_orders_are_refused_after_agreement() {
+        let p = PeerId::random();
+        let t0 = Instant::now();
+        let mut c = Consensus::new(cfg());
+        c.seal(&key(), t0);
+        c.tick(t0, &HashSet::new()); // alone: agreed at once
+        assert_eq!(c.phase(&key()), Some(Phase::Agreed));
+        let (o, d) = order(&p, 1);
+        assert_eq!(c.add_order(o, d), AddOutcome::Late);
+        assert_eq!(c.tally().late_orders, 1);
+    }
+
+    fn agreed_pair() -> (Consensus, PeerId, PeerId, HashSet<PeerId>, Instant) {
+        let (p1, p2) = (PeerId::random(), PeerId::random());
+        let live = HashSet::from([p1, p2]);
+        let t0 = Instant::now();
+        let mut c = Consensus::new(cfg());
+        let s = seal_of(&c.seal(&key(), t0));
+        c.on_peer_seal(p1, &s);
+        c.on_peer_seal(p2, &s);
+        c.tick(t0, &live);
+        assert_eq!(c.phase(&key()), Some(Phase::Agreed));
+        (c, p1, p2, live, t0)
+    }
+
+    fn result(hash: u8) -> TradeResult {
+        TradeResult { batch_id: Some(key().to_proto()), result_hash: vec![hash; 32], trade_count: 3 }
+    }
+
+    #[test]
+    fn matching_results_settle() {
+        let (mut c, p1, p2, live, t0) = agreed_pair();
+        let acts = c.submit_result(&key(), [5; 32], 3, t0).unwrap();
+        assert!(matches!(&acts[..], [Action::PublishResult(r)] if r.trade_count == 3));
+        assert!(c.submit_result(&key(), [5; 32], 3, t0).is_err(), "one result per batch");
+        c.on_peer_result(p1, &result(5));
+        c.on_peer_result(p2, &result(5));
+        let acts = c.tick(t0, &live);
+        assert!(has(&acts, |a| matches!(a, Action::ResultAgreed(_))));
+        assert!(!has(&acts, |a| matches!(a, Action::Penalize { .. })));
+    }
+
+    #[test]
+    fn a_differing_result_halts_and_the_odd_one_out_is_penalised() {
+        let (mut c, p1, bad, live, t0) = agreed_pair();
+        c.submit_result(&key(), [5; 32], 3, t0).unwrap();
+        c.on_peer_result(bad, &result(6));
+        let acts = c.tick(t0, &live);
+        assert!(has(&acts, |a| matches!(a, Action::ResultMismatch(m) if m.halt)), "halts on the first mismatch");
+        assert!(!has(&acts, |a| matches!(a, Action::Penalize { .. })), "no majority known yet");
+        c.on_peer_result(p1, &result(5));
+        let acts = c.tick(t0, &live);
+        assert!(has(&acts, |a| matches!(a, Action::Penalize { peer, reason: "result_minority" } if *peer == bad)), "{acts:?}");
+        assert_eq!(c.tally().halted, 1);
+        assert!(c.tick(t0, &live).is_empty(), "judged once");
+    }
+
+    #[test]
+    fn too_few_results_halt_after_the_timeout() {
+        let (mut c, _, _, live, t0) = agreed_pair();
+        c.submit_result(&key(), [5; 32], 3, t0).unwrap();
+        let acts = c.tick(t0 + Duration::from_millis(100), &live);
+        assert!(has(&acts, |a| matches!(a, Action::ResultMismatch(m) if m.halt && m.reason.contains("only 1 of 3"))), "{acts:?}");
+    }
+
+    #[test]
+    fn finished_batches_are_pruned_to_the_retention() {
+        let t0 = Instant::now();
+        let mut c = Consensus::new(cfg());
+        for e in 0..5 {
+            let k = BatchKey { market: "M".into(), epoch: e };
+            c.seal(&k, t0);
+            c.tick(t0, &HashSet::new());
+            c.submit_result(&k, [1; 32], 0, t0).unwrap();
+            c.tick(t0, &HashSet::new());
+        }
+        assert_eq!(c.highest_epoch("M"), Some(4));
+        assert!(c.agreed_orders(&BatchKey { market: "M".into(), epoch: 0 }).is_err(), "pruned");
+        assert!(c.agreed_orders(&BatchKey { market: "M".into(), epoch: 4 }).is_ok());
+    }
+}

@@ -1,0 +1,147 @@
+//! Peer reputation (DESIGN §5): peers in the minority of a batch or result comparison, or
+//! sending invalid gossip, lose points; time restores them towards 0 at
+//! `recoveryPerMinute`. The score is fed into GossipSub as the peer's application score
+//! (P₅ of the GossipSub v1.1 score function), so low-reputation peers are also pruned from
+//! meshes; at or below `banThreshold` the peer is banned: disconnected and blocked for
+//! `banMs`, after which it starts again from 0.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use openmatch_gossip_crds::sidecar_config::ReputationConfig;
+
+/// What a peer did wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offence {
+    /// Its batch or result hash was in the minority.
+    Minority,
+    /// It sent an invalid gossip message.
+    InvalidMessage,
+}
+
+/// Scores and bans.
+#[derive(Debug)]
+pub struct Reputation {
+    config: ReputationConfig,
+    scores: HashMap<PeerId, (f64, Instant)>,
+    bans: HashMap<PeerId, Instant>,
+}
+
+/// Reputation figures for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Summary {
+    /// Peers with a non-zero score.
+    pub scored: usize,
+    /// Lowest score (0 when none).
+    pub min: f64,
+    /// Peers banned now.
+    pub banned: usize,
+}
+
+impl Reputation {
+    /// Empty: every peer starts at 0.
+    pub fn new(config: ReputationConfig) -> Self {
+        Reputation { config, scores: HashMap::new(), bans: HashMap::new() }
+    }
+
+    /// Replaces the thresholds (hot reload); scores are kept.
+    pub fn set_config(&mut self, config: ReputationConfig) {
+        self.config = config;
+    }
+
+    /// `peer`'s score at `now` (0 for unknown peers; ≤ 0 always).
+    pub fn score(&self, peer: &PeerId, now: Instant) -> f64 {
+        self.scores.get(peer).map_or(0.0, |(s, at)| self.recovered(*s, *at, now))
+    }
+
+    fn recovered(&self, score: f64, at: Instant, now: Instant) -> f64 {
+        let minutes = now.saturating_duration_since(at).as_secs_f64() / 60.0;
+        (score + minutes * self.config.recovery_per_minute).min(0.0)
+    }
+
+    /// Records an offence; returns the new score and whether the peer is now to be banned
+    /// (it was not banned before and fell to the threshold).
+    pub fn penalize(&mut self, peer: PeerId, offence: Offence, now: Instant) -> (f64, bool) {
+        let penalty = match offence {
+            Offence::Minority => self.config.minority_penalty,
+            Offence::InvalidMessage => self.config.invalid_message_penalty,
+        };
+        let score = self.score(&peer, now) - penalty;
+        self.scores.insert(peer, (score, now));
+        let ban = score <= self.config.ban_threshold && !self.bans.contains_key(&peer);
+        if ban {
+            self.bans.insert(peer, now + Duration::from_millis(self.config.ban_ms as u64));
+        }
+        (score, ban)
+    }
+
+    /// Whether `peer` is banned at `now`.
+    pub fn is_banned(&self, peer: &PeerId, now: Instant) -> bool {
+        self.bans.get(peer).is_some_and(|until| *until > now)
+    }
+
+    /// Ends the bans that expired by `now`; those peers start again from 0.
+    pub fn expire_bans(&mut self, now: Instant) -> Vec<PeerId> {
+        let expired: Vec<PeerId> = self.bans.iter().filter(|(_, until)| **until <= now).map(|(p, _)| *p).collect();
+        for p in &expired {
+            self.bans.remove(p);
+            self.scores.remove(p);
+        }
+        expired
+    }
+
+    /// Figures for metrics.
+    pub fn summary(&self, now: Instant) -> Summary {
+        let scores: Vec<f64> = self.scores.iter().map(|(_, (s, at))| self.recovered(*s, *at, now)).filter(|s| *s < 0.0).collect();
+        Summary {
+            scored: scores.len(),
+            min: scores.iter().copied().fold(0.0, f64::min),
+            banned: self.bans.values().filter(|u| **u > now).count(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rep() -> Reputation {
+        Reputation::new(ReputationConfig { minority_penalty: 10.0, invalid_message_penalty: 5.0, ban_threshold: -30.0, ban_ms: 1000, recovery_per_minute: 60.0 })
+    }
+
+    #[test]
+    fn third_minority_offence_bans_once() {
+        let mut r = rep();
+        let (p, t) = (PeerId::random(), Instant::now());
+        assert_eq!(r.penalize(p, Offence::Minority, t), (-10.0, false));
+        assert_eq!(r.penalize(p, Offence::Minority, t), (-20.0, false));
+        assert_eq!(r.penalize(p, Offence::Minority, t), (-30.0, true));
+        assert!(r.is_banned(&p, t));
+        assert!(!r.penalize(p, Offence::Minority, t).1, "already banned");
+        assert_eq!(r.summary(t).banned, 1);
+    }
+
+    #[test]
+    fn scores_recover_towards_zero() {
+        let mut r = rep();
+        let (p, t) = (PeerId::random(), Instant::now());
+        r.penalize(p, Offence::InvalidMessage, t);
+        assert_eq!(r.score(&p, t + Duration::from_secs(2)), -3.0);
+        assert_eq!(r.score(&p, t + Duration::from_secs(60)), 0.0, "never above 0");
+        assert_eq!(r.score(&PeerId::random(), t), 0.0);
+    }
+
+    #[test]
+    fn bans_expire_and_the_peer_starts_over() {
+        let mut r = rep();
+        let (p, t) = (PeerId::random(), Instant::now());
+        for _ in 0..3 {
+            r.penalize(p, Offence::Minority, t);
+        }
+        assert!(r.expire_bans(t + Duration::from_millis(999)).is_empty());
+        assert_eq!(r.expire_bans(t + Duration::from_millis(1000)), vec![p]);
+        assert!(!r.is_banned(&p, t + Duration::from_millis(1000)));
+        assert_eq!(r.score(&p, t + Duration::from_millis(1000)), 0.0);
+    }
+}
