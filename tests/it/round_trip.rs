@@ -24,7 +24,9 @@ async fn orders_cross_intact_and_not_echoed() {
         .expect("SubmitOrder")
         .into_inner();
     assert_eq!(receipt.digest.len(), 32);
-    assert_eq!(receipt.epoch, 0);
+    // Clock sealing (default, 1 s epochs): the order joins the epoch of its submission.
+    let epoch_now = now_ns() / 1_000_000_000;
+    assert!(receipt.epoch + 1 >= epoch_now && receipt.epoch <= epoch_now, "epoch {} at {epoch_now}", receipt.epoch);
 
     // Three more by the stream, in two chunks and two markets.
     let streamed = vec![order(BTC, 8), order(ETH, 9), Order { kind: 2, price_ticks: 0, ..order(BTC, 10) }];
@@ -42,7 +44,8 @@ async fn orders_cross_intact_and_not_echoed() {
     for (got, want) in received.iter().zip(&sent) {
         // The sidecar fills in origin and epoch; everything else, submitted_at_ns
         // included, is the engine's.
-        let expected = Order { origin: a_origin.clone(), epoch: 0, ..want.clone() };
+        assert!(got.epoch >= receipt.epoch && got.epoch <= receipt.epoch + 1, "epoch {}", got.epoch);
+        let expected = Order { origin: a_origin.clone(), epoch: got.epoch, ..want.clone() };
         assert_eq!(got, &expected);
     }
     assert_eq!(

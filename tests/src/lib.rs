@@ -558,10 +558,16 @@ impl RawPeer {
     }
 
     /// A valid order of this peer's market with `origin` = this peer (what a node requires
-    /// of an order signed by it).
+    /// of an order signed by it), in the current clock epoch (default 1 s epochs), as an
+    /// honest node would stamp it.
     pub fn order(&self, id: u64) -> Order {
-        Order { origin: self.peer_id.to_bytes(), ..order(&self.market, id) }
+        Order { origin: self.peer_id.to_bytes(), epoch: current_epoch(), ..order(&self.market, id) }
     }
+}
+
+/// The current epoch under the default clock sealing (1,000 ms epochs).
+pub fn current_epoch() -> u64 {
+    now_ns() / 1_000_000_000
 }
 
 /// The `(origin, id)` identities of `orders`, asserting there are no duplicates.

@@ -43,11 +43,18 @@ pub struct Behaviour {
     pub repair: request_response::Behaviour<crate::repair::RepairCodec>,
 }
 
-/// GossipSub peer scoring: only the application score (peer reputation, weight 1) and
-/// GossipSub's own behaviour penalty count; IP colocation is off, because inside a cluster
-/// (and on loopback) many honest sidecars share address ranges.
+/// GossipSub peer scoring: the application score (peer reputation, weight 1) and GossipSub's
+/// own behaviour penalty (P₇) count. IP colocation is off, because inside a cluster (and on
+/// loopback) many honest sidecars share address ranges. P₇ forgives the first 16 offences:
+/// a restarted pod (same identity) re-GRAFTs each of its topics once inside the peers'
+/// unsubscribe backoff, and the default (0) would graylist it after a single restart.
 fn peer_score() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
-    let params = gossipsub::PeerScoreParams { app_specific_weight: 1.0, ip_colocation_factor_weight: 0.0, ..Default::default() };
+    let params = gossipsub::PeerScoreParams {
+        app_specific_weight: 1.0,
+        ip_colocation_factor_weight: 0.0,
+        behaviour_penalty_threshold: 16.0,
+        ..Default::default()
+    };
     (params, gossipsub::PeerScoreThresholds::default())
 }
 
