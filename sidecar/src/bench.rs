@@ -51,7 +51,7 @@ fn row(label: &str, r: &ClusterReport, base: Option<&ClusterReport>) -> String {
 
 /// Runs the four configurations and prints the table; `true` if every run was lossless.
 pub async fn run(args: &BenchArgs, binary: &Path) -> anyhow::Result<bool> {
-    let base = ClusterArgs { nodes: 3, replay: ReplayArgs::MAX, transport: TransportKind::Sidecar, work_dir: None, keep: false, json: false };
+    let base = ClusterArgs { nodes: 3, replay: ReplayArgs::MAX, transport: TransportKind::Sidecar, grace_ms: 5_000, work_dir: None, keep: false, json: false };
     let mut table = String::new();
     let _ = writeln!(table, "| run | delivered orders/s per engine | delivery ratio | min rate vs baseline | p50 µs | p99 µs | max µs | sidecar CPU s | sidecar peak RSS MiB |");
     let _ = writeln!(table, "|---|---|---|---|---|---|---|---|---|");

@@ -39,6 +39,10 @@ pub struct ClusterArgs {
     /// Transport: sidecar (the real thing) or tcp (plain-TCP baseline, no sidecars).
     #[arg(long, value_enum, default_value = "sidecar")]
     pub transport: TransportKind,
+    /// Epoch grace for the sidecars, ms: how long after an epoch ends its batch is sealed.
+    /// It must exceed the propagation delay, which at maximum speed is queueing (seconds).
+    #[arg(long, default_value_t = 5_000)]
+    pub grace_ms: u32,
     /// Directory for configs, keys, sockets and logs (default: a fresh temporary directory,
     /// removed afterwards unless --keep).
     #[arg(long)]
@@ -79,12 +83,20 @@ pub struct ClusterReport {
     pub checksum_mismatches: Vec<String>,
     /// Propagation latency over all engines.
     pub latency: LatencySummary,
+    /// Batch outcomes per market, summed over engines (each engine reports every batch it
+    /// took part in, so a batch agreed by all three counts 3).
+    pub batches: BTreeMap<String, crate::engine::BatchTally>,
+    /// Seal → agreement latency over all engines and batches.
+    pub agreement: LatencySummary,
 }
 
 impl ClusterReport {
-    /// Nothing lost, duplicated or altered.
+    /// Nothing lost, duplicated or altered; every batch agreed and its result agreed.
     pub fn ok(&self) -> bool {
-        self.missing == 0 && self.duplicates == 0 && self.checksum_mismatches.is_empty()
+        self.missing == 0
+            && self.duplicates == 0
+            && self.checksum_mismatches.is_empty()
+            && self.batches.values().all(|b| b.disputed == 0 && b.halted == 0 && b.results_agreed == b.agreed)
     }
 
     /// Orders delivered per second to engine `i` (distinct orders / time from GO to the last
@@ -112,11 +124,19 @@ impl ClusterReport {
         }
         let l = &self.latency;
         let _ = writeln!(s, "propagation latency (submit at one engine → event at another): p50 {} µs, p99 {} µs, max {} µs over {} deliveries", l.p50_us, l.p99_us, l.max_us, l.count);
+        if !self.batches.is_empty() {
+            let _ = writeln!(s, "{:<10} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>8}", "market", "agreed", "repaired", "rep.orders", "disputed", "halted", "settled", "trades");
+            for (m, b) in &self.batches {
+                let _ = writeln!(s, "{m:<10} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>8}", b.agreed, b.repaired, b.repaired_orders, b.disputed, b.halted, b.results_agreed, b.trades);
+            }
+            let a = &self.agreement;
+            let _ = writeln!(s, "batch agreement latency (first seal → agreed, per node): p50 {} µs, p99 {} µs, max {} µs over {} batch decisions", a.p50_us, a.p99_us, a.max_us, a.count);
+        }
         let _ = writeln!(s, "missing {}, duplicates {}, checksum mismatches {}", self.missing, self.duplicates, self.checksum_mismatches.len());
         for m in &self.checksum_mismatches {
             let _ = writeln!(s, "  mismatch: {m}");
         }
-        let _ = writeln!(s, "{}", if self.ok() { "RESULT: OK — every engine received every other engine's orders exactly once" } else { "RESULT: FAILED — orders were lost, duplicated or altered" });
+        let _ = writeln!(s, "{}", if self.ok() { "RESULT: OK — every engine received every other engine's orders exactly once; every batch agreed and settled" } else { "RESULT: FAILED — orders lost, duplicated or altered, or a batch disputed or halted" });
         s
     }
 }
@@ -162,7 +182,7 @@ fn log_file(path: &Path) -> anyhow::Result<Stdio> {
     Ok(Stdio::from(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?))
 }
 
-async fn start_sidecars(binary: &Path, dir: &Path, n: usize) -> anyhow::Result<Vec<Sidecar>> {
+async fn start_sidecars(binary: &Path, dir: &Path, n: usize, grace_ms: u32) -> anyhow::Result<Vec<Sidecar>> {
     let mut keys = Vec::new();
     let mut addrs = Vec::new();
     for i in 0..n {
@@ -178,6 +198,9 @@ async fn start_sidecars(binary: &Path, dir: &Path, n: usize) -> anyhow::Result<V
         let mut config = SidecarConfig { network: "demo".into(), markets: MARKETS.iter().map(|(m, _)| m.to_string()).collect(), ..Default::default() };
         let listen = addrs[i].rsplit_once("/p2p/").expect("built above").0.to_owned();
         config.p2p.listen_addrs = vec![listen];
+        config.consensus.grace_ms = grace_ms;
+        config.consensus.seal_timeout_ms = 2_000;
+        config.consensus.repair_window_ms = 30_000;
         config.p2p.bootstrap_peers = addrs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| a.clone()).collect();
         let config_path = dir.join(format!("node{i}.yaml"));
         std::fs::write(&config_path, config.to_yaml())?;
@@ -247,7 +270,7 @@ pub async fn run(args: &ClusterArgs, binary: &Path) -> anyhow::Result<ClusterRep
     };
     let mut sidecars = Vec::new();
     if args.transport == TransportKind::Sidecar {
-        sidecars = start_sidecars(binary, &dir, n).await?;
+        sidecars = start_sidecars(binary, &dir, n, args.grace_ms).await?;
         wait_for_mesh(&mut sidecars, Duration::from_secs(30)).await?;
     }
     let tcp_ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
@@ -330,8 +353,21 @@ fn summarise(args: &ClusterArgs, engines: Vec<EngineReport>, sidecars: Vec<Proce
     let sent_by_origin: BTreeMap<&str, (&str, u64)> = engines.iter().map(|e| (e.origin.as_str(), (e.sent_checksum.as_str(), e.sent))).collect();
     let mut mismatches = Vec::new();
     let mut latency = Latency::default();
+    let mut agreement = Latency::default();
+    let mut batches: BTreeMap<String, crate::engine::BatchTally> = BTreeMap::new();
     for e in &engines {
         latency.merge_buckets(&e.latency_buckets);
+        agreement.merge_buckets(&e.agreement_buckets);
+        for (m, t) in &e.batches {
+            let b = batches.entry(m.clone()).or_default();
+            b.agreed += t.agreed;
+            b.repaired += t.repaired;
+            b.repaired_orders += t.repaired_orders;
+            b.disputed += t.disputed;
+            b.results_agreed += t.results_agreed;
+            b.halted += t.halted;
+            b.trades += t.trades;
+        }
         for (origin, (checksum, sent)) in &sent_by_origin {
             if *origin == e.origin {
                 continue;
@@ -354,6 +390,8 @@ fn summarise(args: &ClusterArgs, engines: Vec<EngineReport>, sidecars: Vec<Proce
         duplicates: engines.iter().map(|e| e.duplicates).sum(),
         checksum_mismatches: mismatches,
         latency: latency.summary(),
+        batches,
+        agreement: agreement.summary(),
         engines,
         sidecars,
     }

@@ -119,6 +119,10 @@ pub struct EngineArgs {
     /// Stop waiting for peers' orders after this long without receiving any, ms.
     #[arg(long, default_value_t = 15_000)]
     pub idle_timeout_ms: u64,
+    /// After the last order arrived, wait until every batch is settled and no batch event
+    /// came for this long, ms (covers the last epoch's sealing).
+    #[arg(long, default_value_t = 3_000)]
+    pub settle_ms: u64,
     /// Transport to the peers.
     #[arg(long, value_enum, default_value = "sidecar")]
     pub transport: TransportKind,
@@ -218,6 +222,25 @@ pub struct OriginTally {
     pub checksum: String,
 }
 
+/// Batch outcomes of one market, as the engine saw them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BatchTally {
+    /// `BatchAgreed` received.
+    pub agreed: u64,
+    /// Agreed batches that needed repair at this node.
+    pub repaired: u64,
+    /// Orders repaired into agreed batches at this node.
+    pub repaired_orders: u64,
+    /// `BatchDisputed` received.
+    pub disputed: u64,
+    /// `ResultAgreed` received.
+    pub results_agreed: u64,
+    /// `ResultMismatch { halt }` received.
+    pub halted: u64,
+    /// Trades matched over the agreed batches.
+    pub trades: u64,
+}
+
 /// What an engine did, printed as one JSON line on stdout at the end.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EngineReport {
@@ -248,6 +271,12 @@ pub struct EngineReport {
     pub latency_buckets: Vec<(u64, u64)>,
     /// Peer joined/left events seen.
     pub peer_events: u64,
+    /// Per market: batch outcomes (sidecar transport only).
+    pub batches: BTreeMap<String, BatchTally>,
+    /// Seal → agreement at this node, per batch.
+    pub agreement: LatencySummary,
+    /// Agreement latency histogram (µs value, count), for merging.
+    pub agreement_buckets: Vec<(u64, u64)>,
 }
 
 fn now_ns() -> u64 {
@@ -261,6 +290,8 @@ struct Link {
     out: mpsc::Sender<Vec<Order>>,
     inbound: mpsc::Receiver<Vec<Order>>,
     peer_events: mpsc::UnboundedReceiver<()>,
+    /// Batch events and a client to fetch batches and submit results (sidecar only).
+    consensus: Option<(mpsc::UnboundedReceiver<Kind>, crate::proto::sidecar_client::SidecarClient<tonic::transport::Channel>)>,
     /// Resolves to the number of orders the transport accepted once `out` is closed.
     done: tokio::task::JoinHandle<anyhow::Result<u64>>,
 }
@@ -282,6 +313,7 @@ async fn connect_sidecar(socket: &Path) -> anyhow::Result<Link> {
     let mut events = client.subscribe(SubscribeRequest { markets: vec![] }).await?.into_inner();
     let (in_tx, inbound) = mpsc::channel(1024);
     let (pe_tx, peer_events) = mpsc::unbounded_channel();
+    let (batch_tx, batch_events) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(ev) = events.next().await {
             let kind = match ev {
@@ -293,8 +325,12 @@ async fn connect_sidecar(socket: &Path) -> anyhow::Result<Link> {
             };
             let orders = match kind {
                 Some(Kind::Orders(o)) => o.orders,
-                Some(_) => {
+                Some(Kind::PeerJoined(_) | Kind::PeerLeft(_)) => {
                     let _ = pe_tx.send(());
+                    continue;
+                }
+                Some(k) => {
+                    let _ = batch_tx.send(k);
                     continue;
                 }
                 None => continue,
@@ -311,7 +347,15 @@ async fn connect_sidecar(socket: &Path) -> anyhow::Result<Link> {
         let resp = submit.submit_orders(stream).await.context("SubmitOrders")?;
         Ok(resp.into_inner().accepted)
     });
-    Ok(Link { origin: peer_id.to_bytes(), origin_label: peer_id.to_string(), out, inbound, peer_events, done })
+    Ok(Link {
+        origin: peer_id.to_bytes(),
+        origin_label: peer_id.to_string(),
+        out,
+        inbound,
+        peer_events,
+        consensus: Some((batch_events, client)),
+        done,
+    })
 }
 
 async fn connect_tcp(shard: usize, listen: SocketAddr, peers: &[SocketAddr]) -> anyhow::Result<Link> {
@@ -373,7 +417,7 @@ async fn connect_tcp(shard: usize, listen: SocketAddr, peers: &[SocketAddr]) -> 
         Ok(n)
     });
     let (_pe_tx, peer_events) = mpsc::unbounded_channel();
-    Ok(Link { origin: origin_bytes, origin_label: origin, out, inbound, peer_events, done })
+    Ok(Link { origin: origin_bytes, origin_label: origin, out, inbound, peer_events, consensus: None, done })
 }
 
 fn origin_label(origin: &[u8]) -> String {
@@ -410,6 +454,91 @@ impl Receiver {
     }
 }
 
+/// What the matcher task learnt.
+#[derive(Default)]
+struct MatcherState {
+    batches: BTreeMap<String, BatchTally>,
+    agreement: Latency,
+    /// Agreed batches without a result verdict yet.
+    unsettled: HashSet<(String, u64)>,
+    last_event: Option<Instant>,
+}
+
+/// The engine's matcher: for every `BatchAgreed`, fetches the batch in canonical order,
+/// runs the reference auction ([`crate::auction`]) and submits the result hash; tallies
+/// every batch outcome. Shares its state so the engine can tell when all is settled.
+async fn run_matcher(
+    mut events: mpsc::UnboundedReceiver<Kind>,
+    mut client: crate::proto::sidecar_client::SidecarClient<tonic::transport::Channel>,
+    state: std::sync::Arc<std::sync::Mutex<MatcherState>>,
+) {
+    use crate::proto::{GetBatchRequest, SubmitResultRequest};
+    while let Some(kind) = events.recv().await {
+        let market = |id: &Option<crate::proto::BatchId>| id.as_ref().map(|b| (b.market.clone(), b.epoch)).unwrap_or_default();
+        match kind {
+            Kind::BatchAgreed(a) => {
+                let (m, epoch) = market(&a.batch_id);
+                {
+                    let mut st = state.lock().expect("matcher state");
+                    st.last_event = Some(Instant::now());
+                    st.agreement.record(a.agreement_us);
+                    let t = st.batches.entry(m.clone()).or_default();
+                    t.agreed += 1;
+                    if a.repaired_orders > 0 {
+                        t.repaired += 1;
+                        t.repaired_orders += a.repaired_orders;
+                    }
+                    st.unsettled.insert((m.clone(), epoch));
+                }
+                let mut orders = Vec::new();
+                match client.get_batch(GetBatchRequest { batch_id: a.batch_id.clone() }).await {
+                    Ok(stream) => {
+                        let mut stream = stream.into_inner();
+                        while let Some(Ok(chunk)) = stream.next().await {
+                            orders.extend(chunk.orders);
+                        }
+                    }
+                    Err(s) => {
+                        tracing::error!(market = m, epoch, status = %s, "GetBatch failed");
+                        continue;
+                    }
+                }
+                let trades = crate::auction::run_auction(&orders);
+                let hash = <[u8; 32]>::try_from(a.batch_hash.as_slice()).unwrap_or_default();
+                let result_hash = crate::auction::result_hash(&hash, &trades);
+                state.lock().expect("matcher state").batches.entry(m.clone()).or_default().trades += trades.len() as u64;
+                let req = SubmitResultRequest { batch_id: a.batch_id, result_hash: result_hash.to_vec(), trade_count: trades.len() as u64 };
+                if let Err(s) = client.submit_result(req).await {
+                    tracing::error!(market = m, epoch, status = %s, "SubmitResult failed");
+                }
+            }
+            Kind::BatchDisputed(d) => {
+                let (m, epoch) = market(&d.batch_id);
+                tracing::warn!(market = m, epoch, reason = d.reason, "batch disputed: not matched");
+                let mut st = state.lock().expect("matcher state");
+                st.last_event = Some(Instant::now());
+                st.batches.entry(m).or_default().disputed += 1;
+            }
+            Kind::ResultAgreed(r) => {
+                let (m, epoch) = market(&r.batch_id);
+                let mut st = state.lock().expect("matcher state");
+                st.last_event = Some(Instant::now());
+                st.unsettled.remove(&(m.clone(), epoch));
+                st.batches.entry(m).or_default().results_agreed += 1;
+            }
+            Kind::ResultMismatch(r) => {
+                let (m, epoch) = market(&r.batch_id);
+                tracing::error!(market = m, epoch, reason = r.reason, "result mismatch: batch halted, not settled");
+                let mut st = state.lock().expect("matcher state");
+                st.last_event = Some(Instant::now());
+                st.unsettled.remove(&(m.clone(), epoch));
+                st.batches.entry(m).or_default().halted += 1;
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Runs the reference engine; returns its report.
 pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
     let replay = args.replay;
@@ -429,6 +558,10 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
         if line.trim() != "GO" {
             bail!("expected GO on stdin, got {line:?}");
         }
+    }
+    let matcher = std::sync::Arc::new(std::sync::Mutex::new(MatcherState::default()));
+    if let Some((events, client)) = link.consensus.take() {
+        tokio::spawn(run_matcher(events, client, matcher.clone()));
     }
     let start = Instant::now();
     let expected = workload.expected_from_peers;
@@ -492,6 +625,30 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
     tracing::info!(sent, secs = send_secs, "replay submitted");
 
     let rx = receiver.await.context("receiver task panicked")?;
+    if args.transport == TransportKind::Sidecar {
+        // Wait for the last epochs to be sealed, agreed and settled.
+        let quiet = Duration::from_millis(args.settle_ms);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let since = Instant::now();
+        loop {
+            let (unsettled, last) = {
+                let st = matcher.lock().expect("matcher state");
+                (st.unsettled.len(), st.last_event.unwrap_or(since).max(since))
+            };
+            if unsettled == 0 && last.elapsed() >= quiet {
+                break;
+            }
+            if Instant::now() > deadline {
+                tracing::warn!(unsettled, "batches still unsettled after 120 s; reporting anyway");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (batches, agreement) = {
+        let st = matcher.lock().expect("matcher state");
+        (st.batches.clone(), (st.agreement.summary(), st.agreement.buckets()))
+    };
     let mut peer_events = 0;
     while link.peer_events.try_recv().is_ok() {
         peer_events += 1;
@@ -515,6 +672,9 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
         latency: rx.latency.summary(),
         latency_buckets: rx.latency.buckets(),
         peer_events,
+        batches,
+        agreement: agreement.0,
+        agreement_buckets: agreement.1,
     })
 }
 

@@ -16,6 +16,7 @@ fn args(pace: Pace, duration_s: f64, transport: TransportKind) -> ClusterArgs {
         nodes: 3,
         replay: ReplayArgs { pace, speed: 1.0, from_s: 0.0, duration_s: Some(duration_s) },
         transport,
+        grace_ms: 5_000,
         work_dir: None,
         keep: false,
         json: false,
