@@ -287,7 +287,8 @@ pub struct ReputationConfig {
     pub minority_penalty: f64,
     /// Penalty for an invalid gossip message. Default 5.
     pub invalid_message_penalty: f64,
-    /// Score at or below which a peer is banned. Default -30 (three minority offences).
+    /// Score at or below which a peer is banned. Default -25: three minority offences
+    /// (-30) within a minute, with room for the recovery in between.
     pub ban_threshold: f64,
     /// Ban length, ms. Default 60,000.
     pub ban_ms: u32,
@@ -297,7 +298,7 @@ pub struct ReputationConfig {
 
 impl Default for ReputationConfig {
     fn default() -> Self {
-        Self { minority_penalty: 10.0, invalid_message_penalty: 5.0, ban_threshold: -30.0, ban_ms: 60_000, recovery_per_minute: 5.0 }
+        Self { minority_penalty: 10.0, invalid_message_penalty: 5.0, ban_threshold: -25.0, ban_ms: 60_000, recovery_per_minute: 5.0 }
     }
 }
 

@@ -94,9 +94,23 @@ pub struct BootstrapPeer {
     pub addr: Multiaddr,
 }
 
+/// A fault injector for tests: inbound gossip orders for which it returns `true` are
+/// dropped as if the network had lost them (they can still arrive by repair). Not
+/// reachable from the command line or the config file.
+#[derive(Clone, Default)]
+pub struct FaultInjector(pub Option<std::sync::Arc<dyn Fn(&crate::proto::Order) -> bool + Send + Sync>>);
+
+impl std::fmt::Debug for FaultInjector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "FaultInjector(active)" } else { "FaultInjector(none)" })
+    }
+}
+
 /// Everything a node needs to start, validated.
 #[derive(Debug, Clone)]
 pub struct NodeSettings {
+    /// Test hook: inbound gossip orders to drop.
+    pub fault: FaultInjector,
     /// The shared configuration (file + overrides).
     pub config: SidecarConfig,
     /// Parsed `p2p.listenAddrs`.
@@ -196,6 +210,7 @@ impl NodeSettings {
             .map(|(i, a)| parse_bootstrap(&format!("p2p.bootstrapPeers[{i}]"), a))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(NodeSettings {
+            fault: FaultInjector::default(),
             config,
             listen_addrs,
             bootstrap_peers,

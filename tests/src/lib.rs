@@ -25,7 +25,7 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, Transport as _, noise, yamux};
 use openmatch_gossip_crds::SidecarConfig;
-use openmatch_gossip_sidecar::config::NodeSettings;
+use openmatch_gossip_sidecar::config::{FaultInjector, NodeSettings};
 use openmatch_gossip_sidecar::proto::sidecar_client::SidecarClient;
 use openmatch_gossip_sidecar::proto::{
     Event, NodeStatus, Order, OrderGossip, OrderKind, Side, SubscribeRequest, event::Kind, gossip_envelope::Body,
@@ -170,7 +170,21 @@ pub async fn start_node(
     bootstrap: Vec<String>,
     tweak: impl FnOnce(&mut SidecarConfig),
 ) -> TestNode {
-    start_node_at(dir, name, memory_addr(), markets, bootstrap, tweak).await
+    start_node_at(dir, name, memory_addr(), markets, bootstrap, tweak, FaultInjector::default()).await
+}
+
+/// [`start_node`] with a fault injector: inbound gossip orders for which `drop` returns
+/// `true` are lost on the way in (repair can still bring them).
+pub async fn start_node_with_fault(
+    dir: &Path,
+    name: &str,
+    markets: &[&str],
+    bootstrap: Vec<String>,
+    tweak: impl FnOnce(&mut SidecarConfig),
+    drop: impl Fn(&Order) -> bool + Send + Sync + 'static,
+) -> TestNode {
+    let fault = FaultInjector(Some(std::sync::Arc::new(drop)));
+    start_node_at(dir, name, memory_addr(), markets, bootstrap, tweak, fault).await
 }
 
 /// [`start_node`] on a given listen address.
@@ -181,6 +195,7 @@ async fn start_node_at(
     markets: &[&str],
     bootstrap: Vec<String>,
     tweak: impl FnOnce(&mut SidecarConfig),
+    fault: FaultInjector,
 ) -> TestNode {
     init_tracing();
     let mut config = SidecarConfig {
@@ -199,6 +214,7 @@ async fn start_node_at(
         "127.0.0.1:0".parse().expect("socket addr"),
     )
     .unwrap_or_else(|e| panic!("node {name}: invalid settings: {e:#}"));
+    let settings = NodeSettings { fault, ..settings };
     let key = sidecar::identity::load_or_create(&key_path).expect("identity key");
     let sidecar =
         sidecar::server::start(settings, key).await.unwrap_or_else(|e| panic!("node {name} did not start: {e:#}"));
@@ -227,7 +243,7 @@ pub async fn start_cluster(
     let mut nodes = Vec::with_capacity(n);
     for (i, (name, listen, _)) in plan.iter().enumerate() {
         let bootstrap = plan.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, (_, _, a))| a.clone()).collect();
-        nodes.push(start_node_at(dir, name, listen.clone(), markets, bootstrap, &tweak).await);
+        nodes.push(start_node_at(dir, name, listen.clone(), markets, bootstrap, &tweak, FaultInjector::default()).await);
     }
     nodes
 }
@@ -396,6 +412,21 @@ pub mod metric {
     /// `orders_delivered{market}`.
     pub fn delivered(n: &RunningSidecar, market: &str) -> u64 {
         n.metrics.orders_delivered.get_or_create(&MarketLabel { market: market.to_owned() }).get()
+    }
+
+    /// Peer batch seals of `market` that differed from this node's.
+    pub fn batch_mismatches(n: &RunningSidecar, market: &str) -> u64 {
+        n.metrics.batch_mismatches.get_or_create(&MarketLabel { market: market.into() }).get()
+    }
+
+    /// Orders repaired into batches of `market`.
+    pub fn repaired_orders(n: &RunningSidecar, market: &str) -> u64 {
+        n.metrics.repaired_orders.get_or_create(&MarketLabel { market: market.into() }).get()
+    }
+
+    /// Peer results of `market` that differed from this node's.
+    pub fn result_mismatches(n: &RunningSidecar, market: &str) -> u64 {
+        n.metrics.result_mismatches.get_or_create(&MarketLabel { market: market.into() }).get()
     }
 
     /// `api_requests{method, code}`, e.g. `api(n, "Sidecar/SubmitOrder", tonic::Code::InvalidArgument)`.

@@ -474,9 +474,19 @@ impl Node {
         }
     }
 
-    /// Peers whose `PeerStatus` is within the liveness window.
+    /// Live members besides this node: peers whose `PeerStatus` is within the liveness
+    /// window, plus peers connected and subscribed to this network's control topic (so a
+    /// node that just started, before any heartbeat arrived, does not believe itself alone
+    /// and agree with itself).
     fn live_peers(&self) -> HashSet<PeerId> {
-        self.last_status.keys().copied().collect()
+        let control = Topic::control().ident(&self.info.network).hash();
+        let mut live: HashSet<PeerId> = self.last_status.keys().copied().collect();
+        for (peer, topics) in self.swarm.behaviour().gossipsub.all_peers() {
+            if topics.contains(&&control) && !self.reputation.is_banned(peer, Instant::now()) {
+                live.insert(*peer);
+            }
+        }
+        live
     }
 
     /// Seals due batches (clock mode), advances every batch and carries out the actions.
@@ -540,6 +550,7 @@ impl Node {
                     self.metrics.batches.get_or_create(&MarketOutcome { market, outcome: "disputed" }).inc();
                     self.last_trouble = Some((Instant::now(), format!("batch disputed: {}", d.reason)));
                     self.subscribers.broadcast(Kind::BatchDisputed(d));
+                    self.update_health();
                 }
                 Action::ResultAgreed(r) => {
                     let market = r.batch_id.as_ref().map(|b| b.market.clone()).unwrap_or_default();
@@ -552,6 +563,7 @@ impl Node {
                     self.metrics.result_mismatches.get_or_create(&MarketLabel { market }).inc();
                     self.last_trouble = Some((Instant::now(), format!("batch halted: {}", m.reason)));
                     self.subscribers.broadcast(Kind::ResultMismatch(m));
+                    self.update_health();
                 }
                 Action::Penalize { peer, reason } => self.penalize(peer, Offence::Minority, reason),
             }
@@ -583,6 +595,7 @@ impl Node {
             self.last_status.remove(&peer);
         }
         self.report_reputation(now);
+        self.update_health();
     }
 
     fn report_reputation(&self, now: Instant) {
@@ -799,6 +812,7 @@ impl Node {
                     self.subscribers.broadcast(Kind::PeerJoined(proto::PeerJoined { peer_id: peer_id.to_string() }));
                 }
                 self.metrics.peers.set(self.swarm.connected_peers().count() as i64);
+                self.update_health();
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
                 if num_established == 0 {
@@ -807,6 +821,7 @@ impl Node {
                     self.subscribers.broadcast(Kind::PeerLeft(proto::PeerLeft { peer_id: peer_id.to_string() }));
                 }
                 self.metrics.peers.set(self.swarm.connected_peers().count() as i64);
+                self.update_health();
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(addr = %address.clone().with_p2p(self.info.peer_id).unwrap_or(address), "listening");
@@ -863,6 +878,10 @@ impl Node {
                 let mut fresh = Vec::with_capacity(orders.len());
                 let mut late = 0u64;
                 for (o, d) in orders.into_iter().zip(digests) {
+                    if self.settings.fault.0.as_ref().is_some_and(|drop| drop(&o)) {
+                        tracing::debug!(id = o.id, "fault injector dropped an inbound order");
+                        continue;
+                    }
                     if o.submitted_at_ns > 0 && now >= o.submitted_at_ns {
                         self.metrics.propagation_latency.observe((now - o.submitted_at_ns) as f64 * 1e-9);
                     }
@@ -940,7 +959,7 @@ impl Node {
     /// healthy / degraded / isolated, with the reason, for `/healthz` and node status.
     fn update_health(&mut self) {
         let connected = self.swarm.connected_peers().count();
-        let live = self.last_status.len() + 1;
+        let live = self.live_peers().len() + 1;
         let expected = self.settings.bootstrap_peers.iter().filter(|p| p.peer_id != self.info.peer_id).count();
         let quorum = match self.settings.config.consensus.quorum {
             0 => crate::consensus::majority(live),

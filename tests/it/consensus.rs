@@ -1,0 +1,277 @@
+//! Batch and result consensus across real nodes (libp2p memory transport, engine sockets):
+//! repair of a node that missed orders, halting on a wrong result and banning the repeat
+//! offender, a late joiner catching up, determinism across runs, hostile epochs.
+//!
+//! Batches are sealed by the engines (`consensus.sealing: engine`) so that every test
+//! decides exactly when a batch closes; clock sealing is exercised by the real-process
+//! cluster tests.
+
+use std::collections::HashSet;
+
+use openmatch_gossip_crds::SidecarConfig;
+use openmatch_gossip_crds::sidecar_config::SealingMode;
+use openmatch_gossip_sidecar::batch_hash::batch_hash;
+use openmatch_gossip_sidecar::proto::{
+    BatchAgreed, BatchId, Event, GetBatchRequest, ResultMismatch, SealBatchRequest, SubmitOrdersRequest, SubmitResultRequest,
+    event::Kind,
+};
+use openmatch_gossip_sidecar::wire;
+use openmatch_gossip_tests::*;
+
+fn engine_sealing(c: &mut SidecarConfig) {
+    c.consensus.sealing = SealingMode::Engine;
+    c.consensus.seal_timeout_ms = 500;
+    c.consensus.repair_window_ms = 5_000;
+    c.consensus.result_timeout_ms = 2_000;
+}
+
+/// Waits for the first event `pick` accepts, within [`WAIT`] (orders and other events are
+/// skipped).
+async fn wait_event<T>(events: &mut Events, what: &str, mut pick: impl FnMut(&Kind) -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match next_event(events, left).await {
+            None => panic!("no {what} within {WAIT:?}"),
+            Some(Event { kind: Some(k) }) => {
+                if let Some(v) = pick(&k) {
+                    return v;
+                }
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+async fn agreed(events: &mut Events) -> BatchAgreed {
+    wait_event(events, "BatchAgreed", |k| if let Kind::BatchAgreed(a) = k { Some(a.clone()) } else { None }).await
+}
+
+async fn mismatch(events: &mut Events) -> ResultMismatch {
+    wait_event(events, "ResultMismatch", |k| if let Kind::ResultMismatch(m) = k { Some(m.clone()) } else { None }).await
+}
+
+async fn submit(node: &TestNode, orders: Vec<openmatch_gossip_sidecar::proto::Order>) {
+    let n = orders.len() as u64;
+    let resp = node.client().await.submit_orders(futures::stream::iter([SubmitOrdersRequest { orders }])).await.unwrap();
+    assert_eq!(resp.into_inner().accepted, n);
+}
+
+async fn seal(node: &TestNode) -> BatchId {
+    let resp = node.client().await.seal_batch(SealBatchRequest { market: BTC.into() }).await.unwrap();
+    resp.into_inner().batch_id.expect("batch id")
+}
+
+/// Five nodes; one loses two of the origin's orders on the way in. It sees the hash
+/// mismatch, fetches the two orders from their origin (delivering them before BatchAgreed),
+/// re-seals with revision 1, and all five agree on the union.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_repair_the_node_that_missed_orders() {
+    let dir = tempfile::tempdir().unwrap();
+    let healthy = start_cluster(dir.path(), 4, &[BTC], engine_sealing).await;
+    let lossy = start_node_with_fault(
+        dir.path(),
+        "lossy",
+        &[BTC],
+        healthy.iter().map(|n| n.bootstrap_addr()).collect(),
+        engine_sealing,
+        |o| o.id == 3 || o.id == 7,
+    )
+    .await;
+    let all: Vec<&TestNode> = healthy.iter().chain([&lossy]).collect();
+    wait_for_mesh(all.iter().copied(), WAIT).await;
+    let mut events = Vec::new();
+    for n in &all {
+        events.push(n.subscribe().await);
+    }
+
+    let origin = &healthy[0];
+    submit(origin, (0..10).map(|i| order(BTC, i)).collect()).await;
+    for (i, ev) in events.iter_mut().enumerate().skip(1) {
+        let want = if i == 4 { 8 } else { 10 };
+        collect_orders(ev, want, WAIT).await;
+    }
+    for n in &all {
+        assert_eq!(seal(n).await, BatchId { market: BTC.into(), epoch: 0 });
+    }
+
+    // The lossy node: the two orders arrive by repair, then the agreement.
+    let lossy_events = events.last_mut().unwrap();
+    let mut repaired = Vec::new();
+    let verdict = loop {
+        match next_event(lossy_events, WAIT).await.expect("repair and agreement in time") {
+            Event { kind: Some(Kind::Orders(o)) } => repaired.extend(o.orders),
+            Event { kind: Some(Kind::BatchAgreed(a)) } => break a,
+            _ => {}
+        }
+    };
+    assert_eq!(ids(&repaired).into_iter().collect::<HashSet<_>>(), HashSet::from([3, 7]), "repaired orders reach the engine first");
+    assert_eq!((verdict.order_count, verdict.revision, verdict.repaired_orders), (10, 1, 2));
+    let mut hashes = HashSet::from([verdict.batch_hash.clone()]);
+    for ev in events.iter_mut().take(4) {
+        let a = agreed(ev).await;
+        assert_eq!(a.order_count, 10);
+        hashes.insert(a.batch_hash);
+    }
+    assert_eq!(hashes.len(), 1, "all five agree on one hash");
+    assert!(metric::batch_mismatches(&lossy, BTC) >= 1);
+    assert_eq!(metric::repaired_orders(&lossy, BTC), 2);
+
+    // The agreed batch is served in canonical order (ascending digest) and hashes as agreed.
+    let mut stream = lossy.client().await.get_batch(GetBatchRequest { batch_id: verdict.batch_id.clone() }).await.unwrap().into_inner();
+    let mut served = Vec::new();
+    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+        served.extend(chunk.unwrap().orders);
+    }
+    let digests: Vec<[u8; 32]> = served.iter().map(wire::order_digest).collect();
+    assert!(digests.windows(2).all(|w| w[0] < w[1]), "canonical order");
+    assert_eq!(batch_hash(digests).to_vec(), verdict.batch_hash);
+    drop(all);
+    shutdown_all(healthy).await;
+    lossy.shutdown().await;
+}
+
+/// A node whose engine reports a different result: every honest node halts the batch; after
+/// three offences the honest nodes ban it (disconnect + block).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_results_halt_everywhere_and_the_repeat_offender_is_banned() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(dir.path(), 3, &[BTC], engine_sealing).await;
+    wait_for_mesh(&nodes, WAIT).await;
+    let mut events = Vec::new();
+    for n in &nodes {
+        events.push(n.subscribe().await);
+    }
+    let liar = nodes[2].peer_id();
+    for round in 0..3u64 {
+        submit(&nodes[0], vec![order(BTC, round)]).await;
+        for ev in events.iter_mut().skip(1) {
+            collect_orders(ev, 1, WAIT).await;
+        }
+        for n in &nodes {
+            seal(n).await;
+        }
+        let mut batch: Option<BatchId> = None;
+        for ev in events.iter_mut() {
+            batch = agreed(ev).await.batch_id;
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            let hash = if i == 2 { vec![0xbad_u16 as u8; 32] } else { vec![7; 32] };
+            n.client()
+                .await
+                .submit_result(SubmitResultRequest { batch_id: batch.clone(), result_hash: hash, trade_count: 0 })
+                .await
+                .unwrap();
+        }
+        for ev in events.iter_mut() {
+            let m = mismatch(ev).await;
+            assert!(m.halt, "round {round}: {m:?}");
+            assert_eq!(m.batch_id, batch);
+        }
+    }
+    for honest in &nodes[..2] {
+        wait_until(WAIT, "the liar banned", || honest.metrics.banned_peers.get() == 1, || format!("banned {}", honest.metrics.banned_peers.get())).await;
+        assert!(metric::result_mismatches(honest, BTC) >= 3);
+        let connected = honest.status().await.connected_peers;
+        assert!(!connected.contains(&liar.to_string()), "banned peer disconnected: {connected:?}");
+        assert_eq!(honest.status().await.health, "degraded");
+    }
+    assert_eq!(nodes[2].metrics.banned_peers.get(), 0, "the liar bans nobody: the others were the majority");
+    shutdown_all(nodes).await;
+}
+
+/// A node that joins after the orders were gossiped learns the open batch from the seals,
+/// repairs it from the origin and agrees with the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_catches_up_on_the_open_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let early = start_cluster(dir.path(), 2, &[BTC], engine_sealing).await;
+    wait_for_mesh(&early, WAIT).await;
+    let mut peer_events = early[1].subscribe().await;
+    submit(&early[0], (0..5).map(|i| order(BTC, i)).collect()).await;
+    collect_orders(&mut peer_events, 5, WAIT).await;
+
+    let late = start_node(dir.path(), "late", &[BTC], early.iter().map(|n| n.bootstrap_addr()).collect(), engine_sealing).await;
+    let all: Vec<&TestNode> = early.iter().chain([&late]).collect();
+    wait_for_mesh(all.iter().copied(), WAIT).await;
+    let mut late_events = late.subscribe().await;
+    for n in &all {
+        seal(n).await;
+    }
+    let a = agreed(&mut late_events).await;
+    assert_eq!((a.order_count, a.repaired_orders), (5, 5));
+    assert_eq!(agreed(&mut peer_events).await.batch_hash, a.batch_hash);
+    drop(all);
+    shutdown_all(early).await;
+    late.shutdown().await;
+}
+
+/// The same orders give the same batch hash whatever the arrival order, on any node and in
+/// any run: the hash is SHA-256 over the sorted order digests (docs/PROTOCOL.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_hashes_are_deterministic_across_runs_and_orderings() {
+    let mut per_run = Vec::new();
+    for run in 0..2u64 {
+        let dir = tempfile::tempdir().unwrap();
+        // Fixed identities: the same origins in both runs.
+        for i in 0..3u8 {
+            let key = libp2p::identity::Keypair::ed25519_from_bytes([i + 1; 32]).unwrap();
+            sidecar::identity::write_new(&dir.path().join(format!("n{i}.key")), &key).unwrap();
+        }
+        let nodes = start_cluster(dir.path(), 3, &[BTC], engine_sealing).await;
+        wait_for_mesh(&nodes, WAIT).await;
+        let mut events = Vec::new();
+        for n in &nodes {
+            events.push(n.subscribe().await);
+        }
+        // n0 always submits ids 0..20 and n1 ids 100..120; run 0 in ascending order with n0
+        // first, run 1 in descending order with n1 first.
+        let mut ids: Vec<u64> = (0..20).collect();
+        if run == 1 {
+            ids.reverse();
+        }
+        let n0_orders: Vec<_> = ids.iter().map(|&i| order(BTC, i)).collect();
+        let n1_orders: Vec<_> = ids.iter().map(|&i| order(BTC, 100 + i)).collect();
+        if run == 0 {
+            submit(&nodes[0], n0_orders).await;
+            submit(&nodes[1], n1_orders).await;
+        } else {
+            submit(&nodes[1], n1_orders).await;
+            submit(&nodes[0], n0_orders).await;
+        }
+        collect_orders(&mut events[2], 40, WAIT).await;
+        collect_orders(&mut events[0], 20, WAIT).await;
+        collect_orders(&mut events[1], 20, WAIT).await;
+        for n in &nodes {
+            seal(n).await;
+        }
+        let mut hashes = HashSet::new();
+        for ev in events.iter_mut() {
+            hashes.insert(agreed(ev).await.batch_hash);
+        }
+        assert_eq!(hashes.len(), 1, "run {run}: nodes disagree");
+        per_run.push(hashes.into_iter().next().unwrap());
+        shutdown_all(nodes).await;
+    }
+    assert_eq!(per_run[0], per_run[1], "the same orders hash the same in every run");
+}
+
+/// Orders claiming an epoch beyond the current one are rejected and counted; the peer keeps
+/// its honest orders flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_for_a_future_epoch_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path(), "node", &[BTC], vec![], |_| {}).await;
+    let raw = RawPeer::spawn(BTC);
+    raw.join(&node).await;
+    let mut events = node.subscribe().await;
+    // The node learns the current epoch on its first consensus tick (every 20 ms), long
+    // before the raw peer has joined its mesh.
+    let future = openmatch_gossip_sidecar::proto::Order { epoch: current_epoch() + 5, ..raw.order(1) };
+    raw.publish(vec![future]).await;
+    raw.publish(vec![raw.order(2)]).await;
+    let got = collect_orders(&mut events, 1, WAIT).await;
+    assert_eq!(ids(&got), vec![2]);
+    wait_until(WAIT, "future epoch rejected", || metric::rejected(&node, BTC, "future_epoch") == 1, || format!("{}", metric::rejected(&node, BTC, "future_epoch"))).await;
+    node.shutdown().await;
+}
