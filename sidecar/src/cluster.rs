@@ -125,9 +125,10 @@ impl ClusterReport {
         let l = &self.latency;
         let _ = writeln!(s, "propagation latency (submit at one engine → event at another): p50 {} µs, p99 {} µs, max {} µs over {} deliveries", l.p50_us, l.p99_us, l.max_us, l.count);
         if !self.batches.is_empty() {
-            let _ = writeln!(s, "{:<10} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>8}", "market", "agreed", "repaired", "rep.orders", "disputed", "halted", "settled", "trades");
+            let _ = writeln!(s, "batches per market, summed over the {} nodes (sealed = agreed + disputed):", self.engines.len());
+            let _ = writeln!(s, "{:<10} {:>7} {:>7} {:>9} {:>10} {:>9} {:>7} {:>8} {:>8}", "market", "sealed", "agreed", "repaired", "rep.orders", "disputed", "halted", "settled", "trades");
             for (m, b) in &self.batches {
-                let _ = writeln!(s, "{m:<10} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>8}", b.agreed, b.repaired, b.repaired_orders, b.disputed, b.halted, b.results_agreed, b.trades);
+                let _ = writeln!(s, "{m:<10} {:>7} {:>7} {:>9} {:>10} {:>9} {:>7} {:>8} {:>8}", b.agreed + b.disputed, b.agreed, b.repaired, b.repaired_orders, b.disputed, b.halted, b.results_agreed, b.trades);
             }
             let a = &self.agreement;
             let _ = writeln!(s, "batch agreement latency (first seal → agreed, per node): p50 {} µs, p99 {} µs, max {} µs over {} batch decisions", a.p50_us, a.p99_us, a.max_us, a.count);

@@ -94,11 +94,14 @@ pub struct BootstrapPeer {
     pub addr: Multiaddr,
 }
 
+/// Decides whether an inbound gossip order is lost (see [`FaultInjector`]).
+pub type DropOrder = std::sync::Arc<dyn Fn(&crate::proto::Order) -> bool + Send + Sync>;
+
 /// A fault injector for tests: inbound gossip orders for which it returns `true` are
 /// dropped as if the network had lost them (they can still arrive by repair). Not
 /// reachable from the command line or the config file.
 #[derive(Clone, Default)]
-pub struct FaultInjector(pub Option<std::sync::Arc<dyn Fn(&crate::proto::Order) -> bool + Send + Sync>>);
+pub struct FaultInjector(pub Option<DropOrder>);
 
 impl std::fmt::Debug for FaultInjector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

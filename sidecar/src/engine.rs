@@ -119,10 +119,10 @@ pub struct EngineArgs {
     /// Stop waiting for peers' orders after this long without receiving any, ms.
     #[arg(long, default_value_t = 15_000)]
     pub idle_timeout_ms: u64,
-    /// After the last order arrived, wait until every batch is settled and no batch event
-    /// came for this long, ms (covers the last epoch's sealing).
-    #[arg(long, default_value_t = 3_000)]
-    pub settle_ms: u64,
+    /// After the last order arrived, wait at most this long for the last batches to be
+    /// decided and settled, ms.
+    #[arg(long, default_value_t = 120_000)]
+    pub settle_timeout_ms: u64,
     /// Transport to the peers.
     #[arg(long, value_enum, default_value = "sidecar")]
     pub transport: TransportKind,
@@ -428,6 +428,8 @@ fn origin_label(origin: &[u8]) -> String {
 /// `idle`; returns the tallies.
 struct Receiver {
     seen: HashSet<(u32, u64)>,
+    /// Highest epoch of the received orders, per market.
+    max_epoch: HashMap<String, u64>,
     origins: HashMap<Vec<u8>, (u32, OriginTally, Checksum)>,
     duplicates: u64,
     latency: Latency,
@@ -446,6 +448,12 @@ impl Receiver {
             }
             entry.1.orders += 1;
             entry.2.add(&o);
+            match self.max_epoch.get_mut(&o.market) {
+                Some(e) => *e = (*e).max(o.epoch),
+                None => {
+                    self.max_epoch.insert(o.market.clone(), o.epoch);
+                }
+            }
             if o.submitted_at_ns > 0 {
                 self.latency.record(now.saturating_sub(o.submitted_at_ns) / 1_000);
             }
@@ -461,7 +469,8 @@ struct MatcherState {
     agreement: Latency,
     /// Agreed batches without a result verdict yet.
     unsettled: HashSet<(String, u64)>,
-    last_event: Option<Instant>,
+    /// Batches agreed or disputed.
+    decided: HashSet<(String, u64)>,
 }
 
 /// The engine's matcher: for every `BatchAgreed`, fetches the batch in canonical order,
@@ -480,7 +489,7 @@ async fn run_matcher(
                 let (m, epoch) = market(&a.batch_id);
                 {
                     let mut st = state.lock().expect("matcher state");
-                    st.last_event = Some(Instant::now());
+                    st.decided.insert((m.clone(), epoch));
                     st.agreement.record(a.agreement_us);
                     let t = st.batches.entry(m.clone()).or_default();
                     t.agreed += 1;
@@ -516,13 +525,12 @@ async fn run_matcher(
                 let (m, epoch) = market(&d.batch_id);
                 tracing::warn!(market = m, epoch, reason = d.reason, "batch disputed: not matched");
                 let mut st = state.lock().expect("matcher state");
-                st.last_event = Some(Instant::now());
+                st.decided.insert((m.clone(), epoch));
                 st.batches.entry(m).or_default().disputed += 1;
             }
             Kind::ResultAgreed(r) => {
                 let (m, epoch) = market(&r.batch_id);
                 let mut st = state.lock().expect("matcher state");
-                st.last_event = Some(Instant::now());
                 st.unsettled.remove(&(m.clone(), epoch));
                 st.batches.entry(m).or_default().results_agreed += 1;
             }
@@ -530,7 +538,6 @@ async fn run_matcher(
                 let (m, epoch) = market(&r.batch_id);
                 tracing::error!(market = m, epoch, reason = r.reason, "result mismatch: batch halted, not settled");
                 let mut st = state.lock().expect("matcher state");
-                st.last_event = Some(Instant::now());
                 st.unsettled.remove(&(m.clone(), epoch));
                 st.batches.entry(m).or_default().halted += 1;
             }
@@ -565,7 +572,7 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
     }
     let start = Instant::now();
     let expected = workload.expected_from_peers;
-    let mut rx = Receiver { seen: HashSet::new(), origins: HashMap::new(), duplicates: 0, latency: Latency::default(), last_rx: None };
+    let mut rx = Receiver { seen: HashSet::new(), max_epoch: HashMap::new(), origins: HashMap::new(), duplicates: 0, latency: Latency::default(), last_rx: None };
     let mut inbound = std::mem::replace(&mut link.inbound, mpsc::channel(1).1);
     let idle = Duration::from_millis(args.idle_timeout_ms);
     let receiver = tokio::spawn(async move {
@@ -626,23 +633,23 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
 
     let rx = receiver.await.context("receiver task panicked")?;
     if args.transport == TransportKind::Sidecar {
-        // Wait for the last epochs to be sealed, agreed and settled.
-        let quiet = Duration::from_millis(args.settle_ms);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let since = Instant::now();
+        // Wait until the batch of the last epoch seen in each market is decided and every
+        // agreed batch has its result verdict.
+        let deadline = Instant::now() + Duration::from_millis(args.settle_timeout_ms);
         loop {
-            let (unsettled, last) = {
+            let pending = {
                 let st = matcher.lock().expect("matcher state");
-                (st.unsettled.len(), st.last_event.unwrap_or(since).max(since))
+                let undecided = rx.max_epoch.iter().filter(|(m, e)| !st.decided.contains(&((*m).clone(), **e))).count();
+                undecided + st.unsettled.len()
             };
-            if unsettled == 0 && last.elapsed() >= quiet {
+            if pending == 0 {
                 break;
             }
             if Instant::now() > deadline {
-                tracing::warn!(unsettled, "batches still unsettled after 120 s; reporting anyway");
+                tracing::warn!(pending, "batches still undecided or unsettled; reporting anyway");
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     let (batches, agreement) = {

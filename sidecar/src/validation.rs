@@ -337,6 +337,24 @@ mod tests {
     }
 
     #[test]
+    fn consensus_bodies_need_a_32_byte_hash_and_the_topic_market() {
+        use crate::proto::{BatchId, BatchSealed, TradeResult};
+        let (mut v, _) = validator(FAST);
+        let (src, author) = (PeerId::random(), PeerId::random());
+        let id = |m: &str| Some(BatchId { market: m.into(), epoch: 3 });
+        let seal = |hash: Vec<u8>, m: &str| wire::encode(Body::BatchSealed(BatchSealed { batch_id: id(m), batch_hash: hash, order_count: 1, revision: 0 }));
+        let result = |hash: Vec<u8>, m: &str| wire::encode(Body::TradeResult(TradeResult { batch_id: id(m), result_hash: hash, trade_count: 0 }));
+        let bt = "openmatch/n/batches/BTC-USDT";
+        let rt = "openmatch/n/results/BTC-USDT";
+        assert!(matches!(v.validate(&src, Some(&author), bt, &seal(vec![1; 32], "BTC-USDT")), Verdict::Accept(Payload::Consensus(_))));
+        assert!(matches!(v.validate(&src, Some(&author), bt, &seal(vec![1; 31], "BTC-USDT")), Verdict::Reject { reason: "invalid", .. }));
+        assert!(matches!(v.validate(&src, Some(&author), bt, &seal(vec![1; 32], "ETH-USDT")), Verdict::Reject { reason: "invalid", .. }), "batch of another market");
+        assert!(matches!(v.validate(&src, Some(&author), rt, &result(vec![1; 32], "BTC-USDT")), Verdict::Accept(Payload::Consensus(_))));
+        assert!(matches!(v.validate(&src, Some(&author), rt, &result(vec![], "BTC-USDT")), Verdict::Reject { reason: "invalid", .. }));
+        assert!(matches!(v.validate(&src, Some(&author), bt, &result(vec![1; 32], "BTC-USDT")), Verdict::Reject { reason: "wrong_topic", .. }), "a result on the batches topic");
+    }
+
+    #[test]
     fn oversized_and_malformed_are_rejected_and_counted() {
         let (mut v, m) = validator(FAST);
         let (src, author) = (PeerId::random(), PeerId::random());

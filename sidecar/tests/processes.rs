@@ -38,6 +38,14 @@ async fn three_sidecar_processes_propagate_real_data_without_loss() {
     let report = cluster::run(&args(Pace::Max, 15.0, TransportKind::Sidecar), Path::new(BIN)).await.unwrap();
     assert_lossless(&report);
     assert_eq!(report.sidecars.len(), 3);
+    // Every batch of both markets agreed on all three nodes and its result settled.
+    assert_eq!(report.batches.len(), 2, "{}", report.render());
+    for (market, b) in &report.batches {
+        assert!(b.agreed >= 3, "{market}: {b:?}");
+        assert_eq!((b.disputed, b.halted), (0, 0), "{market}: {b:?}");
+        assert_eq!(b.results_agreed, b.agreed, "{market}: {b:?}");
+        assert!(b.trades > 0, "{market}: the auction matched something");
+    }
     assert!(report.sidecars.iter().all(|u| u.peak_rss_mib > 0.0));
 }
 
