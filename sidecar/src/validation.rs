@@ -161,22 +161,14 @@ impl Validator {
                 }
                 Verdict::Accept(Payload::PeerStatus(s))
             }
-            Body::BatchSealed(b) => {
-                let ok = b.batch_hash.len() == 32
-                    && b.batch_id.as_ref().is_some_and(|id| id.market == topic.market);
-                if !ok {
-                    return reject("invalid", "BatchSealed needs a 32-byte hash and the topic's market".into());
-                }
-                Verdict::Accept(Payload::Consensus(Body::BatchSealed(b)))
-            }
-            Body::TradeResult(r) => {
-                let ok = r.result_hash.len() == 32
-                    && r.batch_id.as_ref().is_some_and(|id| id.market == topic.market);
-                if !ok {
-                    return reject("invalid", "TradeResult needs a 32-byte hash and the topic's market".into());
-                }
-                Verdict::Accept(Payload::Consensus(Body::TradeResult(r)))
-            }
+            Body::BatchSealed(b) => match check_consensus_body(topic, &b.batch_id, &b.batch_hash, "BatchSealed") {
+                None => Verdict::Accept(Payload::Consensus(Body::BatchSealed(b))),
+                Some(v) => v,
+            },
+            Body::TradeResult(r) => match check_consensus_body(topic, &r.batch_id, &r.result_hash, "TradeResult") {
+                None => Verdict::Accept(Payload::Consensus(Body::TradeResult(r))),
+                Some(v) => v,
+            },
         }
     }
 
@@ -226,6 +218,13 @@ impl Validator {
         }
         Verdict::Accept(Payload::Orders { market: topic.market.clone(), orders: fresh, digests })
     }
+}
+
+/// `BatchSealed` and `TradeResult` must name a batch of the topic's market and carry a
+/// 32-byte hash; `None` when they do.
+fn check_consensus_body(topic: &Topic, id: &Option<crate::proto::BatchId>, hash: &[u8], what: &str) -> Option<Verdict> {
+    let ok = hash.len() == 32 && id.as_ref().is_some_and(|id| id.market == topic.market);
+    (!ok).then(|| reject("invalid", format!("{what} needs a 32-byte hash and a batch of the topic's market")))
 }
 
 fn reject(reason: &'static str, detail: String) -> Verdict {

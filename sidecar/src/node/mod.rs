@@ -508,15 +508,18 @@ impl Node {
     }
 
     fn run_actions(&mut self, actions: Vec<Action>) {
+        fn market_of(id: &Option<proto::BatchId>) -> String {
+            id.as_ref().map(|b| b.market.clone()).unwrap_or_default()
+        }
         for action in actions {
             match action {
                 Action::PublishSeal(seal) => {
-                    let market = seal.batch_id.as_ref().map(|b| b.market.clone()).unwrap_or_default();
+                    let market = market_of(&seal.batch_id);
                     self.metrics.batches.get_or_create(&MarketOutcome { market: market.clone(), outcome: "sealed" }).inc();
                     self.publish_consensus(crate::topics::TopicKind::Batches, &market, Body::BatchSealed(seal));
                 }
                 Action::PublishResult(result) => {
-                    let market = result.batch_id.as_ref().map(|b| b.market.clone()).unwrap_or_default();
+                    let market = market_of(&result.batch_id);
                     self.publish_consensus(crate::topics::TopicKind::Results, &market, Body::TradeResult(result));
                 }
                 Action::RequestDigests { peer, batch } => {
@@ -537,7 +540,7 @@ impl Node {
                 }
                 Action::DeliverRepaired { market, orders } => self.subscribers.deliver_orders(&market, orders),
                 Action::Agreed(a) => {
-                    let market = a.batch_id.as_ref().map(|b| b.market.clone()).unwrap_or_default();
+                    let market = market_of(&a.batch_id);
                     self.metrics.batches.get_or_create(&MarketOutcome { market: market.clone(), outcome: "agreed" }).inc();
                     if a.repaired_orders > 0 {
                         self.metrics.batches.get_or_create(&MarketOutcome { market, outcome: "repaired" }).inc();
@@ -546,19 +549,19 @@ impl Node {
                     self.subscribers.broadcast(Kind::BatchAgreed(a));
                 }
                 Action::Disputed(d) => {
-                    let market = d.batch_id.as_ref().map(|b| b.market.clone()).unwrap_or_default();
+                    let market = market_of(&d.batch_id);
                     self.metrics.batches.get_or_create(&MarketOutcome { market, outcome: "disputed" }).inc();
                     self.last_trouble = Some((Instant::now(), format!("batch disputed: {}", d.reason)));
                     self.subscribers.broadcast(Kind::BatchDisputed(d));
                     self.update_health();
                 }
                 Action::ResultAgreed(r) => {
-                    let market = r.batch_id.as_ref().map(|b| b.market.clone()).unwrap_or_default();
+                    let market = market_of(&r.batch_id);
                     self.metrics.batches.get_or_create(&MarketOutcome { market, outcome: "result_agreed" }).inc();
                     self.subscribers.broadcast(Kind::ResultAgreed(r));
                 }
                 Action::ResultMismatch(m) => {
-                    let market = m.batch_id.as_ref().map(|b| b.market.clone()).unwrap_or_default();
+                    let market = market_of(&m.batch_id);
                     self.metrics.batches.get_or_create(&MarketOutcome { market: market.clone(), outcome: "halted" }).inc();
                     self.metrics.result_mismatches.get_or_create(&MarketLabel { market }).inc();
                     self.last_trouble = Some((Instant::now(), format!("batch halted: {}", m.reason)));
