@@ -609,10 +609,10 @@ impl Node {
 
     fn on_repair(&mut self, ev: request_response::Event<RepairRequest, RepairResponse>) {
         match ev {
-            request_response::Event::Message { peer, message: request_response::Message::Request { request, channel, .. }, .. } => {
+            request_response::Event::Message { message: request_response::Message::Request { request, channel, .. }, .. } => {
                 let response = self.serve_repair(request);
+                // The requester may have gone away meanwhile; nothing to do then.
                 let _ = self.swarm.behaviour_mut().repair.send_response(channel, response);
-                let _ = peer;
             }
             request_response::Event::Message { peer, message: request_response::Message::Response { request_id, response }, .. } => {
                 match (self.repairs.remove(&request_id), response.kind) {
@@ -846,8 +846,7 @@ impl Node {
                     Verdict::Ignore { .. } => MessageAcceptance::Ignore,
                 };
                 self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&message_id, &propagation_source, acceptance);
-                if let Verdict::Reject { reason, .. } = &verdict {
-                    let _ = reason;
+                if matches!(verdict, Verdict::Reject { .. }) {
                     self.penalize(propagation_source, Offence::InvalidMessage, "invalid_message");
                 }
                 if let Verdict::Accept(payload) = verdict {
