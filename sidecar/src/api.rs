@@ -7,7 +7,6 @@
 //! RESOURCE_EXHAUSTED. Every call is counted by method and final status code in
 //! `openmatch_gossip_api_requests_total`; a bad request never affects other clients.
 
-use std::collections::HashSet;
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -55,14 +54,12 @@ pub const SOCKET_MODE: u32 = 0o660;
 /// The gRPC service implementation.
 pub struct EngineApi {
     node: NodeHandle,
-    markets: HashSet<String>,
 }
 
 impl EngineApi {
     /// Serves `node`.
     pub fn new(node: NodeHandle) -> Self {
-        let markets = node.info().markets.iter().cloned().collect();
-        EngineApi { node, markets }
+        EngineApi { node }
     }
 
     /// Checks one engine order; errors name `index` (its position in a stream) if given.
@@ -74,11 +71,15 @@ impl EngineApi {
     }
 
     fn check_fields(&self, o: &Order) -> Result<(), Status> {
-        if !self.markets.contains(&o.market) {
+        let markets = self.node.markets();
+        if !markets.contains(&o.market) {
+            let mut known: Vec<&String> = markets.iter().collect();
+            known.sort();
+            let known: Vec<&str> = known.into_iter().map(String::as_str).collect();
             return Err(Status::failed_precondition(format!(
                 "market {:?} is not traded by this node (markets: {})",
                 o.market,
-                self.node.info().markets.join(", ")
+                known.join(", ")
             )));
         }
         if !o.origin.is_empty() {
@@ -146,7 +147,8 @@ impl Sidecar for EngineApi {
 
     async fn subscribe(&self, req: Request<SubscribeRequest>) -> Result<Response<EventStream>, Status> {
         let markets = req.into_inner().markets;
-        if let Some(m) = markets.iter().find(|m| !self.markets.contains(*m)) {
+        let traded = self.node.markets();
+        if let Some(m) = markets.iter().find(|m| !traded.contains(*m)) {
             return Err(Status::failed_precondition(format!("market {m:?} is not traded by this node")));
         }
         Ok(Response::new(self.node.subscribe(markets).await.map_err(gone)?))

@@ -26,6 +26,7 @@ pub mod proto;
 pub mod repair;
 pub mod reputation;
 pub mod ratelimit;
+pub mod reload;
 pub mod server;
 pub mod stats;
 pub mod telemetry;

@@ -71,6 +71,10 @@ async fn run(cmd: Cmd) -> anyhow::Result<std::process::ExitCode> {
             let settings = config::NodeSettings::from_args(&args)?;
             let key = identity::load_or_create(&settings.identity_key)?;
             let running = server::start(settings, key).await?;
+            if let Some(path) = args.config.clone() {
+                let args = args.clone();
+                running.watch_config(path, move || config::NodeSettings::from_args(&args), openmatch_gossip_sidecar::reload::POLL_INTERVAL);
+            }
             wait_for_signal().await?;
             running.shutdown().await?;
             Ok(ExitCode::SUCCESS)

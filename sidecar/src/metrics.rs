@@ -144,6 +144,16 @@ pub struct Metrics {
     pub reputation_min: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// `openmatch_gossip_health`: 0 healthy, 1 degraded, 2 isolated.
     pub health: Gauge,
+    /// `openmatch_gossip_config_reloads_total`: configuration reloads by result
+    /// (`applied`, `rejected`).
+    pub config_reloads: Family<ResultLabel, Counter>,
+}
+
+/// Label: result of an operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `applied` or `rejected`.
+    pub result: &'static str,
 }
 
 /// Labels: market and batch outcome.
@@ -199,6 +209,7 @@ impl Metrics {
             banned_peers: Gauge::default(),
             reputation_min: Gauge::default(),
             health: Gauge::default(),
+            config_reloads: Family::default(),
         };
         r.register("messages_published", "Gossip messages published", m.messages_published.clone());
         r.register("messages_received", "Gossip messages received for validation", m.messages_received.clone());
@@ -240,6 +251,7 @@ impl Metrics {
         r.register("banned_peers", "Peers banned now", m.banned_peers.clone());
         r.register("peer_reputation_min", "Lowest peer reputation score (0 = all clean)", m.reputation_min.clone());
         r.register("health", "Node health: 0 healthy, 1 degraded, 2 isolated", m.health.clone());
+        r.register("config_reloads", "Configuration reloads by result", m.config_reloads.clone());
         m
     }
 }

@@ -38,6 +38,7 @@ pub struct RunningSidecar {
     /// In-process handle to the node (what the API uses).
     pub node: NodeHandle,
     shutdown: Shutdown,
+    watch_stop: CancellationToken,
     api_stop: CancellationToken,
     http_stop: CancellationToken,
     api_task: JoinHandle<()>,
@@ -90,6 +91,7 @@ pub async fn start(settings: NodeSettings, key: Keypair) -> anyhow::Result<Runni
         health,
         node: handle,
         shutdown,
+        watch_stop: CancellationToken::new(),
         api_stop,
         http_stop,
         api_task,
@@ -99,9 +101,16 @@ pub async fn start(settings: NodeSettings, key: Keypair) -> anyhow::Result<Runni
 }
 
 impl RunningSidecar {
+    /// Reloads the configuration whenever the file at `path` changes ([`crate::reload`]);
+    /// `load` reads it as at start-up (with the command line's overrides).
+    pub fn watch_config(&self, path: std::path::PathBuf, load: impl Fn() -> anyhow::Result<NodeSettings> + Send + 'static, interval: Duration) {
+        crate::reload::spawn(path, load, self.node.clone(), self.metrics.clone(), interval, self.watch_stop.clone());
+    }
+
     /// Shuts down in order and removes the socket file.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         tracing::info!("shutting down");
+        self.watch_stop.cancel();
         self.health.ready.store(false, Ordering::Relaxed);
         self.shutdown.closing.cancel();
         self.api_stop.cancel();

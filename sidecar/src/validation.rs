@@ -99,6 +99,16 @@ impl Validator {
         }
     }
 
+    /// Replaces the markets whose topics are accepted (hot reload).
+    pub fn set_markets(&mut self, markets: &[String]) {
+        self.markets = markets.iter().cloned().collect();
+    }
+
+    /// Replaces the per-peer token buckets (hot reload; buckets restart full).
+    pub fn set_rate_limit(&mut self, rate: openmatch_gossip_crds::sidecar_config::RateLimitConfig) {
+        self.rate = PeerRateLimiter::new(rate);
+    }
+
     /// Records an order digest learnt outside gossip (repair), so a later gossip copy of the
     /// same order is a duplicate.
     pub fn remember(&mut self, digest: crate::dedup::Digest) {

@@ -52,8 +52,6 @@ pub struct NodeInfo {
     pub peer_id: PeerId,
     /// Network name.
     pub network: String,
-    /// Markets traded.
-    pub markets: Vec<String>,
     /// Gossip message and API request cap, bytes.
     pub max_message_bytes: usize,
     /// Freeze proof cap, bytes.
@@ -83,7 +81,11 @@ enum Command {
     GetBatch { batch: BatchKey, reply: oneshot::Sender<Result<Vec<Order>, BatchError>> },
     SubmitResult { batch: BatchKey, hash: Digest, trades: u64, reply: oneshot::Sender<Result<(), BatchError>> },
     Seal { market: String, reply: oneshot::Sender<Result<BatchKey, BatchError>> },
+    Reload { settings: Box<NodeSettings>, reply: oneshot::Sender<Vec<String>> },
 }
+
+/// The markets a node trades now (changed by a config reload), shared with the API.
+pub type SharedMarkets = Arc<std::sync::RwLock<Arc<HashSet<String>>>>;
 
 /// Why a batch request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,12 +104,24 @@ pub struct NodeHandle {
     tx: mpsc::UnboundedSender<Command>,
     credits: Arc<Semaphore>,
     info: Arc<NodeInfo>,
+    markets: SharedMarkets,
 }
 
 impl NodeHandle {
     /// Static facts about the node.
     pub fn info(&self) -> &NodeInfo {
         &self.info
+    }
+
+    /// The markets traded now.
+    pub fn markets(&self) -> Arc<HashSet<String>> {
+        self.markets.read().expect("markets lock").clone()
+    }
+
+    /// Applies a new configuration (hot reload): markets, bootstrap peers, rate limits and
+    /// reputation thresholds take effect now; returns notes on fields that need a restart.
+    pub async fn reload(&self, settings: NodeSettings) -> Result<Vec<String>, NodeGone> {
+        self.ask(|reply| Command::Reload { settings: Box::new(settings), reply }).await
     }
 
     /// Queues already-validated `orders` (from the engine) for gossip, waiting for outbox
@@ -221,6 +235,7 @@ pub struct Node {
     reputation: Reputation,
     repairs: HashMap<OutboundRequestId, PendingRepair>,
     health: Arc<Health>,
+    markets: SharedMarkets,
     /// Last disputed or halted batch, for the health report.
     last_trouble: Option<(Instant, String)>,
 }
@@ -257,12 +272,12 @@ impl Node {
         let info = Arc::new(NodeInfo {
             peer_id,
             network: c.network.clone(),
-            markets: c.markets.clone(),
             max_message_bytes: limits.max_message_bytes,
             max_freeze_proof_bytes: limits.max_freeze_proof_bytes,
             outbox_capacity: c.publish.outbox_capacity as usize,
         });
         let credits = Arc::new(Semaphore::new(info.outbox_capacity));
+        let markets: SharedMarkets = Arc::new(std::sync::RwLock::new(Arc::new(c.markets.iter().cloned().collect())));
         let (tx, commands) = mpsc::unbounded_channel();
         let consensus = Consensus::new(c.consensus.clone());
         let epochs = EpochClock::new(&c.consensus);
@@ -289,9 +304,10 @@ impl Node {
             reputation,
             repairs: HashMap::new(),
             health,
+            markets: markets.clone(),
             last_trouble: None,
         };
-        Ok((node, NodeHandle { tx, credits, info }))
+        Ok((node, NodeHandle { tx, credits, info, markets }))
     }
 
     /// This node's metrics.
@@ -458,10 +474,14 @@ impl Node {
                     }
                 }
             }
+            Command::Reload { settings, reply } => {
+                let notes = self.apply_settings(*settings);
+                let _ = reply.send(notes);
+            }
             Command::Seal { market, reply } => {
                 if self.epochs.mode() != openmatch_gossip_crds::sidecar_config::SealingMode::Engine {
                     let _ = reply.send(Err(BatchError::Precondition("the network seals by clock (consensus.sealing: clock)".into())));
-                } else if !self.info.markets.contains(&market) {
+                } else if !self.settings.config.markets.contains(&market) {
                     let _ = reply.send(Err(BatchError::NotFound(format!("market {market:?} is not traded here"))));
                 } else {
                     let epoch = self.epochs.advance(&market, self.consensus.highest_epoch(&market));
@@ -472,6 +492,77 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Hot reload: applies markets (subscribing and unsubscribing their topics), bootstrap
+    /// peers (dialled now), rate limits and reputation thresholds. Other fields keep their
+    /// running values; the returned notes name each one that changed and needs a restart.
+    fn apply_settings(&mut self, new: NodeSettings) -> Vec<String> {
+        let old = self.settings.config.clone();
+        let mut cfg = new.config.clone();
+        let mut notes = Vec::new();
+        macro_rules! restart_only {
+            ($($field:ident).+, $name:expr) => {
+                if cfg.$($field).+ != old.$($field).+ {
+                    notes.push(format!("{} changed: takes effect after a restart", $name));
+                    cfg.$($field).+ = old.$($field).+.clone();
+                }
+            };
+        }
+        restart_only!(network, "network");
+        restart_only!(p2p.listen_addrs, "p2p.listenAddrs");
+        restart_only!(p2p.mdns, "p2p.mdns");
+        restart_only!(p2p.kademlia, "p2p.kademlia");
+        restart_only!(gossipsub, "gossipsub");
+        restart_only!(limits.max_message_bytes, "limits.maxMessageBytes");
+        restart_only!(limits.max_freeze_proof_bytes, "limits.maxFreezeProofBytes");
+        restart_only!(limits.dedup_capacity, "limits.dedupCapacity");
+        restart_only!(publish, "publish");
+        restart_only!(heartbeat, "heartbeat");
+        restart_only!(consensus, "consensus");
+        // Markets.
+        let (before, after): (HashSet<String>, HashSet<String>) = (old.markets.iter().cloned().collect(), cfg.markets.iter().cloned().collect());
+        for m in after.difference(&before) {
+            for kind in crate::topics::TopicKind::PER_MARKET {
+                let t = Topic { kind, market: m.clone() };
+                let ident = t.ident(&self.info.network);
+                if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&ident) {
+                    tracing::error!(market = m, error = %e, "could not subscribe");
+                }
+                self.topic_of.insert(ident.hash(), t);
+            }
+            tracing::info!(market = m, "market added: subscribed");
+        }
+        for m in before.difference(&after) {
+            for kind in crate::topics::TopicKind::PER_MARKET {
+                let ident = Topic { kind, market: m.clone() }.ident(&self.info.network);
+                self.swarm.behaviour_mut().gossipsub.unsubscribe(&ident);
+                self.topic_of.remove(&ident.hash());
+            }
+            tracing::info!(market = m, "market removed: unsubscribed");
+        }
+        self.validator.set_markets(&cfg.markets);
+        *self.markets.write().expect("markets lock") = Arc::new(after);
+        // Limits and reputation.
+        if cfg.limits.rate_limit != old.limits.rate_limit {
+            self.validator.set_rate_limit(cfg.limits.rate_limit);
+            self.pacer = Pacer::new(cfg.limits.rate_limit);
+            tracing::info!(rate = ?cfg.limits.rate_limit, "rate limits changed");
+        }
+        self.reputation.set_config(cfg.reputation.clone());
+        // Bootstrap peers.
+        self.settings.bootstrap_peers = new.bootstrap_peers;
+        if let Some(kad) = self.swarm.behaviour_mut().kademlia.as_mut() {
+            for p in &self.settings.bootstrap_peers {
+                kad.add_address(&p.peer_id, p.addr.clone());
+            }
+        }
+        self.settings.config = cfg;
+        self.dial_bootstrap_peers();
+        for n in &notes {
+            tracing::warn!(note = n, "config reload");
+        }
+        notes
     }
 
     /// Live members besides this node: peers whose `PeerStatus` is within the liveness
@@ -935,7 +1026,7 @@ impl Node {
             node_id: self.info.peer_id.to_bytes(),
             epoch_id: self.epochs.epoch_for("", now_ns() / 1_000_000),
             phase: proto::Phase::Collect as i32,
-            markets: self.info.markets.clone(),
+            markets: self.settings.config.markets.clone(),
             version: crate::VERSION.to_owned(),
             sent_at_ns: now_ns(),
         };
@@ -1020,7 +1111,7 @@ impl Node {
         NodeStatus {
             peer_id: self.info.peer_id.to_string(),
             network: self.info.network.clone(),
-            markets: self.info.markets.clone(),
+            markets: self.settings.config.markets.clone(),
             listen_addrs: listen.into_iter().map(|a| a.to_string()).collect(),
             connected_peers: self.swarm.connected_peers().map(|p| p.to_string()).collect(),
             topics,

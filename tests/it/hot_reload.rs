@@ -1,0 +1,74 @@
+//! Hot reload: a live node takes new markets and rate limits from a rewritten config file
+//! and keeps its last good configuration when the new file is invalid.
+
+use std::time::Duration;
+
+use openmatch_gossip_crds::SidecarConfig;
+use openmatch_gossip_sidecar::config::NodeSettings;
+use openmatch_gossip_sidecar::metrics::ResultLabel;
+use openmatch_gossip_sidecar::proto::{GetStatusRequest, SubmitOrderRequest};
+use openmatch_gossip_tests::*;
+
+fn reloads(n: &TestNode, result: &'static str) -> u64 {
+    n.metrics.config_reloads.get_or_create(&ResultLabel { result }).get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn markets_and_rate_limits_reload_and_a_bad_file_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path(), "node", &[BTC], vec![], |_| {}).await;
+    let file = dir.path().join("config.yaml");
+    let config = |markets: &[&str], rate: u32| {
+        let mut c = SidecarConfig {
+            network: NETWORK.into(),
+            markets: markets.iter().map(|m| m.to_string()).collect(),
+            ..Default::default()
+        };
+        c.p2p.listen_addrs = vec![node.listen.to_string()];
+        c.limits.rate_limit.messages_per_second = rate;
+        c.limits.rate_limit.burst = rate;
+        c.to_yaml()
+    };
+    std::fs::write(&file, config(&[BTC], 2000)).unwrap();
+    let (socket, key, path) = (node.socket.clone(), dir.path().join("node.key"), file.clone());
+    node.watch_config(
+        file.clone(),
+        move || {
+            let text = std::fs::read_to_string(&path)?;
+            NodeSettings::new(SidecarConfig::from_yaml(&text)?, socket.clone(), key.clone(), "127.0.0.1:0".parse()?)
+        },
+        Duration::from_millis(20),
+    );
+    let mut client = node.client().await;
+    let eth = |id| SubmitOrderRequest { order: Some(order(ETH, id)) };
+    let err = client.submit_order(eth(1)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+    // Add ETH-USDT and tighten the rate limit to 1 message/s, burst 1.
+    std::fs::write(&file, config(&[BTC, ETH], 1)).unwrap();
+    wait_until(WAIT, "the reload applied", || reloads(&node, "applied") == 1, || format!("applied {}", reloads(&node, "applied"))).await;
+    client.submit_order(eth(2)).await.expect("ETH-USDT is traded now");
+    let status = client.get_status(GetStatusRequest {}).await.unwrap().into_inner();
+    assert!(status.topics.iter().any(|t| t.topic == format!("openmatch/{NETWORK}/orders/{ETH}")), "{:?}", status.topics);
+    assert!(status.markets.contains(&ETH.to_string()));
+
+    let raw = RawPeer::spawn(BTC);
+    raw.join(&node).await;
+    for id in 0..10 {
+        raw.publish(vec![raw.order(id)]).await;
+    }
+    wait_until(
+        WAIT,
+        "the new limit enforced",
+        || metric::received(&node, BTC) == 10 && metric::rate_limited(&node, BTC) >= 8,
+        || format!("received {}, limited {}", metric::received(&node, BTC), metric::rate_limited(&node, BTC)),
+    )
+    .await;
+
+    // A bad file: rejected, counted, and the running configuration stays.
+    std::fs::write(&file, "markets: [eth]\nlimits: {maxMessageBytes: nope}\n").unwrap();
+    wait_until(WAIT, "the bad file rejected", || reloads(&node, "rejected") == 1, || format!("rejected {}", reloads(&node, "rejected"))).await;
+    client.submit_order(eth(3)).await.expect("still trading ETH-USDT");
+    assert_eq!(reloads(&node, "applied"), 1);
+    node.shutdown().await;
+}
