@@ -231,6 +231,8 @@ pub struct Consensus {
     config: ConsensusConfig,
     batches: BTreeMap<BatchKey, Batch>,
     tally: Tally,
+    /// Per market, the highest epoch dropped by pruning: anything at or below it is over.
+    pruned: HashMap<String, u64>,
 }
 
 /// Strict majority of `live` members (this node included).
@@ -241,7 +243,7 @@ pub fn majority(live: usize) -> usize {
 impl Consensus {
     /// No batches yet.
     pub fn new(config: ConsensusConfig) -> Self {
-        Consensus { config, batches: BTreeMap::new(), tally: Tally::default() }
+        Consensus { config, batches: BTreeMap::new(), tally: Tally::default(), pruned: HashMap::new() }
     }
 
     /// What happened so far.
@@ -276,10 +278,19 @@ impl Consensus {
         self.batches.keys().filter(|k| k.market == market).map(|k| k.epoch).max()
     }
 
+    /// Whether batch `(market, epoch)` was dropped by pruning (or is older than one that was).
+    fn is_pruned(&self, market: &str, epoch: u64) -> bool {
+        self.pruned.get(market).is_some_and(|p| epoch <= *p)
+    }
+
     /// Adds an order (`origin` and `epoch` set) to its batch, creating the batch if needed.
     /// An order that joins an already sealed batch makes the node re-seal at the next
     /// [`Consensus::tick`].
     pub fn add_order(&mut self, order: Order, digest: Digest) -> AddOutcome {
+        if self.is_pruned(&order.market, order.epoch) {
+            self.tally.late_orders += 1;
+            return AddOutcome::Late;
+        }
         let key = BatchKey { market: order.market.clone(), epoch: order.epoch };
         let batch = self.batches.entry(key).or_insert_with(Batch::new);
         if !batch.phase.open() {
@@ -330,6 +341,9 @@ impl Consensus {
     pub fn on_peer_seal(&mut self, peer: PeerId, seal: &BatchSealed) -> AddOutcome {
         let Some(id) = &seal.batch_id else { return AddOutcome::Duplicate };
         let Ok(hash) = <Digest>::try_from(seal.batch_hash.as_slice()) else { return AddOutcome::Duplicate };
+        if self.is_pruned(&id.market, id.epoch) {
+            return AddOutcome::Late;
+        }
         let b = self.batches.entry(BatchKey::from_proto(id)).or_insert_with(Batch::new);
         let newer = b.peer_seals.get(&peer).is_none_or(|s| seal.revision >= s.revision);
         if newer {
@@ -443,6 +457,9 @@ impl Consensus {
     pub fn on_peer_result(&mut self, peer: PeerId, r: &TradeResult) {
         let Some(id) = &r.batch_id else { return };
         let Ok(hash) = <Digest>::try_from(r.result_hash.as_slice()) else { return };
+        if self.is_pruned(&id.market, id.epoch) {
+            return;
+        }
         let b = self.batches.entry(BatchKey::from_proto(id)).or_insert_with(Batch::new);
         b.peer_results.insert(peer, (hash, r.trade_count));
     }
@@ -562,12 +579,14 @@ impl Consensus {
         actions
     }
 
-    /// Keeps at most `retainedBatches` finished batches per market (the newest).
+    /// Keeps at most `retainedBatches` decided batches per market (the newest): finished
+    /// ones, and agreed ones whose engine never submitted a result (an engine that does not
+    /// settle must not make the node hold every order forever).
     fn prune(&mut self) {
         let keep = self.config.retained_batches as usize;
         let mut finished: HashMap<String, Vec<u64>> = HashMap::new();
         for (k, b) in &self.batches {
-            if b.phase.finished() && b.results_judged_or_no_result() {
+            if (b.phase.finished() && b.results_judged_or_no_result()) || b.phase == Phase::Agreed {
                 finished.entry(k.market.clone()).or_default().push(k.epoch);
             }
         }
@@ -577,6 +596,9 @@ impl Consensus {
                 for e in &epochs[..epochs.len() - keep] {
                     self.batches.remove(&BatchKey { market: market.clone(), epoch: *e });
                 }
+                let floor = epochs[epochs.len() - keep - 1];
+                let p = self.pruned.entry(market).or_insert(floor);
+                *p = (*p).max(floor);
             }
         }
     }
@@ -803,6 +825,26 @@ mod tests {
         c.submit_result(&key(), [5; 32], 3, t0).unwrap();
         let acts = c.tick(t0 + Duration::from_millis(100), &live);
         assert!(has(&acts, |a| matches!(a, Action::ResultMismatch(m) if m.halt && m.reason.contains("only 1 of 3"))), "{acts:?}");
+    }
+
+    #[test]
+    fn agreed_batches_without_results_are_pruned_too() {
+        let t0 = Instant::now();
+        let mut c = Consensus::new(cfg());
+        for e in 0..5 {
+            let k = BatchKey { market: "M".into(), epoch: e };
+            c.seal(&k, t0);
+            c.tick(t0, &HashSet::new());
+        }
+        assert_eq!(c.phase(&BatchKey { market: "M".into(), epoch: 0 }), None, "dropped");
+        assert_eq!(c.phase(&BatchKey { market: "M".into(), epoch: 4 }), Some(Phase::Agreed));
+        assert_eq!(c.open_batches(), 2, "only the retained two remain");
+        // A straggler's seal or order for a dropped epoch does not bring the batch back.
+        let stale = BatchSealed { batch_id: Some(BatchKey { market: "M".into(), epoch: 1 }.to_proto()), batch_hash: vec![1; 32], order_count: 1, revision: 0 };
+        assert_eq!(c.on_peer_seal(PeerId::random(), &stale), AddOutcome::Late);
+        let (o, d) = order(&PeerId::random(), 9);
+        assert_eq!(c.add_order(o, d), AddOutcome::Late, "epoch 1 is over");
+        assert_eq!(c.phase(&BatchKey { market: "M".into(), epoch: 1 }), None);
     }
 
     #[test]
