@@ -827,15 +827,26 @@ mod tests {
         assert!(has(&acts, |a| matches!(a, Action::ResultMismatch(m) if m.halt && m.reason.contains("only 1 of 3"))), "{acts:?}");
     }
 
-    #[test]
-    fn agreed_batches_without_results_are_pruned_too() {
+    /// A lone node through epochs 0..5 of market M, each sealed and agreed, and settled
+    /// with a result if `settle`.
+    fn five_epochs(settle: bool) -> Consensus {
         let t0 = Instant::now();
         let mut c = Consensus::new(cfg());
         for e in 0..5 {
             let k = BatchKey { market: "M".into(), epoch: e };
             c.seal(&k, t0);
             c.tick(t0, &HashSet::new());
+            if settle {
+                c.submit_result(&k, [1; 32], 0, t0).unwrap();
+                c.tick(t0, &HashSet::new());
+            }
         }
+        c
+    }
+
+    #[test]
+    fn agreed_batches_without_results_are_pruned_too() {
+        let mut c = five_epochs(false);
         assert_eq!(c.phase(&BatchKey { market: "M".into(), epoch: 0 }), None, "dropped");
         assert_eq!(c.phase(&BatchKey { market: "M".into(), epoch: 4 }), Some(Phase::Agreed));
         assert_eq!(c.open_batches(), 2, "only the retained two remain");
@@ -849,15 +860,7 @@ mod tests {
 
     #[test]
     fn finished_batches_are_pruned_to_the_retention() {
-        let t0 = Instant::now();
-        let mut c = Consensus::new(cfg());
-        for e in 0..5 {
-            let k = BatchKey { market: "M".into(), epoch: e };
-            c.seal(&k, t0);
-            c.tick(t0, &HashSet::new());
-            c.submit_result(&k, [1; 32], 0, t0).unwrap();
-            c.tick(t0, &HashSet::new());
-        }
+        let c = five_epochs(true);
         assert_eq!(c.highest_epoch("M"), Some(4));
         assert!(c.agreed_orders(&BatchKey { market: "M".into(), epoch: 0 }).is_err(), "pruned");
         assert!(c.agreed_orders(&BatchKey { market: "M".into(), epoch: 4 }).is_ok());
