@@ -298,7 +298,13 @@ pub struct ReputationConfig {
 
 impl Default for ReputationConfig {
     fn default() -> Self {
-        Self { minority_penalty: 10.0, invalid_message_penalty: 5.0, ban_threshold: -25.0, ban_ms: 60_000, recovery_per_minute: 5.0 }
+        Self {
+            minority_penalty: 10.0,
+            invalid_message_penalty: 5.0,
+            ban_threshold: -25.0,
+            ban_ms: 60_000,
+            recovery_per_minute: 5.0,
+        }
     }
 }
 
@@ -306,9 +312,8 @@ impl Default for ReputationConfig {
 pub fn is_valid_market(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 32
-        && s.split('-').all(|part| {
-            !part.is_empty() && part.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-        })
+        && s.split('-')
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()))
 }
 
 /// Whether `s` is a valid network name (a Kubernetes DNS label).
@@ -347,10 +352,7 @@ impl SidecarConfig {
     /// which owns the libp2p types.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !is_valid_network(&self.network) {
-            return Err(invalid(
-                "network",
-                format!("{:?} is not a DNS label ([a-z0-9-], at most 63)", self.network),
-            ));
+            return Err(invalid("network", format!("{:?} is not a DNS label ([a-z0-9-], at most 63)", self.network)));
         }
         if self.markets.len() > 256 {
             return Err(invalid("markets", "at most 256 markets"));
@@ -413,10 +415,7 @@ impl SidecarConfig {
             return Err(invalid("publish.maxOrdersPerMessage", "must be between 1 and 65536"));
         }
         if p.outbox_capacity < p.max_orders_per_message {
-            return Err(invalid(
-                "publish.outboxCapacity",
-                "must be at least publish.maxOrdersPerMessage",
-            ));
+            return Err(invalid("publish.outboxCapacity", "must be at least publish.maxOrdersPerMessage"));
         }
         let c = &self.consensus;
         if !(10..=3_600_000).contains(&c.epoch_ms) {
@@ -452,10 +451,7 @@ impl SidecarConfig {
             return Err(invalid("heartbeat.intervalMs", "must be between 10 and 600000 ms"));
         }
         if h.liveness_window_ms <= h.interval_ms {
-            return Err(invalid(
-                "heartbeat.livenessWindowMs",
-                "must be longer than heartbeat.intervalMs",
-            ));
+            return Err(invalid("heartbeat.livenessWindowMs", "must be longer than heartbeat.intervalMs"));
         }
         Ok(())
     }
@@ -491,8 +487,7 @@ mod tests {
 
     #[test]
     fn partial_file_keeps_other_defaults() {
-        let c = SidecarConfig::from_yaml("markets: [BTC-USDT]\nlimits:\n  rateLimit:\n    burst: 10\n")
-            .unwrap();
+        let c = SidecarConfig::from_yaml("markets: [BTC-USDT]\nlimits:\n  rateLimit:\n    burst: 10\n").unwrap();
         assert_eq!(c.markets, vec!["BTC-USDT"]);
         assert_eq!(c.limits.rate_limit.burst, 10);
         assert_eq!(c.limits.rate_limit.messages_per_second, 2_000);

@@ -22,15 +22,16 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::metrics::{Metrics, MethodCode};
+use crate::consensus::BatchKey;
+use crate::metrics::{MethodCode, Metrics};
+use crate::node::BatchError;
 use crate::node::{EventStream, NodeGone, NodeHandle};
 use crate::proto::sidecar_client::SidecarClient;
 use crate::proto::sidecar_server::{Sidecar, SidecarServer};
-use crate::consensus::BatchKey;
-use crate::node::BatchError;
 use crate::proto::{
-    BatchChunk, GetBatchRequest, GetStatusRequest, NodeStatus, Order, SealBatchRequest, SealBatchResponse, SubmitOrderRequest,
-    SubmitOrderResponse, SubmitOrdersRequest, SubmitOrdersResponse, SubmitResultRequest, SubmitResultResponse, SubscribeRequest,
+    BatchChunk, GetBatchRequest, GetStatusRequest, NodeStatus, Order, SealBatchRequest, SealBatchResponse,
+    SubmitOrderRequest, SubmitOrderResponse, SubmitOrdersRequest, SubmitOrdersResponse, SubmitResultRequest,
+    SubmitResultResponse, SubscribeRequest,
 };
 
 /// Orders per `BatchChunk` of a `GetBatch` stream.
@@ -107,7 +108,10 @@ impl Sidecar for EngineApi {
         Ok(Response::new(SubmitOrderResponse { digest: r.digest.to_vec(), epoch: r.epoch }))
     }
 
-    async fn submit_orders(&self, req: Request<Streaming<SubmitOrdersRequest>>) -> Result<Response<SubmitOrdersResponse>, Status> {
+    async fn submit_orders(
+        &self,
+        req: Request<Streaming<SubmitOrdersRequest>>,
+    ) -> Result<Response<SubmitOrdersResponse>, Status> {
         let mut stream = req.into_inner();
         let cap = self.node.info().outbox_capacity;
         let mut accepted: u64 = 0;
@@ -119,7 +123,10 @@ impl Sidecar for EngineApi {
             };
             if chunk.orders.len() > cap {
                 return Err(with_accepted(
-                    Status::resource_exhausted(format!("{} orders in one request exceed the outbox capacity of {cap}", chunk.orders.len())),
+                    Status::resource_exhausted(format!(
+                        "{} orders in one request exceed the outbox capacity of {cap}",
+                        chunk.orders.len()
+                    )),
                     accepted,
                 ));
             }
@@ -171,8 +178,9 @@ impl Sidecar for EngineApi {
     async fn submit_result(&self, req: Request<SubmitResultRequest>) -> Result<Response<SubmitResultResponse>, Status> {
         let req = req.into_inner();
         let key = batch_key(req.batch_id)?;
-        let hash = <[u8; 32]>::try_from(req.result_hash.as_slice())
-            .map_err(|_| Status::invalid_argument(format!("result_hash: {} bytes, expected 32", req.result_hash.len())))?;
+        let hash = <[u8; 32]>::try_from(req.result_hash.as_slice()).map_err(|_| {
+            Status::invalid_argument(format!("result_hash: {} bytes, expected 32", req.result_hash.len()))
+        })?;
         self.node.submit_result(key, hash, req.trade_count).await.map_err(gone)?.map_err(batch_status)?;
         Ok(Response::new(SubmitResultResponse {}))
     }
@@ -286,7 +294,10 @@ where
             let code = tonic::Status::from_header_map(resp.headers()).map(|s| s.code()).unwrap_or(tonic::Code::Ok);
             let mapped = match code {
                 tonic::Code::Internal
-                    if resp.headers().get("grpc-message").is_some_and(|m| m.to_str().unwrap_or("").contains("decode")) =>
+                    if resp
+                        .headers()
+                        .get("grpc-message")
+                        .is_some_and(|m| m.to_str().unwrap_or("").contains("decode")) =>
                 {
                     tonic::Code::InvalidArgument
                 }

@@ -229,8 +229,7 @@ fn lots_willing(entries: &[Entry], dir: Dir, prices: &[u64]) -> Vec<u128> {
 
 /// One side's allocation queue at `price` (rule 4): the orders that trade there, by priority.
 fn queue(entries: &[Entry], dir: Dir, price: u64) -> Vec<Entry> {
-    let mut q: Vec<Entry> =
-        entries.iter().filter(|e| e.limit.is_none_or(|l| dir.accepts(l, price))).copied().collect();
+    let mut q: Vec<Entry> = entries.iter().filter(|e| e.limit.is_none_or(|l| dir.accepts(l, price))).copied().collect();
     q.sort_unstable_by_key(|e| dir.priority(e));
     q
 }
@@ -239,8 +238,7 @@ fn queue(entries: &[Entry], dir: Dir, price: u64) -> Vec<Entry> {
 fn allocate(price: u64, buys: &[Entry], sells: &[Entry]) -> Vec<Trade> {
     let mut trades = Vec::with_capacity((buys.len() + sells.len()).saturating_sub(1));
     let (mut i, mut j) = (0, 0);
-    let (mut buy_left, mut sell_left) =
-        (buys.first().map_or(0, |e| e.lots), sells.first().map_or(0, |e| e.lots));
+    let (mut buy_left, mut sell_left) = (buys.first().map_or(0, |e| e.lots), sells.first().map_or(0, |e| e.lots));
     while i < buys.len() && j < sells.len() {
         let q = buy_left.min(sell_left);
         trades.push(Trade { buy: buys[i].pos, sell: sells[j].pos, price_ticks: price, quantity_lots: q });
@@ -342,8 +340,7 @@ mod tests {
 
     #[test]
     fn ties_in_price_go_by_position() {
-        let batch =
-            [limit(SELL, 100, 5), limit(BUY, 100, 3), limit(BUY, 100, 3), market(BUY, 1), market(BUY, 1)];
+        let batch = [limit(SELL, 100, 5), limit(BUY, 100, 3), limit(BUY, 100, 3), market(BUY, 1), market(BUY, 1)];
         assert_eq!(run_auction(&batch), [t(3, 0, 100, 1), t(4, 0, 100, 1), t(1, 0, 100, 3)]);
     }
 
@@ -364,15 +361,8 @@ mod tests {
         let noise = |side| order(side, OrderKind::Cancel, 100, 50);
         let unknown_side = Order { side: 0, ..limit(BUY, 200, 50) };
         let unknown_kind = Order { kind: 9, ..limit(SELL, 1, 50) };
-        let batch = [
-            noise(BUY),
-            plain[0].clone(),
-            noise(SELL),
-            unknown_side,
-            plain[1].clone(),
-            unknown_kind,
-            plain[2].clone(),
-        ];
+        let batch =
+            [noise(BUY), plain[0].clone(), noise(SELL), unknown_side, plain[1].clone(), unknown_kind, plain[2].clone()];
         let at = [1, 4, 6]; // positions of `plain` in `batch`
         let expected: Vec<Trade> = run_auction(&plain)
             .into_iter()
@@ -444,10 +434,7 @@ mod tests {
             for x in &trades {
                 assert_eq!(x.price_ticks, price, "round {round}: {batch:?}");
                 assert!(x.quantity_lots > 0);
-                assert_eq!(
-                    (batch[x.buy as usize].side, batch[x.sell as usize].side),
-                    (BUY as i32, SELL as i32)
-                );
+                assert_eq!((batch[x.buy as usize].side, batch[x.sell as usize].side), (BUY as i32, SELL as i32));
                 filled[x.buy as usize] += x.quantity_lots;
                 filled[x.sell as usize] += x.quantity_lots;
             }
@@ -474,10 +461,8 @@ mod tests {
                 let fills: Vec<u64> = q.iter().map(|&i| filled[i]).collect();
                 let full = q.iter().take_while(|&&i| filled[i] == batch[i].quantity_lots).count();
                 assert!(fills[full..].iter().skip(1).all(|&f| f == 0), "round {round}: {fills:?}");
-                let outside: u64 = (0..n)
-                    .filter(|i| !q.contains(i) && batch[*i].side == side as i32)
-                    .map(|i| filled[i])
-                    .sum();
+                let outside: u64 =
+                    (0..n).filter(|i| !q.contains(i) && batch[*i].side == side as i32).map(|i| filled[i]).sum();
                 assert_eq!(outside, 0, "round {round}");
             }
         }

@@ -51,9 +51,20 @@ fn row(label: &str, r: &ClusterReport, base: Option<&ClusterReport>) -> String {
 
 /// Runs the four configurations and prints the table; `true` if every run was lossless.
 pub async fn run(args: &BenchArgs, binary: &Path) -> anyhow::Result<bool> {
-    let base = ClusterArgs { nodes: 3, replay: ReplayArgs::MAX, transport: TransportKind::Sidecar, grace_ms: 5_000, work_dir: None, keep: false, json: false };
+    let base = ClusterArgs {
+        nodes: 3,
+        replay: ReplayArgs::MAX,
+        transport: TransportKind::Sidecar,
+        grace_ms: 5_000,
+        work_dir: None,
+        keep: false,
+        json: false,
+    };
     let mut table = String::new();
-    let _ = writeln!(table, "| run | delivered orders/s per engine | delivery ratio | min rate vs baseline | p50 µs | p99 µs | max µs | sidecar CPU s | sidecar peak RSS MiB |");
+    let _ = writeln!(
+        table,
+        "| run | delivered orders/s per engine | delivery ratio | min rate vs baseline | p50 µs | p99 µs | max µs | sidecar CPU s | sidecar peak RSS MiB |"
+    );
     let _ = writeln!(table, "|---|---|---|---|---|---|---|---|---|");
     let mut ok = true;
     let real = Some(args.real_duration_s);
@@ -66,7 +77,8 @@ pub async fn run(args: &BenchArgs, binary: &Path) -> anyhow::Result<bool> {
         let replay = ReplayArgs { pace, from_s, duration_s: duration, speed: 1.0 };
         let tcp = cluster::run(&ClusterArgs { replay, transport: TransportKind::Tcp, ..base.clone() }, binary).await?;
         eprint!("{}", tcp.render());
-        let gossip = cluster::run(&ClusterArgs { replay, transport: TransportKind::Sidecar, ..base.clone() }, binary).await?;
+        let gossip =
+            cluster::run(&ClusterArgs { replay, transport: TransportKind::Sidecar, ..base.clone() }, binary).await?;
         eprint!("{}", gossip.render());
         ok &= tcp.ok() && gossip.ok();
         let _ = writeln!(table, "{}", row(&format!("{label}, plain TCP baseline"), &tcp, None));

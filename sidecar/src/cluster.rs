@@ -109,35 +109,94 @@ impl ClusterReport {
     /// The human-readable summary.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "openmatch-gossip cluster: {} engines, transport {:?}, pace {:?}", self.engines.len(), self.transport, self.pace);
-        let _ = writeln!(s, "{:<6} {:>10} {:>10} {:>10} {:>8} {:>6} {:>12} {:>9} {:>9} {:>9}", "engine", "sent", "expected", "received", "missing", "dups", "orders/s", "p50 µs", "p99 µs", "max µs");
+        let _ = writeln!(
+            s,
+            "openmatch-gossip cluster: {} engines, transport {:?}, pace {:?}",
+            self.engines.len(),
+            self.transport,
+            self.pace
+        );
+        let _ = writeln!(
+            s,
+            "{:<6} {:>10} {:>10} {:>10} {:>8} {:>6} {:>12} {:>9} {:>9} {:>9}",
+            "engine", "sent", "expected", "received", "missing", "dups", "orders/s", "p50 µs", "p99 µs", "max µs"
+        );
         for (i, e) in self.engines.iter().enumerate() {
             let _ = writeln!(
                 s,
                 "{:<6} {:>10} {:>10} {:>10} {:>8} {:>6} {:>12.0} {:>9} {:>9} {:>9}",
-                e.shard, e.sent, e.expected, e.received, e.expected.saturating_sub(e.received), e.duplicates,
-                self.delivered_rate(i), e.latency.p50_us, e.latency.p99_us, e.latency.max_us
+                e.shard,
+                e.sent,
+                e.expected,
+                e.received,
+                e.expected.saturating_sub(e.received),
+                e.duplicates,
+                self.delivered_rate(i),
+                e.latency.p50_us,
+                e.latency.p99_us,
+                e.latency.max_us
             );
         }
         for (i, u) in self.sidecars.iter().enumerate() {
             let _ = writeln!(s, "sidecar {i}: CPU {:.2} s, peak RSS {:.1} MiB", u.cpu_secs, u.peak_rss_mib);
         }
         let l = &self.latency;
-        let _ = writeln!(s, "propagation latency (submit at one engine → event at another): p50 {} µs, p99 {} µs, max {} µs over {} deliveries", l.p50_us, l.p99_us, l.max_us, l.count);
+        let _ = writeln!(
+            s,
+            "propagation latency (submit at one engine → event at another): p50 {} µs, p99 {} µs, max {} µs over {} deliveries",
+            l.p50_us, l.p99_us, l.max_us, l.count
+        );
         if !self.batches.is_empty() {
-            let _ = writeln!(s, "batches per market, summed over the {} nodes (sealed = agreed + disputed):", self.engines.len());
-            let _ = writeln!(s, "{:<10} {:>7} {:>7} {:>9} {:>10} {:>9} {:>7} {:>8} {:>8}", "market", "sealed", "agreed", "repaired", "rep.orders", "disputed", "halted", "settled", "trades");
+            let _ = writeln!(
+                s,
+                "batches per market, summed over the {} nodes (sealed = agreed + disputed):",
+                self.engines.len()
+            );
+            let _ = writeln!(
+                s,
+                "{:<10} {:>7} {:>7} {:>9} {:>10} {:>9} {:>7} {:>8} {:>8}",
+                "market", "sealed", "agreed", "repaired", "rep.orders", "disputed", "halted", "settled", "trades"
+            );
             for (m, b) in &self.batches {
-                let _ = writeln!(s, "{m:<10} {:>7} {:>7} {:>9} {:>10} {:>9} {:>7} {:>8} {:>8}", b.agreed + b.disputed, b.agreed, b.repaired, b.repaired_orders, b.disputed, b.halted, b.results_agreed, b.trades);
+                let _ = writeln!(
+                    s,
+                    "{m:<10} {:>7} {:>7} {:>9} {:>10} {:>9} {:>7} {:>8} {:>8}",
+                    b.agreed + b.disputed,
+                    b.agreed,
+                    b.repaired,
+                    b.repaired_orders,
+                    b.disputed,
+                    b.halted,
+                    b.results_agreed,
+                    b.trades
+                );
             }
             let a = &self.agreement;
-            let _ = writeln!(s, "batch agreement latency (first seal → agreed, per node): p50 {} µs, p99 {} µs, max {} µs over {} batch decisions", a.p50_us, a.p99_us, a.max_us, a.count);
+            let _ = writeln!(
+                s,
+                "batch agreement latency (first seal → agreed, per node): p50 {} µs, p99 {} µs, max {} µs over {} batch decisions",
+                a.p50_us, a.p99_us, a.max_us, a.count
+            );
         }
-        let _ = writeln!(s, "missing {}, duplicates {}, checksum mismatches {}", self.missing, self.duplicates, self.checksum_mismatches.len());
+        let _ = writeln!(
+            s,
+            "missing {}, duplicates {}, checksum mismatches {}",
+            self.missing,
+            self.duplicates,
+            self.checksum_mismatches.len()
+        );
         for m in &self.checksum_mismatches {
             let _ = writeln!(s, "  mismatch: {m}");
         }
-        let _ = writeln!(s, "{}", if self.ok() { "RESULT: OK — every engine received every other engine's orders exactly once; every batch agreed and settled" } else { "RESULT: FAILED — orders lost, duplicated or altered, or a batch disputed or halted" });
+        let _ = writeln!(
+            s,
+            "{}",
+            if self.ok() {
+                "RESULT: OK — every engine received every other engine's orders exactly once; every batch agreed and settled"
+            } else {
+                "RESULT: FAILED — orders lost, duplicated or altered, or a batch disputed or halted"
+            }
+        );
         s
     }
 }
@@ -196,23 +255,32 @@ async fn start_sidecars(binary: &Path, dir: &Path, n: usize, grace_ms: u32) -> a
     }
     let mut sidecars = Vec::new();
     for i in 0..n {
-        let mut config = SidecarConfig { network: "demo".into(), markets: MARKETS.iter().map(|(m, _)| m.to_string()).collect(), ..Default::default() };
+        let mut config = SidecarConfig {
+            network: "demo".into(),
+            markets: MARKETS.iter().map(|(m, _)| m.to_string()).collect(),
+            ..Default::default()
+        };
         let listen = addrs[i].rsplit_once("/p2p/").expect("built above").0.to_owned();
         config.p2p.listen_addrs = vec![listen];
         config.consensus.grace_ms = grace_ms;
         config.consensus.seal_timeout_ms = 2_000;
         config.consensus.repair_window_ms = 30_000;
-        config.p2p.bootstrap_peers = addrs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| a.clone()).collect();
+        config.p2p.bootstrap_peers =
+            addrs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| a.clone()).collect();
         let config_path = dir.join(format!("node{i}.yaml"));
         std::fs::write(&config_path, config.to_yaml())?;
         let socket = dir.join(format!("node{i}.sock"));
         let log = dir.join(format!("node{i}.log"));
         let child = Command::new(binary)
             .arg("node")
-            .arg("--config").arg(&config_path)
-            .arg("--socket").arg(&socket)
-            .arg("--identity-key").arg(&keys[i])
-            .arg("--metrics-addr").arg(format!("127.0.0.1:{}", free_port()?))
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--identity-key")
+            .arg(&keys[i])
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{}", free_port()?))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file(&log)?)
@@ -235,7 +303,12 @@ async fn wait_for_mesh(sidecars: &mut [Sidecar], timeout: Duration) -> anyhow::R
             }
             let ready = match crate::api::connect(&s.socket).await {
                 Ok(mut c) => match c.get_status(crate::proto::GetStatusRequest {}).await {
-                    Ok(st) => st.into_inner().topics.iter().filter(|t| t.topic.contains("/orders/")).all(|t| t.mesh_peers.len() >= want),
+                    Ok(st) => st
+                        .into_inner()
+                        .topics
+                        .iter()
+                        .filter(|t| t.topic.contains("/orders/"))
+                        .all(|t| t.mesh_peers.len() >= want),
                     Err(_) => false,
                 },
                 Err(_) => false,
@@ -244,7 +317,10 @@ async fn wait_for_mesh(sidecars: &mut [Sidecar], timeout: Duration) -> anyhow::R
                 break;
             }
             if Instant::now() > deadline {
-                bail!("sidecar {i} did not see its {want} peers in the GossipSub mesh within {timeout:?}; its log ends:\n{}", tail(&s.log, 20));
+                bail!(
+                    "sidecar {i} did not see its {want} peers in the GossipSub mesh within {timeout:?}; its log ends:\n{}",
+                    tail(&s.log, 20)
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -326,7 +402,8 @@ pub async fn run(args: &ClusterArgs, binary: &Path) -> anyhow::Result<ClusterRep
             bail!("engine {i} failed ({status}); its log ends:\n{}", tail(&e.log, 30));
         }
         let line = last.with_context(|| format!("engine {i} printed no report"))?;
-        reports.push(serde_json::from_str::<EngineReport>(&line).with_context(|| format!("engine {i} report: {line}"))?);
+        reports
+            .push(serde_json::from_str::<EngineReport>(&line).with_context(|| format!("engine {i} report: {line}"))?);
     }
     let mut usage = Vec::new();
     for (i, s) in sidecars.iter_mut().enumerate() {
@@ -334,7 +411,9 @@ pub async fn run(args: &ClusterArgs, binary: &Path) -> anyhow::Result<ClusterRep
         usage.push(proc_usage(pid).unwrap_or_default());
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        let status = tokio::time::timeout(Duration::from_secs(20), s.child.wait()).await.context("sidecar did not stop within 20 s of SIGTERM")??;
+        let status = tokio::time::timeout(Duration::from_secs(20), s.child.wait())
+            .await
+            .context("sidecar did not stop within 20 s of SIGTERM")??;
         if !status.success() {
             bail!("sidecar {i} exited with {status} on SIGTERM; its log ends:\n{}", tail(&s.log, 20));
         }
@@ -351,7 +430,8 @@ pub async fn run(args: &ClusterArgs, binary: &Path) -> anyhow::Result<ClusterRep
 }
 
 fn summarise(args: &ClusterArgs, engines: Vec<EngineReport>, sidecars: Vec<ProcessUsage>) -> ClusterReport {
-    let sent_by_origin: BTreeMap<&str, (&str, u64)> = engines.iter().map(|e| (e.origin.as_str(), (e.sent_checksum.as_str(), e.sent))).collect();
+    let sent_by_origin: BTreeMap<&str, (&str, u64)> =
+        engines.iter().map(|e| (e.origin.as_str(), (e.sent_checksum.as_str(), e.sent))).collect();
     let mut mismatches = Vec::new();
     let mut latency = Latency::default();
     let mut agreement = Latency::default();
@@ -374,7 +454,9 @@ fn summarise(args: &ClusterArgs, engines: Vec<EngineReport>, sidecars: Vec<Proce
                 continue;
             }
             match e.by_origin.get(*origin) {
-                Some(t) if t.orders == *sent && t.checksum != *checksum => mismatches.push(format!("engine {} got different content from {origin}", e.shard)),
+                Some(t) if t.orders == *sent && t.checksum != *checksum => {
+                    mismatches.push(format!("engine {} got different content from {origin}", e.shard))
+                }
                 Some(_) | None => {}
             }
         }

@@ -23,19 +23,26 @@ pub struct NodeArgs {
 
     /// Unix socket for the engine API (gRPC). Created with mode 0660; a stale socket left
     /// by a crashed run is replaced, a live one is never taken over.
-    #[arg(long, env = "OPENMATCH_GOSSIP_SOCKET", value_name = "PATH",
-          default_value = "/run/openmatch-gossip/engine.sock")]
+    #[arg(
+        long,
+        env = "OPENMATCH_GOSSIP_SOCKET",
+        value_name = "PATH",
+        default_value = "/run/openmatch-gossip/engine.sock"
+    )]
     pub socket: PathBuf,
 
     /// Ed25519 identity key file; created (mode 0600) if absent, so the peer id survives
     /// restarts. Put it on a persistent volume to keep the peer id across pod moves.
-    #[arg(long, env = "OPENMATCH_GOSSIP_IDENTITY_KEY", value_name = "PATH",
-          default_value = "/var/lib/openmatch-gossip/identity.key")]
+    #[arg(
+        long,
+        env = "OPENMATCH_GOSSIP_IDENTITY_KEY",
+        value_name = "PATH",
+        default_value = "/var/lib/openmatch-gossip/identity.key"
+    )]
     pub identity_key: PathBuf,
 
     /// Address of the HTTP server for /metrics, /healthz and /readyz.
-    #[arg(long, env = "OPENMATCH_GOSSIP_METRICS_ADDR", value_name = "ADDR",
-          default_value = "0.0.0.0:9090")]
+    #[arg(long, env = "OPENMATCH_GOSSIP_METRICS_ADDR", value_name = "ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: SocketAddr,
 
     /// Network name (overrides `network` in the file).
@@ -149,10 +156,9 @@ impl NodeSettings {
     pub fn from_args(args: &NodeArgs) -> anyhow::Result<Self> {
         let mut config = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config file {}", path.display()))?;
-                SidecarConfig::from_yaml(&text)
-                    .with_context(|| format!("config file {}", path.display()))?
+                let text =
+                    std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+                SidecarConfig::from_yaml(&text).with_context(|| format!("config file {}", path.display()))?
             }
             None => SidecarConfig::default(),
         };
@@ -270,8 +276,13 @@ mod tests {
         let file = dir.path().join("c.yaml");
         std::fs::write(&file, "markets: [BTC-USDT]\nlimits: {rateLimit: {burst: 9}}\n").unwrap();
         let cli = Cli::parse_from([
-            "x", "--config", file.to_str().unwrap(), "--markets", "ETH-USDT,SOL-USDT",
-            "--rate-limit", "77",
+            "x",
+            "--config",
+            file.to_str().unwrap(),
+            "--markets",
+            "ETH-USDT,SOL-USDT",
+            "--rate-limit",
+            "77",
         ]);
         let s = NodeSettings::from_args(&cli.node).unwrap();
         assert_eq!(s.config.markets, vec!["ETH-USDT", "SOL-USDT"]);

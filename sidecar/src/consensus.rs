@@ -357,7 +357,11 @@ impl Consensus {
         let b = self.batches.get(batch)?;
         Some(DigestSet {
             batch_id: Some(batch.to_proto()),
-            entries: b.orders.iter().map(|(d, o)| OriginDigest { digest: d.to_vec(), origin: o.origin.clone() }).collect(),
+            entries: b
+                .orders
+                .iter()
+                .map(|(d, o)| OriginDigest { digest: d.to_vec(), origin: o.origin.clone() })
+                .collect(),
         })
     }
 
@@ -442,7 +446,13 @@ impl Consensus {
     /// The engine's result for an agreed batch.
     ///
     /// Errors: the batch is unknown, not agreed, or already has a result.
-    pub fn submit_result(&mut self, batch: &BatchKey, hash: Digest, trades: u64, now: Instant) -> Result<Vec<Action>, String> {
+    pub fn submit_result(
+        &mut self,
+        batch: &BatchKey,
+        hash: Digest,
+        trades: u64,
+        now: Instant,
+    ) -> Result<Vec<Action>, String> {
         let b = self.batches.get_mut(batch).ok_or_else(|| format!("batch {batch} is unknown"))?;
         if b.phase != Phase::Agreed {
             return Err(format!("batch {batch} is {:?}, not Agreed", b.phase));
@@ -450,7 +460,11 @@ impl Consensus {
         b.phase = Phase::Settling;
         b.result = Some((hash, trades));
         b.result_at = Some(now);
-        Ok(vec![Action::PublishResult(TradeResult { batch_id: Some(batch.to_proto()), result_hash: hash.to_vec(), trade_count: trades })])
+        Ok(vec![Action::PublishResult(TradeResult {
+            batch_id: Some(batch.to_proto()),
+            result_hash: hash.to_vec(),
+            trade_count: trades,
+        })])
     }
 
     /// A peer's result (validated: 32-byte hash).
@@ -481,8 +495,10 @@ impl Consensus {
                         Self::reseal(&mut self.tally, key, b, now, &mut actions);
                     }
                     let ours = b.hash.expect("sealed above");
-                    let agreeing: Vec<PeerId> = b.peer_seals.iter().filter(|(_, s)| s.hash == ours).map(|(p, _)| *p).collect();
-                    let differing: Vec<(PeerId, u32)> = b.peer_seals.iter().filter(|(_, s)| s.hash != ours).map(|(p, s)| (*p, s.revision)).collect();
+                    let agreeing: Vec<PeerId> =
+                        b.peer_seals.iter().filter(|(_, s)| s.hash == ours).map(|(p, _)| *p).collect();
+                    let differing: Vec<(PeerId, u32)> =
+                        b.peer_seals.iter().filter(|(_, s)| s.hash != ours).map(|(p, s)| (*p, s.revision)).collect();
                     for &(peer, rev) in &differing {
                         if b.asked.insert((peer, rev, b.revision)) {
                             self.tally.batch_mismatches += 1;
@@ -512,14 +528,18 @@ impl Consensus {
                     } else if b.first_sealed.is_some_and(|t| now.duration_since(t) >= repair_window) {
                         b.phase = Phase::Disputed;
                         self.tally.disputed += 1;
-                        let reason = format!("{live_agree} of {members} live members agree on revision {} after the {repair_window:?} repair window; quorum {quorum}", b.revision);
+                        let reason = format!(
+                            "{live_agree} of {members} live members agree on revision {} after the {repair_window:?} repair window; quorum {quorum}",
+                            b.revision
+                        );
                         tracing::warn!(batch = %key, reason, "batch disputed: it will not be matched");
                         actions.push(Action::Disputed(BatchDisputed { batch_id: Some(key.to_proto()), reason }));
                     }
                 }
                 Phase::Settling => {
                     let (ours, _) = b.result.expect("settling has a result");
-                    let differing: Vec<PeerId> = b.peer_results.iter().filter(|(_, r)| r.0 != ours).map(|(p, _)| *p).collect();
+                    let differing: Vec<PeerId> =
+                        b.peer_results.iter().filter(|(_, r)| r.0 != ours).map(|(p, _)| *p).collect();
                     let answered = b.peer_results.keys().filter(|p| live.contains(p)).count();
                     let timed_out = b.result_at.is_some_and(|t| now.duration_since(t) >= result_timeout);
                     if !differing.is_empty() {
@@ -528,22 +548,39 @@ impl Consensus {
                         b.phase = Phase::Halted;
                         let reason = format!("{} peer(s) computed a different result hash", differing.len());
                         tracing::error!(severity = "critical", batch = %key, reason, "RESULT MISMATCH: determinism violation; matching halted for this batch");
-                        actions.push(Action::ResultMismatch(ResultMismatch { batch_id: Some(key.to_proto()), halt: true, reason }));
+                        actions.push(Action::ResultMismatch(ResultMismatch {
+                            batch_id: Some(key.to_proto()),
+                            halt: true,
+                            reason,
+                        }));
                     } else if answered >= live.len() {
                         b.phase = Phase::Settled;
                         self.tally.results_agreed += 1;
-                        actions.push(Action::ResultAgreed(ResultAgreed { batch_id: Some(key.to_proto()), result_hash: ours.to_vec() }));
+                        actions.push(Action::ResultAgreed(ResultAgreed {
+                            batch_id: Some(key.to_proto()),
+                            result_hash: ours.to_vec(),
+                        }));
                     } else if timed_out {
                         if answered + 1 >= quorum {
                             b.phase = Phase::Settled;
                             self.tally.results_agreed += 1;
-                            actions.push(Action::ResultAgreed(ResultAgreed { batch_id: Some(key.to_proto()), result_hash: ours.to_vec() }));
+                            actions.push(Action::ResultAgreed(ResultAgreed {
+                                batch_id: Some(key.to_proto()),
+                                result_hash: ours.to_vec(),
+                            }));
                         } else {
                             b.phase = Phase::Halted;
                             self.tally.halted += 1;
-                            let reason = format!("only {} of {members} results within {result_timeout:?}; quorum {quorum}", answered + 1);
+                            let reason = format!(
+                                "only {} of {members} results within {result_timeout:?}; quorum {quorum}",
+                                answered + 1
+                            );
                             tracing::error!(severity = "critical", batch = %key, reason, "results unconfirmed; matching halted for this batch");
-                            actions.push(Action::ResultMismatch(ResultMismatch { batch_id: Some(key.to_proto()), halt: true, reason }));
+                            actions.push(Action::ResultMismatch(ResultMismatch {
+                                batch_id: Some(key.to_proto()),
+                                halt: true,
+                                reason,
+                            }));
                         }
                     }
                 }
@@ -616,7 +653,13 @@ mod tests {
     use crate::proto::{OrderKind, Side};
 
     fn cfg() -> ConsensusConfig {
-        ConsensusConfig { seal_timeout_ms: 100, repair_window_ms: 1000, result_timeout_ms: 100, retained_batches: 2, ..Default::default() }
+        ConsensusConfig {
+            seal_timeout_ms: 100,
+            repair_window_ms: 1000,
+            result_timeout_ms: 100,
+            retained_batches: 2,
+            ..Default::default()
+        }
     }
 
     fn order(origin: &PeerId, id: u64) -> (Order, Digest) {
@@ -640,7 +683,13 @@ mod tests {
     }
 
     fn seal_of(actions: &[Action]) -> BatchSealed {
-        actions.iter().find_map(|a| match a { Action::PublishSeal(s) => Some(s.clone()), _ => None }).expect("a seal")
+        actions
+            .iter()
+            .find_map(|a| match a {
+                Action::PublishSeal(s) => Some(s.clone()),
+                _ => None,
+            })
+            .expect("a seal")
     }
 
     fn has(actions: &[Action], f: impl Fn(&Action) -> bool) -> bool {
@@ -668,7 +717,13 @@ mod tests {
         c.on_peer_seal(p1, &seals[1]);
         c.on_peer_seal(p2, &seals[2]);
         let acts = c.tick(t0, &live);
-        let agreed = acts.iter().find_map(|a| match a { Action::Agreed(x) => Some(x.clone()), _ => None }).unwrap();
+        let agreed = acts
+            .iter()
+            .find_map(|a| match a {
+                Action::Agreed(x) => Some(x.clone()),
+                _ => None,
+            })
+            .unwrap();
         assert_eq!(agreed.order_count, 5);
         assert_eq!(agreed.batch_hash, seals[0].batch_hash);
         assert_eq!(c.agreed_orders(&key()).unwrap().len(), 5);
@@ -716,7 +771,13 @@ mod tests {
         assert_eq!(reseal.revision, 1);
         assert_eq!(reseal.batch_hash, full_seal.batch_hash);
         // Every live peer now agrees with the re-seal: agreed in the same tick.
-        let agreed = acts.iter().find_map(|a| match a { Action::Agreed(x) => Some(x.clone()), _ => None }).unwrap();
+        let agreed = acts
+            .iter()
+            .find_map(|a| match a {
+                Action::Agreed(x) => Some(x.clone()),
+                _ => None,
+            })
+            .unwrap();
         assert_eq!((agreed.order_count, agreed.revision, agreed.repaired_orders), (4, 1, 1));
         assert_eq!(short.tally().repaired_orders, 1);
     }
@@ -730,7 +791,8 @@ mod tests {
         let (o, d) = order(&p1, 1);
         c.add_order(o, d);
         c.seal(&key(), t0);
-        let other = BatchSealed { batch_id: Some(key().to_proto()), batch_hash: vec![7; 32], order_count: 9, revision: 0 };
+        let other =
+            BatchSealed { batch_id: Some(key().to_proto()), batch_hash: vec![7; 32], order_count: 9, revision: 0 };
         c.on_peer_seal(p1, &other);
         c.on_peer_seal(p2, &other);
         c.tick(t0, &live);
@@ -814,7 +876,10 @@ mod tests {
         assert!(!has(&acts, |a| matches!(a, Action::Penalize { .. })), "no majority known yet");
         c.on_peer_result(p1, &result(5));
         let acts = c.tick(t0, &live);
-        assert!(has(&acts, |a| matches!(a, Action::Penalize { peer, reason: "result_minority" } if *peer == bad)), "{acts:?}");
+        assert!(
+            has(&acts, |a| matches!(a, Action::Penalize { peer, reason: "result_minority" } if *peer == bad)),
+            "{acts:?}"
+        );
         assert_eq!(c.tally().halted, 1);
         assert!(c.tick(t0, &live).is_empty(), "judged once");
     }
@@ -824,7 +889,10 @@ mod tests {
         let (mut c, _, _, live, t0) = agreed_pair();
         c.submit_result(&key(), [5; 32], 3, t0).unwrap();
         let acts = c.tick(t0 + Duration::from_millis(100), &live);
-        assert!(has(&acts, |a| matches!(a, Action::ResultMismatch(m) if m.halt && m.reason.contains("only 1 of 3"))), "{acts:?}");
+        assert!(
+            has(&acts, |a| matches!(a, Action::ResultMismatch(m) if m.halt && m.reason.contains("only 1 of 3"))),
+            "{acts:?}"
+        );
     }
 
     /// A lone node through epochs 0..5 of market M, each sealed and agreed, and settled
@@ -851,7 +919,12 @@ mod tests {
         assert_eq!(c.phase(&BatchKey { market: "M".into(), epoch: 4 }), Some(Phase::Agreed));
         assert_eq!(c.open_batches(), 2, "only the retained two remain");
         // A straggler's seal or order for a dropped epoch does not bring the batch back.
-        let stale = BatchSealed { batch_id: Some(BatchKey { market: "M".into(), epoch: 1 }.to_proto()), batch_hash: vec![1; 32], order_count: 1, revision: 0 };
+        let stale = BatchSealed {
+            batch_id: Some(BatchKey { market: "M".into(), epoch: 1 }.to_proto()),
+            batch_hash: vec![1; 32],
+            order_count: 1,
+            revision: 0,
+        };
         assert_eq!(c.on_peer_seal(PeerId::random(), &stale), AddOutcome::Late);
         let (o, d) = order(&PeerId::random(), 9);
         assert_eq!(c.add_order(o, d), AddOutcome::Late, "epoch 1 is over");

@@ -83,7 +83,14 @@ impl ReplayArgs {
             Pace::Max => "max",
             Pace::Real => "real",
         };
-        let mut v = vec!["--pace".into(), pace.into(), "--speed".into(), self.speed.to_string(), "--from-s".into(), self.from_s.to_string()];
+        let mut v = vec![
+            "--pace".into(),
+            pace.into(),
+            "--speed".into(),
+            self.speed.to_string(),
+            "--from-s".into(),
+            self.from_s.to_string(),
+        ];
         if let Some(d) = self.duration_s {
             v.extend(["--duration-s".into(), d.to_string()]);
         }
@@ -169,7 +176,13 @@ fn to_order(market: &str, id: u64, o: &marketdata::ReplayOrder) -> Order {
 /// Loads the recordings in `dir` (or the bundled ones), merges them by time, keeps the
 /// window [`from_s`, `from_s + duration_s`) seconds into the recording, and returns shard
 /// `shard` of `shards`. Event offsets are relative to the window's start.
-pub fn load_workload(dir: Option<&Path>, from_s: f64, duration_s: Option<f64>, shard: usize, shards: usize) -> anyhow::Result<Workload> {
+pub fn load_workload(
+    dir: Option<&Path>,
+    from_s: f64,
+    duration_s: Option<f64>,
+    shard: usize,
+    shards: usize,
+) -> anyhow::Result<Workload> {
     if shards == 0 || shard >= shards {
         bail!("--shard {shard} must be below --shards {shards}");
     }
@@ -177,7 +190,9 @@ pub fn load_workload(dir: Option<&Path>, from_s: f64, duration_s: Option<f64>, s
     let mut per_market: Vec<Vec<MarketEvent>> = Vec::new();
     for (_, file) in MARKETS {
         let path = dir.join(file);
-        per_market.push(marketdata::load_file(&path, Scale::BINANCE_USDM).with_context(|| format!("loading {}", path.display()))?);
+        per_market.push(
+            marketdata::load_file(&path, Scale::BINANCE_USDM).with_context(|| format!("loading {}", path.display()))?,
+        );
     }
     let merged = marketdata::merge_by_time(per_market);
     let t0 = merged.first().map_or(0, |(_, e)| e.recv_ts_ns) + (from_s.max(0.0) * 1e9) as u64;
@@ -291,7 +306,8 @@ struct Link {
     inbound: mpsc::Receiver<Vec<Order>>,
     peer_events: mpsc::UnboundedReceiver<()>,
     /// Batch events and a client to fetch batches and submit results (sidecar only).
-    consensus: Option<(mpsc::UnboundedReceiver<Kind>, crate::proto::sidecar_client::SidecarClient<tonic::transport::Channel>)>,
+    consensus:
+        Option<(mpsc::UnboundedReceiver<Kind>, crate::proto::sidecar_client::SidecarClient<tonic::transport::Channel>)>,
     /// Resolves to the number of orders the transport accepted once `out` is closed.
     done: tokio::task::JoinHandle<anyhow::Result<u64>>,
 }
@@ -368,7 +384,8 @@ async fn connect_tcp(shard: usize, listen: SocketAddr, peers: &[SocketAddr]) -> 
             let _ = sock.set_nodelay(true);
             let tx = in_tx.clone();
             tokio::spawn(async move {
-                let mut frames = FramedRead::new(sock, LengthDelimitedCodec::builder().max_frame_length(64 << 20).new_codec());
+                let mut frames =
+                    FramedRead::new(sock, LengthDelimitedCodec::builder().max_frame_length(64 << 20).new_codec());
                 while let Some(Ok(frame)) = frames.next().await {
                     match OrdersReceived::decode(frame.freeze()) {
                         Ok(o) => {
@@ -421,7 +438,9 @@ async fn connect_tcp(shard: usize, listen: SocketAddr, peers: &[SocketAddr]) -> 
 }
 
 fn origin_label(origin: &[u8]) -> String {
-    libp2p::PeerId::from_bytes(origin).map(|p| p.to_string()).unwrap_or_else(|_| String::from_utf8_lossy(origin).into_owned())
+    libp2p::PeerId::from_bytes(origin)
+        .map(|p| p.to_string())
+        .unwrap_or_else(|_| String::from_utf8_lossy(origin).into_owned())
 }
 
 /// Receives peers' orders until `expected` distinct ones arrived or nothing arrived for
@@ -441,7 +460,10 @@ impl Receiver {
         let now = now_ns();
         let next = self.origins.len() as u32;
         for o in orders {
-            let entry = self.origins.entry(o.origin.clone()).or_insert_with(|| (next, OriginTally::default(), Checksum::default()));
+            let entry = self
+                .origins
+                .entry(o.origin.clone())
+                .or_insert_with(|| (next, OriginTally::default(), Checksum::default()));
             if !self.seen.insert((entry.0, o.id)) {
                 self.duplicates += 1;
                 continue;
@@ -483,7 +505,8 @@ async fn run_matcher(
 ) {
     use crate::proto::{GetBatchRequest, SubmitResultRequest};
     while let Some(kind) = events.recv().await {
-        let market = |id: &Option<crate::proto::BatchId>| id.as_ref().map(|b| (b.market.clone(), b.epoch)).unwrap_or_default();
+        let market =
+            |id: &Option<crate::proto::BatchId>| id.as_ref().map(|b| (b.market.clone(), b.epoch)).unwrap_or_default();
         match kind {
             Kind::BatchAgreed(a) => {
                 let (m, epoch) = market(&a.batch_id);
@@ -515,8 +538,13 @@ async fn run_matcher(
                 let trades = crate::auction::run_auction(&orders);
                 let hash = <[u8; 32]>::try_from(a.batch_hash.as_slice()).unwrap_or_default();
                 let result_hash = crate::auction::result_hash(&hash, &trades);
-                state.lock().expect("matcher state").batches.entry(m.clone()).or_default().trades += trades.len() as u64;
-                let req = SubmitResultRequest { batch_id: a.batch_id, result_hash: result_hash.to_vec(), trade_count: trades.len() as u64 };
+                state.lock().expect("matcher state").batches.entry(m.clone()).or_default().trades +=
+                    trades.len() as u64;
+                let req = SubmitResultRequest {
+                    batch_id: a.batch_id,
+                    result_hash: result_hash.to_vec(),
+                    trade_count: trades.len() as u64,
+                };
                 if let Err(s) = client.submit_result(req).await {
                     tracing::error!(market = m, epoch, status = %s, "SubmitResult failed");
                 }
@@ -550,7 +578,14 @@ async fn run_matcher(
 pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
     let replay = args.replay;
     let workload = load_workload(args.data_dir.as_deref(), replay.from_s, replay.duration_s, args.shard, args.shards)?;
-    tracing::info!(shard = args.shard, shards = args.shards, orders = workload.orders, events = workload.events.len(), expected = workload.expected_from_peers, "workload loaded");
+    tracing::info!(
+        shard = args.shard,
+        shards = args.shards,
+        orders = workload.orders,
+        events = workload.events.len(),
+        expected = workload.expected_from_peers,
+        "workload loaded"
+    );
     let mut link = match args.transport {
         TransportKind::Sidecar => connect_sidecar(&args.socket).await?,
         TransportKind::Tcp => {
@@ -572,7 +607,14 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
     }
     let start = Instant::now();
     let expected = workload.expected_from_peers;
-    let mut rx = Receiver { seen: HashSet::new(), max_epoch: HashMap::new(), origins: HashMap::new(), duplicates: 0, latency: Latency::default(), last_rx: None };
+    let mut rx = Receiver {
+        seen: HashSet::new(),
+        max_epoch: HashMap::new(),
+        origins: HashMap::new(),
+        duplicates: 0,
+        latency: Latency::default(),
+        last_rx: None,
+    };
     let mut inbound = std::mem::replace(&mut link.inbound, mpsc::channel(1).1);
     let idle = Duration::from_millis(args.idle_timeout_ms);
     let receiver = tokio::spawn(async move {

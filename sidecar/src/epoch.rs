@@ -24,7 +24,12 @@ pub struct EpochClock {
 impl EpochClock {
     /// A clock for `config`.
     pub fn new(config: &ConsensusConfig) -> Self {
-        EpochClock { mode: config.sealing, epoch_ms: config.epoch_ms.max(1) as u64, grace_ms: config.grace_ms as u64, current: HashMap::new() }
+        EpochClock {
+            mode: config.sealing,
+            epoch_ms: config.epoch_ms.max(1) as u64,
+            grace_ms: config.grace_ms as u64,
+            current: HashMap::new(),
+        }
     }
 
     /// The sealing mode.

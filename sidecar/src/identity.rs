@@ -18,9 +18,8 @@ use libp2p::identity::Keypair;
 pub fn load_or_create(path: &Path) -> anyhow::Result<Keypair> {
     match std::fs::read(path) {
         Ok(bytes) => {
-            let key = Keypair::from_protobuf_encoding(&bytes).with_context(|| {
-                format!("{}: not a libp2p protobuf-encoded keypair", path.display())
-            })?;
+            let key = Keypair::from_protobuf_encoding(&bytes)
+                .with_context(|| format!("{}: not a libp2p protobuf-encoded keypair", path.display()))?;
             if key.clone().try_into_ed25519().is_err() {
                 bail!("{}: key is {:?}, expected Ed25519", path.display(), key.key_type());
             }

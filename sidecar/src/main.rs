@@ -73,7 +73,11 @@ async fn run(cmd: Cmd) -> anyhow::Result<std::process::ExitCode> {
             let running = server::start(settings, key).await?;
             if let Some(path) = args.config.clone() {
                 let args = args.clone();
-                running.watch_config(path, move || config::NodeSettings::from_args(&args), openmatch_gossip_sidecar::reload::POLL_INTERVAL);
+                running.watch_config(
+                    path,
+                    move || config::NodeSettings::from_args(&args),
+                    openmatch_gossip_sidecar::reload::POLL_INTERVAL,
+                );
             }
             wait_for_signal().await?;
             running.shutdown().await?;

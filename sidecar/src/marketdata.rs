@@ -121,10 +121,7 @@ pub struct Scale {
 
 impl Scale {
     /// Binance USDⓈ-M BTCUSDT / ETHUSDT: tick = 0.01 (price), lot = 0.001 (quantity).
-    pub const BINANCE_USDM: Scale = Scale {
-        price_decimals: 2,
-        quantity_decimals: 3,
-    };
+    pub const BINANCE_USDM: Scale = Scale { price_decimals: 2, quantity_decimals: 3 };
 }
 
 /// Why a recording could not be turned into events.
@@ -163,16 +160,9 @@ pub enum MarketDataError {
 /// Reads a gzip recording and returns its events in file order (lines whose JSON yields no
 /// order, e.g. bookTicker, are skipped). Errors name `path` and the 1-based line number.
 pub fn load_file(path: &Path, scale: Scale) -> Result<Vec<MarketEvent>, MarketDataError> {
-    let file = File::open(path).map_err(|source| MarketDataError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
+    let file = File::open(path).map_err(|source| MarketDataError::Open { path: path.to_owned(), source })?;
     let text = flate2::bufread::MultiGzDecoder::new(BufReader::new(file));
-    parse_lines(
-        BufReader::with_capacity(1 << 16, text),
-        scale,
-        &path.display().to_string(),
-    )
+    parse_lines(BufReader::with_capacity(1 << 16, text), scale, &path.display().to_string())
 }
 
 /// Same as [`load_file`], from any reader of the decompressed text (for tests).
@@ -187,23 +177,19 @@ pub fn parse_lines<R: BufRead>(
     let mut buf = String::new();
     for line in 1usize.. {
         buf.clear();
-        let read = reader
-            .read_line(&mut buf)
-            .map_err(|source| MarketDataError::Io {
-                source_name: source_name.to_owned(),
-                line,
-                source,
-            })?;
+        let read = reader.read_line(&mut buf).map_err(|source| MarketDataError::Io {
+            source_name: source_name.to_owned(),
+            line,
+            source,
+        })?;
         if read == 0 {
             break;
         }
-        let event = replayer
-            .line(&buf)
-            .map_err(|reason| MarketDataError::Parse {
-                source_name: source_name.to_owned(),
-                line,
-                reason,
-            })?;
+        let event = replayer.line(&buf).map_err(|reason| MarketDataError::Parse {
+            source_name: source_name.to_owned(),
+            line,
+            reason,
+        })?;
         events.extend(event);
     }
     Ok(events)
@@ -229,18 +215,13 @@ pub fn parse_fixed(s: &str, decimals: u32) -> Result<u64, String> {
     let overflow = || format!("{s:?}: does not fit in u64 at {decimals} decimals");
     let mut value: u64 = 0;
     for digit in int_part.bytes().chain(frac.bytes()) {
-        value = value
-            .checked_mul(10)
-            .and_then(|v| v.checked_add(u64::from(digit - b'0')))
-            .ok_or_else(overflow)?;
+        value = value.checked_mul(10).and_then(|v| v.checked_add(u64::from(digit - b'0'))).ok_or_else(overflow)?;
     }
     if value == 0 {
         return Ok(0);
     }
     // frac.len() <= decimals, so the cast cannot truncate.
-    let pad = 10u64
-        .checked_pow(decimals - frac.len() as u32)
-        .ok_or_else(overflow)?;
+    let pad = 10u64.checked_pow(decimals - frac.len() as u32).ok_or_else(overflow)?;
     value.checked_mul(pad).ok_or_else(overflow)
 }
 
@@ -252,10 +233,7 @@ pub fn parse_fixed(s: &str, decimals: u32) -> Result<u64, String> {
 /// list index winning ties. For lists sorted by `recv_ts_ns` the result is sorted too.
 pub fn merge_by_time(markets: Vec<Vec<MarketEvent>>) -> Vec<(usize, MarketEvent)> {
     let mut merged = Vec::with_capacity(markets.iter().map(Vec::len).sum());
-    let mut lists: Vec<_> = markets
-        .into_iter()
-        .map(|events| events.into_iter().peekable())
-        .collect();
+    let mut lists: Vec<_> = markets.into_iter().map(|events| events.into_iter().peekable()).collect();
     let mut heads: BinaryHeap<Reverse<(u64, usize)>> = lists
         .iter_mut()
         .enumerate()
@@ -277,10 +255,7 @@ pub fn merge_by_time(markets: Vec<Vec<MarketEvent>>) -> Vec<(usize, MarketEvent)
 /// It holds `btcusdt_20240808.gz` and `ethusdt_20240808.gz` (read them with [`load_file`] and
 /// [`Scale::BINANCE_USDM`]), plus their README.md and licence.
 pub fn bundled_dataset_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/data/binance-usdm-20240808"
-    ))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data/binance-usdm-20240808"))
 }
 
 /// `[price, quantity]` as decimal strings.
@@ -366,10 +341,7 @@ struct Replayer {
 
 impl Replayer {
     fn new(scale: Scale) -> Self {
-        Replayer {
-            scale,
-            book: HashMap::new(),
-        }
+        Replayer { scale, book: HashMap::new() }
     }
 
     /// One raw line (with or without its line terminator) → its event, if it yields orders.
@@ -378,12 +350,8 @@ impl Replayer {
         if text.is_empty() {
             return Ok(None);
         }
-        let (recv, json) = text
-            .split_once(' ')
-            .ok_or("expected `<receive time ns> <json>`")?;
-        let recv_ts_ns = recv
-            .parse::<u64>()
-            .map_err(|e| format!("receive timestamp {recv:?}: {e}"))?;
+        let (recv, json) = text.split_once(' ').ok_or("expected `<receive time ns> <json>`")?;
+        let recv_ts_ns = recv.parse::<u64>().map_err(|e| format!("receive timestamp {recv:?}: {e}"))?;
         let orders = self.orders(json)?;
         Ok((!orders.is_empty()).then_some(MarketEvent { recv_ts_ns, orders }))
     }
@@ -397,10 +365,7 @@ impl Replayer {
                 self.set_levels(&raw.bids, &raw.asks, ts)
             }
             (Some(_), Some(_)) => Err("both \"data\" and \"lastUpdateId\" present".into()),
-            (None, None) => Err(
-                "neither a stream message (\"data\") nor a depth snapshot (\"lastUpdateId\")"
-                    .into(),
-            ),
+            (None, None) => Err("neither a stream message (\"data\") nor a depth snapshot (\"lastUpdateId\")".into()),
         }
     }
 
@@ -413,27 +378,14 @@ impl Replayer {
             }
             "trade" => {
                 let ts = ms_to_ns(required(payload.trade_ms, "T")?)?;
-                let side = if required(payload.m, "m")? {
-                    Side::Sell
-                } else {
-                    Side::Buy
-                };
-                let price_ticks = self
-                    .price(required(payload.p, "p")?)
-                    .map_err(|e| format!("trade price {e}"))?;
-                let quantity_lots = self
-                    .quantity(required(payload.q, "q")?)
-                    .map_err(|e| format!("trade quantity {e}"))?;
+                let side = if required(payload.m, "m")? { Side::Sell } else { Side::Buy };
+                let price_ticks = self.price(required(payload.p, "p")?).map_err(|e| format!("trade price {e}"))?;
+                let quantity_lots =
+                    self.quantity(required(payload.q, "q")?).map_err(|e| format!("trade quantity {e}"))?;
                 Ok(if quantity_lots == 0 {
                     Vec::new()
                 } else {
-                    vec![ReplayOrder {
-                        side,
-                        kind: OrderKind::Market,
-                        price_ticks,
-                        quantity_lots,
-                        client_ts_ns: ts,
-                    }]
+                    vec![ReplayOrder { side, kind: OrderKind::Market, price_ticks, quantity_lots, client_ts_ns: ts }]
                 })
             }
             "bookTicker" => Ok(Vec::new()),
@@ -442,21 +394,13 @@ impl Replayer {
     }
 
     /// Applies bid then ask levels to the book, returning the resulting Limit/Cancel orders.
-    fn set_levels(
-        &mut self,
-        bids: &[Level],
-        asks: &[Level],
-        ts: u64,
-    ) -> Result<Vec<ReplayOrder>, String> {
+    fn set_levels(&mut self, bids: &[Level], asks: &[Level], ts: u64) -> Result<Vec<ReplayOrder>, String> {
         let mut orders = Vec::new();
         for (side, name, levels) in [(Side::Buy, "bid", bids), (Side::Sell, "ask", asks)] {
             for (index, &(price, quantity)) in levels.iter().enumerate() {
-                let price_ticks = self
-                    .price(price)
-                    .map_err(|e| format!("{name} level {}: price {e}", index + 1))?;
-                let quantity_lots = self
-                    .quantity(quantity)
-                    .map_err(|e| format!("{name} level {}: quantity {e}", index + 1))?;
+                let price_ticks = self.price(price).map_err(|e| format!("{name} level {}: price {e}", index + 1))?;
+                let quantity_lots =
+                    self.quantity(quantity).map_err(|e| format!("{name} level {}: quantity {e}", index + 1))?;
                 orders.extend(self.set_level(side, price_ticks, quantity_lots, ts));
             }
         }
@@ -464,32 +408,16 @@ impl Replayer {
     }
 
     /// Sets one level to `quantity_lots`; the order for the difference to the known quantity, if any.
-    fn set_level(
-        &mut self,
-        side: Side,
-        price_ticks: u64,
-        quantity_lots: u64,
-        ts: u64,
-    ) -> Option<ReplayOrder> {
+    fn set_level(&mut self, side: Side, price_ticks: u64, quantity_lots: u64, ts: u64) -> Option<ReplayOrder> {
         let key = (side, price_ticks);
-        let known = if quantity_lots == 0 {
-            self.book.remove(&key)
-        } else {
-            self.book.insert(key, quantity_lots)
-        }
-        .unwrap_or(0);
+        let known =
+            if quantity_lots == 0 { self.book.remove(&key) } else { self.book.insert(key, quantity_lots) }.unwrap_or(0);
         let (kind, difference) = match quantity_lots.cmp(&known) {
             Ordering::Greater => (OrderKind::Limit, quantity_lots - known),
             Ordering::Less => (OrderKind::Cancel, known - quantity_lots),
             Ordering::Equal => return None,
         };
-        Some(ReplayOrder {
-            side,
-            kind,
-            price_ticks,
-            quantity_lots: difference,
-            client_ts_ns: ts,
-        })
+        Some(ReplayOrder { side, kind, price_ticks, quantity_lots: difference, client_ts_ns: ts })
     }
 
     fn price(&self, s: &str) -> Result<u64, String> {
@@ -509,8 +437,7 @@ fn required<T>(value: Option<T>, field: &str) -> Result<T, String> {
 }
 
 fn ms_to_ns(ms: u64) -> Result<u64, String> {
-    ms.checked_mul(1_000_000)
-        .ok_or_else(|| format!("timestamp {ms} ms overflows u64 ns"))
+    ms.checked_mul(1_000_000).ok_or_else(|| format!("timestamp {ms} ms overflows u64 ns"))
 }
 
 #[cfg(test)]
@@ -519,20 +446,8 @@ mod tests {
 
     const SCALE: Scale = Scale::BINANCE_USDM;
 
-    fn order(
-        side: Side,
-        kind: OrderKind,
-        price_ticks: u64,
-        quantity_lots: u64,
-        ms: u64,
-    ) -> ReplayOrder {
-        ReplayOrder {
-            side,
-            kind,
-            price_ticks,
-            quantity_lots,
-            client_ts_ns: ms * 1_000_000,
-        }
+    fn order(side: Side, kind: OrderKind, price_ticks: u64, quantity_lots: u64, ms: u64) -> ReplayOrder {
+        ReplayOrder { side, kind, price_ticks, quantity_lots, client_ts_ns: ms * 1_000_000 }
     }
 
     fn parse(text: &str) -> Result<Vec<MarketEvent>, MarketDataError> {
@@ -564,20 +479,14 @@ mod tests {
 
     #[test]
     fn parse_fixed_rejects_too_many_decimals() {
-        assert!(
-            parse_fixed("61800.205", 2)
-                .unwrap_err()
-                .contains("more than 2 decimals")
-        );
+        assert!(parse_fixed("61800.205", 2).unwrap_err().contains("more than 2 decimals"));
         assert!(parse_fixed("0.0001", 3).is_err());
         assert!(parse_fixed("1.5", 0).is_err());
     }
 
     #[test]
     fn parse_fixed_rejects_junk_and_signs() {
-        for junk in [
-            "", ".", "1.", ".5", "1.2.3", "abc", "1e5", " 1", "1 ", "1,5", "0x10", "½", "NaN",
-        ] {
+        for junk in ["", ".", "1.", ".5", "1.2.3", "abc", "1e5", " 1", "1 ", "1,5", "0x10", "½", "NaN"] {
             assert!(parse_fixed(junk, 3).is_err(), "{junk:?} accepted");
         }
         assert!(parse_fixed("-1", 2).unwrap_err().contains("sign"));
@@ -587,11 +496,7 @@ mod tests {
 
     #[test]
     fn parse_fixed_rejects_overflow() {
-        assert!(
-            parse_fixed("18446744073709551616", 0)
-                .unwrap_err()
-                .contains("does not fit")
-        );
+        assert!(parse_fixed("18446744073709551616", 0).unwrap_err().contains("does not fit"));
         assert!(parse_fixed("18446744073709551615", 1).is_err());
         assert!(parse_fixed("18446744073709551.62", 3).is_err());
         assert!(parse_fixed("1", 20).is_err());
@@ -643,19 +548,10 @@ mod tests {
             },
             MarketEvent {
                 recv_ts_ns: 4000,
-                orders: vec![
-                    order(Buy, Cancel, 10_050, 3_000, 7),
-                    order(Sell, Cancel, 10_100, 250, 7),
-                ],
+                orders: vec![order(Buy, Cancel, 10_050, 3_000, 7), order(Sell, Cancel, 10_100, 250, 7)],
             },
-            MarketEvent {
-                recv_ts_ns: 5000,
-                orders: vec![order(Sell, Market, 10_000, 400, 8)],
-            },
-            MarketEvent {
-                recv_ts_ns: 6000,
-                orders: vec![order(Buy, Market, 10_300, 100, 9)],
-            },
+            MarketEvent { recv_ts_ns: 5000, orders: vec![order(Sell, Market, 10_000, 400, 8)] },
+            MarketEvent { recv_ts_ns: 6000, orders: vec![order(Buy, Market, 10_300, 100, 9)] },
         ];
         assert_eq!(parse(SAMPLE).unwrap(), expected);
     }
@@ -670,10 +566,7 @@ mod tests {
         let events = parse(text).unwrap();
         assert_eq!(
             events[1].orders,
-            vec![
-                order(Side::Buy, OrderKind::Cancel, 900, 500, 2),
-                order(Side::Buy, OrderKind::Limit, 800, 500, 2)
-            ]
+            vec![order(Side::Buy, OrderKind::Cancel, 900, 500, 2), order(Side::Buy, OrderKind::Limit, 800, 500, 2)]
         );
     }
 
@@ -686,68 +579,37 @@ mod tests {
             matches!(&err, MarketDataError::Parse { line: 3, source_name, .. } if source_name == "sample"),
             "{err:?}"
         );
-        assert!(
-            err.to_string().starts_with("sample:3: invalid JSON"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("sample:3: invalid JSON"), "{err}");
 
         let cases = [
-            (
-                r#"1 {"stream":"x@trade","data":{"e":"trade","T":1,"p":"1.001","q":"1","m":true}}"#,
-                "trade price",
-            ),
-            (
-                r#"1 {"stream":"x@trade","data":{"e":"trade","T":1,"p":"1.00","q":"1"}}"#,
-                "missing field \"m\"",
-            ),
+            (r#"1 {"stream":"x@trade","data":{"e":"trade","T":1,"p":"1.001","q":"1","m":true}}"#, "trade price"),
+            (r#"1 {"stream":"x@trade","data":{"e":"trade","T":1,"p":"1.00","q":"1"}}"#, "missing field \"m\""),
             (
                 r#"1 {"stream":"x","data":{"e":"depthUpdate","E":1,"b":[["1.00","-1"]],"a":[]}}"#,
                 "bid level 1: quantity",
             ),
-            (
-                r#"1 {"stream":"x","data":{"e":"depthUpdate","E":1,"b":[],"a":[["0.00","1"]]}}"#,
-                "must be positive",
-            ),
-            (
-                r#"1 {"stream":"x","data":{"e":"depthUpdate","E":1,"b":"1.00","a":[]}}"#,
-                "level list \"b\"",
-            ),
-            (
-                r#"1 {"stream":"x","data":{"e":"aggTrade","E":1}}"#,
-                "unsupported event type",
-            ),
+            (r#"1 {"stream":"x","data":{"e":"depthUpdate","E":1,"b":[],"a":[["0.00","1"]]}}"#, "must be positive"),
+            (r#"1 {"stream":"x","data":{"e":"depthUpdate","E":1,"b":"1.00","a":[]}}"#, "level list \"b\""),
+            (r#"1 {"stream":"x","data":{"e":"aggTrade","E":1}}"#, "unsupported event type"),
             (r#"1 {"result":null,"id":1}"#, "neither"),
-            (
-                r#"x1 {"lastUpdateId":1,"E":1,"bids":[],"asks":[]}"#,
-                "receive timestamp",
-            ),
+            (r#"x1 {"lastUpdateId":1,"E":1,"bids":[],"asks":[]}"#, "receive timestamp"),
             ("12345", "expected `<receive time ns> <json>`"),
         ];
         for (line, reason) in cases {
             let text = format!("{}\n{line}\n", lines[0]);
             let err = parse(&text).unwrap_err().to_string();
-            assert!(
-                err.starts_with("sample:2: ") && err.contains(reason),
-                "{line}: {err}"
-            );
+            assert!(err.starts_with("sample:2: ") && err.contains(reason), "{line}: {err}");
         }
     }
 
     #[test]
     fn missing_file_error_names_the_file() {
         let err = load_file(Path::new("/nonexistent/x.gz"), SCALE).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("/nonexistent/x.gz: cannot open"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("/nonexistent/x.gz: cannot open"), "{err}");
     }
 
     fn marker(recv_ts_ns: u64, id: u64) -> MarketEvent {
-        MarketEvent {
-            recv_ts_ns,
-            orders: vec![order(Side::Buy, OrderKind::Limit, 1, 1, id)],
-        }
+        MarketEvent { recv_ts_ns, orders: vec![order(Side::Buy, OrderKind::Limit, 1, 1, id)] }
     }
 
     #[test]
@@ -762,19 +624,7 @@ mod tests {
             .into_iter()
             .map(|(index, event)| (index, event.orders[0].client_ts_ns / 1_000_000))
             .collect();
-        assert_eq!(
-            merged,
-            vec![
-                (0, 0),
-                (1, 10),
-                (0, 1),
-                (0, 2),
-                (1, 11),
-                (3, 30),
-                (1, 12),
-                (0, 3)
-            ]
-        );
+        assert_eq!(merged, vec![(0, 0), (1, 10), (0, 1), (0, 2), (1, 11), (3, 30), (1, 12), (0, 3)]);
         assert!(merge_by_time(vec![]).is_empty());
         assert!(merge_by_time(vec![vec![], vec![]]).is_empty());
     }
@@ -797,28 +647,13 @@ mod tests {
             let orders: Vec<&ReplayOrder> = events.iter().flat_map(|event| &event.orders).collect();
             let count = |kind| orders.iter().filter(|order| order.kind == kind).count();
             assert_eq!(
-                (
-                    events.len(),
-                    count(OrderKind::Limit),
-                    count(OrderKind::Cancel),
-                    count(OrderKind::Market)
-                ),
+                (events.len(), count(OrderKind::Limit), count(OrderKind::Cancel), count(OrderKind::Market)),
                 (events_expected, limits, cancels, markets),
                 "{file}"
             );
             assert_eq!(orders.len(), limits + cancels + markets, "{file}");
-            assert!(
-                orders
-                    .iter()
-                    .all(|order| order.quantity_lots > 0 && order.price_ticks > 0),
-                "{file}"
-            );
-            assert!(
-                events
-                    .windows(2)
-                    .all(|pair| pair[0].recv_ts_ns <= pair[1].recv_ts_ns),
-                "{file}"
-            );
+            assert!(orders.iter().all(|order| order.quantity_lots > 0 && order.price_ticks > 0), "{file}");
+            assert!(events.windows(2).all(|pair| pair[0].recv_ts_ns <= pair[1].recv_ts_ns), "{file}");
         }
     }
 }

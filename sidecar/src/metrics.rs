@@ -214,14 +214,26 @@ impl Metrics {
         r.register("messages_published", "Gossip messages published", m.messages_published.clone());
         r.register("messages_received", "Gossip messages received for validation", m.messages_received.clone());
         r.register("messages_rejected", "Gossip messages rejected by validation", m.messages_rejected.clone());
-        r.register("messages_rate_limited", "Gossip messages ignored: peer over its token bucket", m.messages_rate_limited.clone());
-        r.register("messages_duplicate", "Gossip messages whose orders were all already seen", m.messages_duplicate.clone());
+        r.register(
+            "messages_rate_limited",
+            "Gossip messages ignored: peer over its token bucket",
+            m.messages_rate_limited.clone(),
+        );
+        r.register(
+            "messages_duplicate",
+            "Gossip messages whose orders were all already seen",
+            m.messages_duplicate.clone(),
+        );
         r.register("orders_submitted", "Orders accepted from the local engine", m.orders_submitted.clone());
         r.register("orders_published", "Local orders published to gossip", m.orders_published.clone());
         r.register("orders_delivered", "Peers' orders delivered to the local engine", m.orders_delivered.clone());
         r.register("orders_duplicate", "Peers' orders dropped by the seen-cache", m.orders_duplicate.clone());
         r.register("publish_retries", "Publishes deferred with orders kept in the outbox", m.publish_retries.clone());
-        r.register("send_queue_failures", "Messages GossipSub failed to send to a slow peer", m.send_queue_failures.clone());
+        r.register(
+            "send_queue_failures",
+            "Messages GossipSub failed to send to a slow peer",
+            m.send_queue_failures.clone(),
+        );
         r.register("orders_per_message", "Orders packed per published OrderGossip", m.orders_per_message.clone());
         r.register_with_unit(
             "propagation_latency",
@@ -238,7 +250,11 @@ impl Metrics {
         r.register("api_requests", "Socket API requests by method and gRPC status", m.api_requests.clone());
         r.register("batches", "Batch outcomes by market", m.batches.clone());
         r.register("batch_mismatches", "Peer batch seals that differed from this node's", m.batch_mismatches.clone());
-        r.register("result_mismatches", "Peer trade results that differed from this node's", m.result_mismatches.clone());
+        r.register(
+            "result_mismatches",
+            "Peer trade results that differed from this node's",
+            m.result_mismatches.clone(),
+        );
         r.register("repaired_orders", "Orders fetched by batch repair", m.repaired_orders.clone());
         r.register("late_orders", "Orders that arrived after their batch was agreed", m.late_orders.clone());
         r.register_with_unit(
@@ -292,11 +308,7 @@ async fn metrics_handler(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 fn flag(ok: bool, what: &str) -> (StatusCode, String) {
-    if ok {
-        (StatusCode::OK, "ok\n".to_owned())
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not {what}\n"))
-    }
+    if ok { (StatusCode::OK, "ok\n".to_owned()) } else { (StatusCode::SERVICE_UNAVAILABLE, format!("not {what}\n")) }
 }
 
 /// 200 while the node runs (so an isolated node is not restarted in a loop); the body says

@@ -29,7 +29,7 @@ impl Outbox {
     /// An empty outbox packing at most `max_orders` orders and `max_bytes` encoded bytes
     /// per message.
     pub fn new(max_orders: usize, max_bytes: usize) -> Self {
-        Outbox { queues: BTreeMap::new(), len: 0, max_orders: max_orders.max(1), max_bytes, }
+        Outbox { queues: BTreeMap::new(), len: 0, max_orders: max_orders.max(1), max_bytes }
     }
 
     /// Queues `order` at the back of its market's queue.
@@ -109,9 +109,8 @@ mod tests {
         for i in 0..10 {
             ob.push(order("A", i, 0));
         }
-        let sizes: Vec<usize> = std::iter::from_fn(|| ob.take_pack("A").filter(|p| !p.is_empty()))
-            .map(|p| p.len())
-            .collect();
+        let sizes: Vec<usize> =
+            std::iter::from_fn(|| ob.take_pack("A").filter(|p| !p.is_empty())).map(|p| p.len()).collect();
         assert_eq!(sizes, vec![4, 4, 2]);
         assert!(ob.is_empty());
     }

@@ -29,7 +29,10 @@ async fn read_frame<M: prost::Message + Default, T: AsyncRead + Unpin + Send>(io
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_REPAIR_BYTES {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("repair message of {len} bytes exceeds {MAX_REPAIR_BYTES}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("repair message of {len} bytes exceeds {MAX_REPAIR_BYTES}"),
+        ));
     }
     let mut buf = vec![0u8; len];
     io.read_exact(&mut buf).await?;
@@ -39,7 +42,10 @@ async fn read_frame<M: prost::Message + Default, T: AsyncRead + Unpin + Send>(io
 async fn write_frame<M: prost::Message, T: AsyncWrite + Unpin + Send>(io: &mut T, msg: &M) -> io::Result<()> {
     let bytes = msg.encode_to_vec();
     if bytes.len() > MAX_REPAIR_BYTES {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("repair message of {} bytes exceeds {MAX_REPAIR_BYTES}", bytes.len())));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("repair message of {} bytes exceeds {MAX_REPAIR_BYTES}", bytes.len()),
+        ));
     }
     io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
     io.write_all(&bytes).await?;
@@ -51,19 +57,37 @@ impl libp2p::request_response::Codec for RepairCodec {
     type Request = RepairRequest;
     type Response = RepairResponse;
 
-    async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<RepairRequest> {
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<RepairRequest> {
         read_frame(io).await
     }
 
-    async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<RepairResponse> {
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<RepairResponse> {
         read_frame(io).await
     }
 
-    async fn write_request<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, req: RepairRequest) -> io::Result<()> {
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: RepairRequest,
+    ) -> io::Result<()> {
         write_frame(io, &req).await
     }
 
-    async fn write_response<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, res: RepairResponse) -> io::Result<()> {
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: RepairResponse,
+    ) -> io::Result<()> {
         write_frame(io, &res).await
     }
 }
@@ -77,7 +101,10 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_and_oversized_lengths_are_refused() {
         let req = RepairRequest {
-            kind: Some(repair_request::Kind::Fetch(FetchOrders { batch_id: Some(BatchId { market: "M".into(), epoch: 3 }), digests: vec![vec![1; 32]] })),
+            kind: Some(repair_request::Kind::Fetch(FetchOrders {
+                batch_id: Some(BatchId { market: "M".into(), epoch: 3 }),
+                digests: vec![vec![1; 32]],
+            })),
         };
         let mut buf = futures::io::Cursor::new(Vec::new());
         RepairCodec.write_request(&PROTOCOL, &mut buf, req.clone()).await.unwrap();

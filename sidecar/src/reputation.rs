@@ -93,7 +93,8 @@ impl Reputation {
 
     /// Figures for metrics.
     pub fn summary(&self, now: Instant) -> Summary {
-        let scores: Vec<f64> = self.scores.iter().map(|(_, (s, at))| self.recovered(*s, *at, now)).filter(|s| *s < 0.0).collect();
+        let scores: Vec<f64> =
+            self.scores.iter().map(|(_, (s, at))| self.recovered(*s, *at, now)).filter(|s| *s < 0.0).collect();
         Summary {
             scored: scores.len(),
             min: scores.iter().copied().fold(0.0, f64::min),
@@ -107,7 +108,13 @@ mod tests {
     use super::*;
 
     fn rep() -> Reputation {
-        Reputation::new(ReputationConfig { minority_penalty: 10.0, invalid_message_penalty: 5.0, ban_threshold: -30.0, ban_ms: 1000, recovery_per_minute: 60.0 })
+        Reputation::new(ReputationConfig {
+            minority_penalty: 10.0,
+            invalid_message_penalty: 5.0,
+            ban_threshold: -30.0,
+            ban_ms: 1000,
+            recovery_per_minute: 60.0,
+        })
     }
 
     #[test]

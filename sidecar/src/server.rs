@@ -103,7 +103,12 @@ pub async fn start(settings: NodeSettings, key: Keypair) -> anyhow::Result<Runni
 impl RunningSidecar {
     /// Reloads the configuration whenever the file at `path` changes ([`crate::reload`]);
     /// `load` reads it as at start-up (with the command line's overrides).
-    pub fn watch_config(&self, path: std::path::PathBuf, load: impl Fn() -> anyhow::Result<NodeSettings> + Send + 'static, interval: Duration) {
+    pub fn watch_config(
+        &self,
+        path: std::path::PathBuf,
+        load: impl Fn() -> anyhow::Result<NodeSettings> + Send + 'static,
+        interval: Duration,
+    ) {
         crate::reload::spawn(path, load, self.node.clone(), self.metrics.clone(), interval, self.watch_stop.clone());
     }
 

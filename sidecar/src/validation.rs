@@ -127,7 +127,13 @@ impl Validator {
 
     /// Validates one message that `propagation_source` forwarded, signed by `author`, on
     /// topic string `topic`.
-    pub fn validate(&mut self, propagation_source: &PeerId, author: Option<&PeerId>, topic: &str, data: &[u8]) -> Verdict {
+    pub fn validate(
+        &mut self,
+        propagation_source: &PeerId,
+        author: Option<&PeerId>,
+        topic: &str,
+        data: &[u8],
+    ) -> Verdict {
         let Some(topic) = Topic::parse(&self.network, topic) else {
             return Verdict::Ignore { reason: "foreign_topic" };
         };
@@ -206,7 +212,10 @@ impl Validator {
             if let Some(max) = self.max_epoch
                 && o.epoch > max
             {
-                return reject("future_epoch", format!("order #{i}: epoch {} is beyond the current epoch {}", o.epoch, max - 1));
+                return reject(
+                    "future_epoch",
+                    format!("order #{i}: epoch {} is beyond the current epoch {}", o.epoch, max - 1),
+                );
             }
         }
         let total = orders.len();
@@ -342,7 +351,10 @@ mod tests {
         let ok = Order { epoch: 11, ..order(&author, 1) };
         assert!(matches!(v.validate(&src, Some(&author), T, &msg(vec![ok])), Verdict::Accept(_)));
         let future = Order { epoch: 12, ..order(&author, 2) };
-        assert!(matches!(v.validate(&src, Some(&author), T, &msg(vec![future])), Verdict::Reject { reason: "future_epoch", .. }));
+        assert!(matches!(
+            v.validate(&src, Some(&author), T, &msg(vec![future])),
+            Verdict::Reject { reason: "future_epoch", .. }
+        ));
     }
 
     #[test]
@@ -351,16 +363,49 @@ mod tests {
         let (mut v, _) = validator(FAST);
         let (src, author) = (PeerId::random(), PeerId::random());
         let id = |m: &str| Some(BatchId { market: m.into(), epoch: 3 });
-        let seal = |hash: Vec<u8>, m: &str| wire::encode(Body::BatchSealed(BatchSealed { batch_id: id(m), batch_hash: hash, order_count: 1, revision: 0 }));
-        let result = |hash: Vec<u8>, m: &str| wire::encode(Body::TradeResult(TradeResult { batch_id: id(m), result_hash: hash, trade_count: 0 }));
+        let seal = |hash: Vec<u8>, m: &str| {
+            wire::encode(Body::BatchSealed(BatchSealed {
+                batch_id: id(m),
+                batch_hash: hash,
+                order_count: 1,
+                revision: 0,
+            }))
+        };
+        let result = |hash: Vec<u8>, m: &str| {
+            wire::encode(Body::TradeResult(TradeResult { batch_id: id(m), result_hash: hash, trade_count: 0 }))
+        };
         let bt = "openmatch/n/batches/BTC-USDT";
         let rt = "openmatch/n/results/BTC-USDT";
-        assert!(matches!(v.validate(&src, Some(&author), bt, &seal(vec![1; 32], "BTC-USDT")), Verdict::Accept(Payload::Consensus(_))));
-        assert!(matches!(v.validate(&src, Some(&author), bt, &seal(vec![1; 31], "BTC-USDT")), Verdict::Reject { reason: "invalid", .. }));
-        assert!(matches!(v.validate(&src, Some(&author), bt, &seal(vec![1; 32], "ETH-USDT")), Verdict::Reject { reason: "invalid", .. }), "batch of another market");
-        assert!(matches!(v.validate(&src, Some(&author), rt, &result(vec![1; 32], "BTC-USDT")), Verdict::Accept(Payload::Consensus(_))));
-        assert!(matches!(v.validate(&src, Some(&author), rt, &result(vec![], "BTC-USDT")), Verdict::Reject { reason: "invalid", .. }));
-        assert!(matches!(v.validate(&src, Some(&author), bt, &result(vec![1; 32], "BTC-USDT")), Verdict::Reject { reason: "wrong_topic", .. }), "a result on the batches topic");
+        assert!(matches!(
+            v.validate(&src, Some(&author), bt, &seal(vec![1; 32], "BTC-USDT")),
+            Verdict::Accept(Payload::Consensus(_))
+        ));
+        assert!(matches!(
+            v.validate(&src, Some(&author), bt, &seal(vec![1; 31], "BTC-USDT")),
+            Verdict::Reject { reason: "invalid", .. }
+        ));
+        assert!(
+            matches!(
+                v.validate(&src, Some(&author), bt, &seal(vec![1; 32], "ETH-USDT")),
+                Verdict::Reject { reason: "invalid", .. }
+            ),
+            "batch of another market"
+        );
+        assert!(matches!(
+            v.validate(&src, Some(&author), rt, &result(vec![1; 32], "BTC-USDT")),
+            Verdict::Accept(Payload::Consensus(_))
+        ));
+        assert!(matches!(
+            v.validate(&src, Some(&author), rt, &result(vec![], "BTC-USDT")),
+            Verdict::Reject { reason: "invalid", .. }
+        ));
+        assert!(
+            matches!(
+                v.validate(&src, Some(&author), bt, &result(vec![1; 32], "BTC-USDT")),
+                Verdict::Reject { reason: "wrong_topic", .. }
+            ),
+            "a result on the batches topic"
+        );
     }
 
     #[test]
@@ -394,10 +439,23 @@ mod tests {
         let (mut v, _) = validator(FAST);
         let (src, author) = (PeerId::random(), PeerId::random());
         let data = msg(vec![order(&author, 1)]);
-        assert_eq!(v.validate(&src, Some(&author), "openmatch/other/orders/BTC-USDT", &data), Verdict::Ignore { reason: "foreign_topic" });
-        assert_eq!(v.validate(&src, Some(&author), "openmatch/n/orders/DOGE-USDT", &data), Verdict::Ignore { reason: "foreign_topic" });
-        let status = |id: &PeerId| wire::encode(Body::PeerStatus(PeerStatus { node_id: id.to_bytes(), ..Default::default() }));
-        assert!(matches!(v.validate(&src, Some(&author), "openmatch/n/control", &status(&author)), Verdict::Accept(Payload::PeerStatus(_))));
-        assert!(matches!(v.validate(&src, Some(&author), "openmatch/n/control", &status(&src)), Verdict::Reject { reason: "forged_origin", .. }));
+        assert_eq!(
+            v.validate(&src, Some(&author), "openmatch/other/orders/BTC-USDT", &data),
+            Verdict::Ignore { reason: "foreign_topic" }
+        );
+        assert_eq!(
+            v.validate(&src, Some(&author), "openmatch/n/orders/DOGE-USDT", &data),
+            Verdict::Ignore { reason: "foreign_topic" }
+        );
+        let status =
+            |id: &PeerId| wire::encode(Body::PeerStatus(PeerStatus { node_id: id.to_bytes(), ..Default::default() }));
+        assert!(matches!(
+            v.validate(&src, Some(&author), "openmatch/n/control", &status(&author)),
+            Verdict::Accept(Payload::PeerStatus(_))
+        ));
+        assert!(matches!(
+            v.validate(&src, Some(&author), "openmatch/n/control", &status(&src)),
+            Verdict::Reject { reason: "forged_origin", .. }
+        ));
     }
 }

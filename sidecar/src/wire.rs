@@ -153,10 +153,7 @@ pub fn check_order_fields(order: &Order, max_proof: usize) -> Result<(), WireErr
     let kind = match OrderKind::try_from(order.kind) {
         Ok(k @ (OrderKind::Limit | OrderKind::Market | OrderKind::Cancel)) => k,
         _ => {
-            return Err(WireError::Invalid(format!(
-                "kind: {} is not LIMIT, MARKET or CANCEL",
-                order.kind
-            )));
+            return Err(WireError::Invalid(format!("kind: {} is not LIMIT, MARKET or CANCEL", order.kind)));
         }
     };
     if order.quantity_lots == 0 {
@@ -214,10 +211,7 @@ mod tests {
     fn malformed_version_and_topic_errors() {
         assert_eq!(decode(&[0xff, 0xff], 1024, TopicKind::Orders).unwrap_err().reason(), "malformed");
         let v2 = GossipEnvelope { version: 2, body: Some(Body::Orders(OrderGossip::default())) };
-        assert_eq!(
-            decode(&v2.encode_to_vec(), 1024, TopicKind::Orders).unwrap_err(),
-            WireError::UnsupportedVersion(2)
-        );
+        assert_eq!(decode(&v2.encode_to_vec(), 1024, TopicKind::Orders).unwrap_err(), WireError::UnsupportedVersion(2));
         let status = encode(Body::PeerStatus(PeerStatus::default()));
         assert_eq!(decode(&status, 1024, TopicKind::Orders).unwrap_err().reason(), "wrong_topic");
         let empty = GossipEnvelope { version: 1, body: None }.encode_to_vec();

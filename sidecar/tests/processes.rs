@@ -91,7 +91,8 @@ fn help_explains_every_subcommand() {
     }
     let out = Command::new(BIN).args(["node", "--help"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--config", "--socket", "--identity-key", "--metrics-addr", "--rate-limit", "OPENMATCH_GOSSIP_SOCKET"] {
+    for flag in ["--config", "--socket", "--identity-key", "--metrics-addr", "--rate-limit", "OPENMATCH_GOSSIP_SOCKET"]
+    {
         assert!(text.contains(flag), "{flag} missing from node --help");
     }
 }

@@ -95,8 +95,7 @@ fn protocol_md_vectors_match_the_code() {
         orders.push(order);
     }
     let (layout_id, layout_hex) = layout(&doc);
-    let shown =
-        listed.iter().find(|o| u64_of(o, "id") == layout_id).expect("the field-by-field order is a vector");
+    let shown = listed.iter().find(|o| u64_of(o, "id") == layout_id).expect("the field-by-field order is a vector");
     assert_eq!(layout_hex, str_of(shown, "canonical_hex"), "field-by-field layout of order {layout_id}");
 
     let digests: Vec<_> = orders.iter().map(order_digest).collect();

@@ -12,8 +12,8 @@ use openmatch_gossip_crds::SidecarConfig;
 use openmatch_gossip_crds::sidecar_config::SealingMode;
 use openmatch_gossip_sidecar::batch_hash::batch_hash;
 use openmatch_gossip_sidecar::proto::{
-    BatchAgreed, BatchId, Event, GetBatchRequest, ResultMismatch, SealBatchRequest, SubmitOrdersRequest, SubmitResultRequest,
-    event::Kind,
+    BatchAgreed, BatchId, Event, GetBatchRequest, ResultMismatch, SealBatchRequest, SubmitOrdersRequest,
+    SubmitResultRequest, event::Kind,
 };
 use openmatch_gossip_sidecar::wire;
 use openmatch_gossip_tests::*;
@@ -53,7 +53,8 @@ async fn mismatch(events: &mut Events) -> ResultMismatch {
 
 async fn submit(node: &TestNode, orders: Vec<openmatch_gossip_sidecar::proto::Order>) {
     let n = orders.len() as u64;
-    let resp = node.client().await.submit_orders(futures::stream::iter([SubmitOrdersRequest { orders }])).await.unwrap();
+    let resp =
+        node.client().await.submit_orders(futures::stream::iter([SubmitOrdersRequest { orders }])).await.unwrap();
     assert_eq!(resp.into_inner().accepted, n);
 }
 
@@ -105,7 +106,11 @@ async fn five_nodes_repair_the_node_that_missed_orders() {
             _ => {}
         }
     };
-    assert_eq!(ids(&repaired).into_iter().collect::<HashSet<_>>(), HashSet::from([3, 7]), "repaired orders reach the engine first");
+    assert_eq!(
+        ids(&repaired).into_iter().collect::<HashSet<_>>(),
+        HashSet::from([3, 7]),
+        "repaired orders reach the engine first"
+    );
     assert_eq!((verdict.order_count, verdict.revision, verdict.repaired_orders), (10, 1, 2));
     let mut hashes = HashSet::from([verdict.batch_hash.clone()]);
     for ev in events.iter_mut().take(4) {
@@ -118,7 +123,13 @@ async fn five_nodes_repair_the_node_that_missed_orders() {
     assert_eq!(metric::repaired_orders(&lossy, BTC), 2);
 
     // The agreed batch is served in canonical order (ascending digest) and hashes as agreed.
-    let mut stream = lossy.client().await.get_batch(GetBatchRequest { batch_id: verdict.batch_id.clone() }).await.unwrap().into_inner();
+    let mut stream = lossy
+        .client()
+        .await
+        .get_batch(GetBatchRequest { batch_id: verdict.batch_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
     let mut served = Vec::new();
     while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
         served.extend(chunk.unwrap().orders);
@@ -170,7 +181,13 @@ async fn wrong_results_halt_everywhere_and_the_repeat_offender_is_banned() {
         }
     }
     for honest in &nodes[..2] {
-        wait_until(WAIT, "the liar banned", || honest.metrics.banned_peers.get() == 1, || format!("banned {}", honest.metrics.banned_peers.get())).await;
+        wait_until(
+            WAIT,
+            "the liar banned",
+            || honest.metrics.banned_peers.get() == 1,
+            || format!("banned {}", honest.metrics.banned_peers.get()),
+        )
+        .await;
         assert!(metric::result_mismatches(honest, BTC) >= 3);
         let connected = honest.status().await.connected_peers;
         assert!(!connected.contains(&liar.to_string()), "banned peer disconnected: {connected:?}");
@@ -191,7 +208,9 @@ async fn a_late_joiner_catches_up_on_the_open_batch() {
     submit(&early[0], (0..5).map(|i| order(BTC, i)).collect()).await;
     collect_orders(&mut peer_events, 5, WAIT).await;
 
-    let late = start_node(dir.path(), "late", &[BTC], early.iter().map(|n| n.bootstrap_addr()).collect(), engine_sealing).await;
+    let late =
+        start_node(dir.path(), "late", &[BTC], early.iter().map(|n| n.bootstrap_addr()).collect(), engine_sealing)
+            .await;
     let all: Vec<&TestNode> = early.iter().chain([&late]).collect();
     wait_for_mesh(all.iter().copied(), WAIT).await;
     let mut late_events = late.subscribe().await;
@@ -272,6 +291,12 @@ async fn orders_for_a_future_epoch_are_rejected() {
     raw.publish(vec![raw.order(2)]).await;
     let got = collect_orders(&mut events, 1, WAIT).await;
     assert_eq!(ids(&got), vec![2]);
-    wait_until(WAIT, "future epoch rejected", || metric::rejected(&node, BTC, "future_epoch") == 1, || format!("{}", metric::rejected(&node, BTC, "future_epoch"))).await;
+    wait_until(
+        WAIT,
+        "future epoch rejected",
+        || metric::rejected(&node, BTC, "future_epoch") == 1,
+        || format!("{}", metric::rejected(&node, BTC, "future_epoch")),
+    )
+    .await;
     node.shutdown().await;
 }

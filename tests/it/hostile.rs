@@ -9,14 +9,20 @@ use openmatch_gossip_tests::*;
 /// The default cap (1 MiB).
 const CAP: usize = 1 << 20;
 
+/// Two meshed nodes (victim, honest) and a raw peer joined to the victim.
+async fn victim_honest_and_raw(dir: &std::path::Path) -> (Vec<TestNode>, RawPeer) {
+    let nodes = start_cluster(dir, 2, &[BTC], |_| {}).await;
+    wait_for_mesh(&nodes, WAIT).await;
+    let raw = RawPeer::spawn(BTC);
+    raw.join(&nodes[0]).await;
+    (nodes, raw)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_messages_are_rejected_and_honest_ones_still_arrive() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = start_cluster(dir.path(), 2, &[BTC], |_| {}).await;
-    wait_for_mesh(&nodes, WAIT).await;
+    let (nodes, raw) = victim_honest_and_raw(dir.path()).await;
     let (victim, honest) = (&nodes[0], &nodes[1]);
-    let raw = RawPeer::spawn(BTC);
-    raw.join(victim).await;
     let mut victim_events = victim.subscribe().await;
     let mut honest_events = honest.subscribe().await;
 
@@ -106,11 +112,8 @@ async fn wrong_kind_version_and_schema_are_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_transmit_size_never_reaches_validation() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = start_cluster(dir.path(), 2, &[BTC], |_| {}).await;
-    wait_for_mesh(&nodes, WAIT).await;
+    let (nodes, raw) = victim_honest_and_raw(dir.path()).await;
     let (victim, honest) = (&nodes[0], &nodes[1]);
-    let raw = RawPeer::spawn(BTC);
-    raw.join(victim).await;
     let mut events = victim.subscribe().await;
 
     let slack = openmatch_gossip_sidecar::node::TRANSMIT_SLACK_BYTES;

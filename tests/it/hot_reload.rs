@@ -46,10 +46,20 @@ async fn markets_and_rate_limits_reload_and_a_bad_file_changes_nothing() {
 
     // Add ETH-USDT and tighten the rate limit to 1 message/s, burst 1.
     std::fs::write(&file, config(&[BTC, ETH], 1)).unwrap();
-    wait_until(WAIT, "the reload applied", || reloads(&node, "applied") == 1, || format!("applied {}", reloads(&node, "applied"))).await;
+    wait_until(
+        WAIT,
+        "the reload applied",
+        || reloads(&node, "applied") == 1,
+        || format!("applied {}", reloads(&node, "applied")),
+    )
+    .await;
     client.submit_order(eth(2)).await.expect("ETH-USDT is traded now");
     let status = client.get_status(GetStatusRequest {}).await.unwrap().into_inner();
-    assert!(status.topics.iter().any(|t| t.topic == format!("openmatch/{NETWORK}/orders/{ETH}")), "{:?}", status.topics);
+    assert!(
+        status.topics.iter().any(|t| t.topic == format!("openmatch/{NETWORK}/orders/{ETH}")),
+        "{:?}",
+        status.topics
+    );
     assert!(status.markets.contains(&ETH.to_string()));
 
     let raw = RawPeer::spawn(BTC);
@@ -67,7 +77,13 @@ async fn markets_and_rate_limits_reload_and_a_bad_file_changes_nothing() {
 
     // A bad file: rejected, counted, and the running configuration stays.
     std::fs::write(&file, "markets: [eth]\nlimits: {maxMessageBytes: nope}\n").unwrap();
-    wait_until(WAIT, "the bad file rejected", || reloads(&node, "rejected") == 1, || format!("rejected {}", reloads(&node, "rejected"))).await;
+    wait_until(
+        WAIT,
+        "the bad file rejected",
+        || reloads(&node, "rejected") == 1,
+        || format!("rejected {}", reloads(&node, "rejected")),
+    )
+    .await;
     client.submit_order(eth(3)).await.expect("still trading ETH-USDT");
     assert_eq!(reloads(&node, "applied"), 1);
     node.shutdown().await;

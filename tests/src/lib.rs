@@ -243,7 +243,8 @@ pub async fn start_cluster(
     let mut nodes = Vec::with_capacity(n);
     for (i, (name, listen, _)) in plan.iter().enumerate() {
         let bootstrap = plan.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, (_, _, a))| a.clone()).collect();
-        nodes.push(start_node_at(dir, name, listen.clone(), markets, bootstrap, &tweak, FaultInjector::default()).await);
+        nodes
+            .push(start_node_at(dir, name, listen.clone(), markets, bootstrap, &tweak, FaultInjector::default()).await);
     }
     nodes
 }

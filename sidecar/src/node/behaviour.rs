@@ -8,7 +8,10 @@ use libp2p::core::transport::MemoryTransport;
 use libp2p::core::upgrade::Version;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{StreamProtocol, Swarm, Transport as _, allow_block_list, gossipsub, identify, identity::Keypair, kad, mdns, noise, ping, request_response, tcp, yamux};
+use libp2p::{
+    StreamProtocol, Swarm, Transport as _, allow_block_list, gossipsub, identify, identity::Keypair, kad, mdns, noise,
+    ping, request_response, tcp, yamux,
+};
 use prometheus_client::registry::Registry;
 
 use crate::config::NodeSettings;
@@ -89,13 +92,15 @@ pub fn gossipsub_config(settings: &NodeSettings) -> anyhow::Result<gossipsub::Co
 fn build_behaviour(key: &Keypair, settings: &NodeSettings, registry: &mut Registry) -> anyhow::Result<Behaviour> {
     let p2p = &settings.config.p2p;
     let peer_id = key.public().to_peer_id();
-    let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossipsub_config(settings)?)
-        .map_err(|e| anyhow::anyhow!("GossipSub: {e}"))?
-        .with_metrics(registry.sub_registry_with_prefix("gossipsub"), Default::default());
+    let mut gossipsub =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossipsub_config(settings)?)
+            .map_err(|e| anyhow::anyhow!("GossipSub: {e}"))?
+            .with_metrics(registry.sub_registry_with_prefix("gossipsub"), Default::default());
     let (params, thresholds) = peer_score();
     gossipsub.with_peer_score(params, thresholds).map_err(|e| anyhow::anyhow!("GossipSub peer scoring: {e}"))?;
     let kademlia = p2p.kademlia.then(|| {
-        let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad::Config::new(KAD_PROTOCOL));
+        let mut kad =
+            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad::Config::new(KAD_PROTOCOL));
         // Clusters run on private addresses, which Kademlia's client mode would never
         // confirm as external: serve the DHT from the start.
         kad.set_mode(Some(kad::Mode::Server));

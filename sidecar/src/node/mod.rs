@@ -16,13 +16,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use prost::Message as _;
 use libp2p::gossipsub::{self, MessageAcceptance, PublishError, TopicHash};
-use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::metrics::Recorder as _;
+use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, identity::Keypair, kad, mdns};
 use prometheus_client::registry::Registry;
+use prost::Message as _;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -32,15 +32,17 @@ use subscribers::Subscribers;
 
 use crate::config::{BootstrapPeer, NodeSettings};
 use crate::consensus::{Action, AddOutcome, BatchKey, Consensus};
+use crate::dedup::Digest;
 use crate::epoch::EpochClock;
 use crate::metrics::{Health, MarketOutcome, ReasonLabel};
-use crate::proto::{RepairRequest, RepairResponse, repair_request, repair_response};
-use crate::reputation::{Offence, Reputation};
-use crate::dedup::Digest;
 use crate::metrics::{KindMarket, MarketLabel, MarketReason, Metrics, QueueLabel};
 use crate::outbox::Outbox;
-use crate::proto::{self, GossipEnvelope, NodeStatus, Order, OrderGossip, PeerStatus, TopicMesh, event::Kind, gossip_envelope::Body};
+use crate::proto::{
+    self, GossipEnvelope, NodeStatus, Order, OrderGossip, PeerStatus, TopicMesh, event::Kind, gossip_envelope::Body,
+};
+use crate::proto::{RepairRequest, RepairResponse, repair_request, repair_response};
 use crate::ratelimit::Pacer;
+use crate::reputation::{Offence, Reputation};
 use crate::topics::Topic;
 use crate::validation::{Payload, Validator, ValidatorLimits, Verdict};
 use crate::wire;
@@ -161,7 +163,12 @@ impl NodeHandle {
     }
 
     /// The engine's result for an agreed batch.
-    pub async fn submit_result(&self, batch: BatchKey, hash: Digest, trades: u64) -> Result<Result<(), BatchError>, NodeGone> {
+    pub async fn submit_result(
+        &self,
+        batch: BatchKey,
+        hash: Digest,
+        trades: u64,
+    ) -> Result<Result<(), BatchError>, NodeGone> {
         self.ask(|reply| Command::SubmitResult { batch, hash, trades, reply }).await
     }
 
@@ -247,7 +254,12 @@ fn now_ns() -> u64 {
 impl Node {
     /// Builds the swarm, subscribes to every topic of the configured markets and starts
     /// listening. Returns the node (run it with [`Node::run`]) and its handle.
-    pub fn new(settings: NodeSettings, key: Keypair, registry: &mut Registry, health: Arc<Health>) -> anyhow::Result<(Node, NodeHandle)> {
+    pub fn new(
+        settings: NodeSettings,
+        key: Keypair,
+        registry: &mut Registry,
+        health: Arc<Health>,
+    ) -> anyhow::Result<(Node, NodeHandle)> {
         let metrics = Arc::new(Metrics::register(registry));
         let p2p_registry = registry.sub_registry_with_prefix("libp2p");
         let mut swarm = build_swarm(key, &settings, p2p_registry)?;
@@ -324,7 +336,8 @@ impl Node {
                 kad.add_address(&p.peer_id, p.addr.clone());
             }
         }
-        let mut heartbeat = tokio::time::interval(Duration::from_millis(self.settings.config.heartbeat.interval_ms as u64));
+        let mut heartbeat =
+            tokio::time::interval(Duration::from_millis(self.settings.config.heartbeat.interval_ms as u64));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut redial = tokio::time::interval(REDIAL_INTERVAL);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -459,7 +472,9 @@ impl Node {
             Command::GetBatch { batch, reply } => {
                 let result = self.consensus.agreed_orders(&batch).map_err(|phase| match self.consensus.phase(&batch) {
                     None => BatchError::NotFound(format!("batch {batch} is unknown or no longer kept")),
-                    Some(_) => BatchError::Precondition(format!("batch {batch} is {phase:?}: only agreed batches are served")),
+                    Some(_) => {
+                        BatchError::Precondition(format!("batch {batch} is {phase:?}: only agreed batches are served"))
+                    }
                 });
                 let _ = reply.send(result);
             }
@@ -480,7 +495,9 @@ impl Node {
             }
             Command::Seal { market, reply } => {
                 if self.epochs.mode() != openmatch_gossip_crds::sidecar_config::SealingMode::Engine {
-                    let _ = reply.send(Err(BatchError::Precondition("the network seals by clock (consensus.sealing: clock)".into())));
+                    let _ = reply.send(Err(BatchError::Precondition(
+                        "the network seals by clock (consensus.sealing: clock)".into(),
+                    )));
                 } else if !self.settings.config.markets.contains(&market) {
                     let _ = reply.send(Err(BatchError::NotFound(format!("market {market:?} is not traded here"))));
                 } else {
@@ -521,7 +538,8 @@ impl Node {
         restart_only!(heartbeat, "heartbeat");
         restart_only!(consensus, "consensus");
         // Markets.
-        let (before, after): (HashSet<String>, HashSet<String>) = (old.markets.iter().cloned().collect(), cfg.markets.iter().cloned().collect());
+        let (before, after): (HashSet<String>, HashSet<String>) =
+            (old.markets.iter().cloned().collect(), cfg.markets.iter().cloned().collect());
         for m in after.difference(&before) {
             for kind in crate::topics::TopicKind::PER_MARKET {
                 let t = Topic { kind, market: m.clone() };
@@ -606,7 +624,10 @@ impl Node {
             match action {
                 Action::PublishSeal(seal) => {
                     let market = market_of(&seal.batch_id);
-                    self.metrics.batches.get_or_create(&MarketOutcome { market: market.clone(), outcome: "sealed" }).inc();
+                    self.metrics
+                        .batches
+                        .get_or_create(&MarketOutcome { market: market.clone(), outcome: "sealed" })
+                        .inc();
                     self.publish_consensus(crate::topics::TopicKind::Batches, &market, Body::BatchSealed(seal));
                 }
                 Action::PublishResult(result) => {
@@ -627,12 +648,18 @@ impl Node {
                         })),
                     };
                     let id = self.swarm.behaviour_mut().repair.send_request(&peer, req);
-                    self.repairs.insert(id, PendingRepair::Fetch { batch, origin: peer, digests: digests.into_iter().collect() });
+                    self.repairs.insert(
+                        id,
+                        PendingRepair::Fetch { batch, origin: peer, digests: digests.into_iter().collect() },
+                    );
                 }
                 Action::DeliverRepaired { market, orders } => self.subscribers.deliver_orders(&market, orders),
                 Action::Agreed(a) => {
                     let market = market_of(&a.batch_id);
-                    self.metrics.batches.get_or_create(&MarketOutcome { market: market.clone(), outcome: "agreed" }).inc();
+                    self.metrics
+                        .batches
+                        .get_or_create(&MarketOutcome { market: market.clone(), outcome: "agreed" })
+                        .inc();
                     if a.repaired_orders > 0 {
                         self.metrics.batches.get_or_create(&MarketOutcome { market, outcome: "repaired" }).inc();
                     }
@@ -653,7 +680,10 @@ impl Node {
                 }
                 Action::ResultMismatch(m) => {
                     let market = market_of(&m.batch_id);
-                    self.metrics.batches.get_or_create(&MarketOutcome { market: market.clone(), outcome: "halted" }).inc();
+                    self.metrics
+                        .batches
+                        .get_or_create(&MarketOutcome { market: market.clone(), outcome: "halted" })
+                        .inc();
                     self.metrics.result_mismatches.get_or_create(&MarketLabel { market }).inc();
                     self.last_trouble = Some((Instant::now(), format!("batch halted: {}", m.reason)));
                     self.subscribers.broadcast(Kind::ResultMismatch(m));
@@ -668,7 +698,10 @@ impl Node {
         let topic = Topic { kind, market: market.to_owned() }.ident(&self.info.network);
         match self.swarm.behaviour_mut().gossipsub.publish(topic, wire::encode(body)) {
             Ok(_) => {
-                self.metrics.messages_published.get_or_create(&KindMarket { kind: kind.as_str(), market: market.to_owned() }).inc();
+                self.metrics
+                    .messages_published
+                    .get_or_create(&KindMarket { kind: kind.as_str(), market: market.to_owned() })
+                    .inc();
             }
             // Alone on the topic: nobody to compare with.
             Err(PublishError::NoPeersSubscribedToTopic) => {}
@@ -700,29 +733,36 @@ impl Node {
 
     fn on_repair(&mut self, ev: request_response::Event<RepairRequest, RepairResponse>) {
         match ev {
-            request_response::Event::Message { message: request_response::Message::Request { request, channel, .. }, .. } => {
+            request_response::Event::Message {
+                message: request_response::Message::Request { request, channel, .. },
+                ..
+            } => {
                 let response = self.serve_repair(request);
                 // The requester may have gone away meanwhile; nothing to do then.
                 let _ = self.swarm.behaviour_mut().repair.send_response(channel, response);
             }
-            request_response::Event::Message { peer, message: request_response::Message::Response { request_id, response }, .. } => {
-                match (self.repairs.remove(&request_id), response.kind) {
-                    (Some(PendingRepair::Digests(_)), Some(repair_response::Kind::Digests(set))) => {
-                        let actions = self.consensus.on_digest_set(&set);
-                        self.run_actions(actions);
-                    }
-                    (Some(PendingRepair::Fetch { batch, origin, digests }), Some(repair_response::Kind::Orders(g))) => {
-                        self.on_fetched(peer, batch, origin, digests, g.orders);
-                    }
-                    (Some(PendingRepair::Digests(batch) | PendingRepair::Fetch { batch, .. }), other) => {
-                        tracing::warn!(%peer, batch = %batch, response = ?other, "repair request refused");
-                        self.consensus.on_repair_failure(&batch);
-                    }
-                    (None, _) => {}
+            request_response::Event::Message {
+                peer,
+                message: request_response::Message::Response { request_id, response },
+                ..
+            } => match (self.repairs.remove(&request_id), response.kind) {
+                (Some(PendingRepair::Digests(_)), Some(repair_response::Kind::Digests(set))) => {
+                    let actions = self.consensus.on_digest_set(&set);
+                    self.run_actions(actions);
                 }
-            }
+                (Some(PendingRepair::Fetch { batch, origin, digests }), Some(repair_response::Kind::Orders(g))) => {
+                    self.on_fetched(peer, batch, origin, digests, g.orders);
+                }
+                (Some(PendingRepair::Digests(batch) | PendingRepair::Fetch { batch, .. }), other) => {
+                    tracing::warn!(%peer, batch = %batch, response = ?other, "repair request refused");
+                    self.consensus.on_repair_failure(&batch);
+                }
+                (None, _) => {}
+            },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
-                if let Some(PendingRepair::Digests(batch) | PendingRepair::Fetch { batch, .. }) = self.repairs.remove(&request_id) {
+                if let Some(PendingRepair::Digests(batch) | PendingRepair::Fetch { batch, .. }) =
+                    self.repairs.remove(&request_id)
+                {
                     tracing::warn!(%peer, batch = %batch, %error, "repair request failed");
                     self.consensus.on_repair_failure(&batch);
                 }
@@ -740,7 +780,8 @@ impl Node {
             },
             Some(repair_request::Kind::Fetch(f)) => {
                 let Some(id) = f.batch_id else { return RepairResponse { kind: Some(R::Error("no batch id".into())) } };
-                let digests: Vec<Digest> = f.digests.iter().filter_map(|d| <Digest>::try_from(d.as_slice()).ok()).collect();
+                let digests: Vec<Digest> =
+                    f.digests.iter().filter_map(|d| <Digest>::try_from(d.as_slice()).ok()).collect();
                 match self.consensus.orders_for(&BatchKey::from_proto(&id), &digests) {
                     Some(orders) => R::Orders(OrderGossip { orders }),
                     None => R::Error(format!("batch {}#{} unknown", id.market, id.epoch)),
@@ -754,7 +795,14 @@ impl Node {
     /// Orders fetched by repair: accepted only from their origin, only as asked, only for
     /// the batch asked about, and only if well-formed; they join the batch and reach the
     /// engine before its `BatchAgreed`.
-    fn on_fetched(&mut self, peer: PeerId, batch: BatchKey, origin: PeerId, asked: HashSet<Digest>, orders: Vec<Order>) {
+    fn on_fetched(
+        &mut self,
+        peer: PeerId,
+        batch: BatchKey,
+        origin: PeerId,
+        asked: HashSet<Digest>,
+        orders: Vec<Order>,
+    ) {
         let origin_bytes = origin.to_bytes();
         let mut good = Vec::new();
         let mut bad = 0;
@@ -782,7 +830,10 @@ impl Node {
         let added = self.consensus.on_fetched(&batch, good);
         if !added.is_empty() {
             tracing::info!(batch = %batch, orders = added.len(), %origin, "repaired missing orders");
-            self.metrics.repaired_orders.get_or_create(&MarketLabel { market: batch.market.clone() }).inc_by(added.len() as u64);
+            self.metrics
+                .repaired_orders
+                .get_or_create(&MarketLabel { market: batch.market.clone() })
+                .inc_by(added.len() as u64);
             self.subscribers.deliver_orders(&batch.market, added);
         }
     }
@@ -823,7 +874,8 @@ impl Node {
         for o in &mut orders {
             o.market.clear();
         }
-        let mut envelope = GossipEnvelope { version: wire::WIRE_VERSION, body: Some(Body::Orders(OrderGossip { orders })) };
+        let mut envelope =
+            GossipEnvelope { version: wire::WIRE_VERSION, body: Some(Body::Orders(OrderGossip { orders })) };
         let data = envelope.encode_to_vec();
         let topic = Topic::orders(market).ident(&self.info.network);
         match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
@@ -832,7 +884,10 @@ impl Node {
                 self.credits.add_permits(n);
                 let m = MarketLabel { market: market.to_owned() };
                 self.metrics.orders_published.get_or_create(&m).inc_by(n as u64);
-                self.metrics.messages_published.get_or_create(&KindMarket { kind: "orders", market: market.to_owned() }).inc();
+                self.metrics
+                    .messages_published
+                    .get_or_create(&KindMarket { kind: "orders", market: market.to_owned() })
+                    .inc();
                 self.metrics.orders_per_message.observe(n as f64);
                 true
             }
@@ -930,13 +985,22 @@ impl Node {
     fn on_gossipsub(&mut self, ev: gossipsub::Event) {
         match ev {
             gossipsub::Event::Message { propagation_source, message_id, message } => {
-                let verdict = self.validator.validate(&propagation_source, message.source.as_ref(), message.topic.as_str(), &message.data);
+                let verdict = self.validator.validate(
+                    &propagation_source,
+                    message.source.as_ref(),
+                    message.topic.as_str(),
+                    &message.data,
+                );
                 let acceptance = match &verdict {
                     Verdict::Accept(_) => MessageAcceptance::Accept,
                     Verdict::Reject { .. } => MessageAcceptance::Reject,
                     Verdict::Ignore { .. } => MessageAcceptance::Ignore,
                 };
-                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&message_id, &propagation_source, acceptance);
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    acceptance,
+                );
                 if matches!(verdict, Verdict::Reject { .. }) {
                     self.penalize(propagation_source, Offence::InvalidMessage, "invalid_message");
                 }
@@ -992,7 +1056,10 @@ impl Node {
                 if orders.is_empty() {
                     return;
                 }
-                self.metrics.orders_delivered.get_or_create(&MarketLabel { market: market.clone() }).inc_by(orders.len() as u64);
+                self.metrics
+                    .orders_delivered
+                    .get_or_create(&MarketLabel { market: market.clone() })
+                    .inc_by(orders.len() as u64);
                 self.subscribers.deliver_orders(&market, orders);
             }
             Payload::PeerStatus(_) => {
@@ -1033,7 +1100,10 @@ impl Node {
         let control = Topic::control().ident(&self.info.network);
         match self.swarm.behaviour_mut().gossipsub.publish(control, wire::encode(Body::PeerStatus(status))) {
             Ok(_) => {
-                self.metrics.messages_published.get_or_create(&KindMarket { kind: "control", market: String::new() }).inc();
+                self.metrics
+                    .messages_published
+                    .get_or_create(&KindMarket { kind: "control", market: String::new() })
+                    .inc();
             }
             Err(PublishError::NoPeersSubscribedToTopic) => {}
             Err(e) => tracing::debug!(error = %e, "PeerStatus not published"),
@@ -1044,7 +1114,10 @@ impl Node {
         let gs = &self.swarm.behaviour().gossipsub;
         for (hash, t) in &self.topic_of {
             let n = gs.mesh_peers(hash).count();
-            self.metrics.mesh_peers.get_or_create(&KindMarket { kind: t.kind.as_str(), market: t.market.clone() }).set(n as i64);
+            self.metrics
+                .mesh_peers
+                .get_or_create(&KindMarket { kind: t.kind.as_str(), market: t.market.clone() })
+                .set(n as i64);
         }
         self.validator.rate_limiter().retain_recent();
     }
@@ -1058,7 +1131,8 @@ impl Node {
             0 => crate::consensus::majority(live),
             q => q as usize,
         };
-        let recent_trouble = self.last_trouble.as_ref().filter(|(at, _)| at.elapsed() < Duration::from_secs(60)).map(|(_, r)| r.clone());
+        let recent_trouble =
+            self.last_trouble.as_ref().filter(|(at, _)| at.elapsed() < Duration::from_secs(60)).map(|(_, r)| r.clone());
         let (state, reason, code) = if connected == 0 && expected > 0 {
             ("isolated", format!("no connected peers (bootstrap peers: {expected})"), 2)
         } else if live < quorum {
@@ -1116,7 +1190,10 @@ impl Node {
             connected_peers: self.swarm.connected_peers().map(|p| p.to_string()).collect(),
             topics,
             version: crate::VERSION.to_owned(),
-            health: { let (s, _) = self.health.state.lock().expect("health lock").clone(); if s.is_empty() { "healthy".to_owned() } else { s } },
+            health: {
+                let (s, _) = self.health.state.lock().expect("health lock").clone();
+                if s.is_empty() { "healthy".to_owned() } else { s }
+            },
             health_reason: self.health.state.lock().expect("health lock").1.clone(),
         }
     }
