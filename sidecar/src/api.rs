@@ -7,6 +7,7 @@
 //! RESOURCE_EXHAUSTED. Every call is counted by method and final status code in
 //! `openmatch_gossip_api_requests_total`; a bad request never affects other clients.
 
+use std::collections::HashSet;
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -64,15 +65,15 @@ impl EngineApi {
     }
 
     /// Checks one engine order; errors name `index` (its position in a stream) if given.
-    fn check(&self, o: &Order, index: Option<u64>) -> Result<(), Status> {
-        self.check_fields(o).map_err(|s| match index {
+    /// `markets` is the node's market set, taken once per request (a reload may change it).
+    fn check(&self, o: &Order, markets: &HashSet<String>, index: Option<u64>) -> Result<(), Status> {
+        self.check_fields(o, markets).map_err(|s| match index {
             Some(i) => Status::new(s.code(), format!("order #{i}: {}", s.message())),
             None => s,
         })
     }
 
-    fn check_fields(&self, o: &Order) -> Result<(), Status> {
-        let markets = self.node.markets();
+    fn check_fields(&self, o: &Order, markets: &HashSet<String>) -> Result<(), Status> {
         if !markets.contains(&o.market) {
             let mut known: Vec<&String> = markets.iter().collect();
             known.sort();
@@ -102,7 +103,7 @@ fn gone(_: NodeGone) -> Status {
 impl Sidecar for EngineApi {
     async fn submit_order(&self, req: Request<SubmitOrderRequest>) -> Result<Response<SubmitOrderResponse>, Status> {
         let order = req.into_inner().order.ok_or_else(|| Status::invalid_argument("order: required"))?;
-        self.check(&order, None)?;
+        self.check(&order, &self.node.markets(), None)?;
         let receipts = self.node.submit(vec![order], true).await.map_err(gone)?;
         let r = receipts.first().ok_or_else(|| Status::internal("no receipt"))?;
         Ok(Response::new(SubmitOrderResponse { digest: r.digest.to_vec(), epoch: r.epoch }))
@@ -130,8 +131,9 @@ impl Sidecar for EngineApi {
                     accepted,
                 ));
             }
+            let markets = self.node.markets();
             for (i, o) in chunk.orders.iter().enumerate() {
-                if let Err(s) = self.check(o, Some(accepted + i as u64)) {
+                if let Err(s) = self.check(o, &markets, Some(accepted + i as u64)) {
                     // Orders before the bad one in this chunk still stand.
                     let good = chunk.orders[..i].to_vec();
                     let n = good.len() as u64;
