@@ -144,6 +144,33 @@ pub struct GossipNetworkSpec {
     pub reputation: Option<ReputationSpec>,
 }
 
+impl GossipNetworkSpec {
+    /// A spec trading `markets` on the pods labelled `match_labels` (no match
+    /// expressions); every other field at its default: p2p port 4001, no static bootstrap
+    /// peers, the sidecar's defaults for the rest.
+    pub fn new<M, K, V>(markets: impl IntoIterator<Item = M>, match_labels: impl IntoIterator<Item = (K, V)>) -> Self
+    where
+        M: Into<String>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        GossipNetworkSpec {
+            network: None,
+            markets: markets.into_iter().map(Into::into).collect(),
+            pod_selector: LabelSelector {
+                match_labels: Some(match_labels.into_iter().map(|(k, v)| (k.into(), v.into())).collect()),
+                match_expressions: None,
+            },
+            p2p_port: DEFAULT_P2P_PORT,
+            bootstrap_peers: Vec::new(),
+            gossipsub: None,
+            limits: None,
+            consensus: None,
+            reputation: None,
+        }
+    }
+}
+
 fn default_p2p_port() -> u16 {
     DEFAULT_P2P_PORT
 }
@@ -524,8 +551,6 @@ pub fn crd_yaml() -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
     const PEER_A: &str = "12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5";
@@ -537,20 +562,7 @@ mod tests {
     }
 
     fn spec(markets: &[&str]) -> GossipNetworkSpec {
-        GossipNetworkSpec {
-            network: None,
-            markets: markets.iter().map(|m| m.to_string()).collect(),
-            pod_selector: LabelSelector {
-                match_labels: Some(BTreeMap::from([("app".to_owned(), "engine".to_owned())])),
-                match_expressions: None,
-            },
-            p2p_port: DEFAULT_P2P_PORT,
-            bootstrap_peers: Vec::new(),
-            gossipsub: None,
-            limits: None,
-            consensus: None,
-            reputation: None,
-        }
+        GossipNetworkSpec::new(markets.iter().copied(), [("app", "engine")])
     }
 
     #[test]
