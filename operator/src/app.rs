@@ -1,0 +1,173 @@
+//! `openmatch-gossip-operator run`: HTTP endpoints, leader election, the controller, and
+//! a clean shutdown on SIGTERM/SIGINT.
+//!
+//! Life of a replica:
+//! 1. serve `/metrics`, `/healthz`, `/readyz` (phase `starting`);
+//! 2. with leader election (default): wait for the Lease (phase `standby`), then run the
+//!    controller while renewing it (phase `leader`). If renewal fails for the renew
+//!    deadline, or another holder appears, the controller is aborted at once and the process
+//!    exits with an error, so Kubernetes restarts it as a candidate (what client-go based
+//!    controllers do). Without election the controller runs at once;
+//! 3. on SIGTERM/SIGINT (phase `shutting-down`): the controller stops taking work and
+//!    running reconciles finish (at most renew deadline − retry period, so the Lease is
+//!    still ours meanwhile; longer ones are aborted), the Lease is released (a standby takes
+//!    over within about a second), the HTTP server stops, exit 0.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Api, Client};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::children::FIELD_MANAGER;
+use crate::cli::RunArgs;
+use crate::http::{self, Health, Phase};
+use crate::leader::{Held, LeaderElector, LeaseSettings};
+use crate::metrics::Metrics;
+use crate::reconcile::Context;
+
+/// This replica's identity: `--identity`, else `$POD_NAME`, `$HOSTNAME`, else
+/// `openmatch-gossip-operator-<pid>`.
+pub fn identity(flag: Option<&str>) -> String {
+    flag.map(str::to_owned)
+        .or_else(|| std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()))
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| format!("{FIELD_MANAGER}-{}", std::process::id()))
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn termination_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the operator");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+    }
+}
+
+/// Runs the operator until SIGTERM/SIGINT (`Ok`) or lost leadership (`Err`).
+///
+/// Errors: no Kubernetes configuration, the HTTP address cannot be bound, invalid
+/// leader election timing, or leadership lost.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = Client::try_default().await.context("Kubernetes client (in-cluster config or kubeconfig)")?;
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            termination_signal().await;
+            shutdown.cancel();
+        });
+    }
+    run_with(client, args, shutdown).await
+}
+
+/// [`run`] with a given client, until `shutdown` is cancelled (what SIGTERM/SIGINT do).
+pub async fn run_with(client: Client, args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let health = Arc::new(Health::default());
+    let http_stop = CancellationToken::new();
+    let (addr, http_task) =
+        http::serve(args.http_addr, Arc::new(registry), health.clone(), http_stop.clone().cancelled_owned())
+            .await
+            .with_context(|| format!("binding the HTTP server to {}", args.http_addr))?;
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+
+    let identity = identity(args.identity.as_deref());
+    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity.clone()) };
+    let mut ctx = Context::new(client.clone(), Recorder::new(client.clone(), reporter), metrics.clone());
+    ctx.resync = Duration::from_secs(args.resync_s.max(1));
+    let ctx = Arc::new(ctx);
+    let debounce = Duration::from_millis(args.debounce_ms);
+
+    let result = if args.leader_elect {
+        let settings = LeaseSettings {
+            name: args.lease_name.clone(),
+            namespace: args.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_owned()),
+            identity,
+            lease_duration: Duration::from_secs(args.lease_duration_s),
+            renew_deadline: Duration::from_secs(args.renew_deadline_s),
+            retry_period: Duration::from_secs(args.retry_period_s),
+        };
+        settings.validate().map_err(|e| anyhow!("leader election: {e}"))?;
+        tracing::info!(lease = %settings.name, namespace = %settings.namespace, identity = %settings.identity, "waiting for the leader lease");
+        let mut elector = LeaderElector::new(Api::namespaced(client.clone(), &settings.namespace), settings);
+        health.set(Phase::Standby);
+        if elector.acquire(shutdown.cancelled()).await {
+            lead(&mut elector, ctx, args.namespace.clone(), debounce, &shutdown, &health, &metrics).await
+        } else {
+            Ok(())
+        }
+    } else {
+        tracing::warn!("leader election is off: run only one replica");
+        health.set(Phase::Leader);
+        metrics.leader.set(1);
+        crate::controller::run(ctx, args.namespace.clone(), debounce, shutdown.clone().cancelled_owned()).await;
+        metrics.leader.set(0);
+        Ok(())
+    };
+    health.set(Phase::ShuttingDown);
+    http_stop.cancel();
+    let _ = http_task.await;
+    result
+}
+
+/// Leads: runs the controller while holding the Lease (see the module documentation).
+async fn lead(
+    elector: &mut LeaderElector,
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    debounce: Duration,
+    shutdown: &CancellationToken,
+    health: &Health,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    tracing::info!(identity = %elector.settings().identity, "leading: starting the controller");
+    health.set(Phase::Leader);
+    metrics.leader.set(1);
+    let stop = CancellationToken::new();
+    let mut controller = tokio::spawn(crate::controller::run(ctx, namespace, debounce, stop.clone().cancelled_owned()));
+    let held = tokio::select! {
+        held = elector.hold(shutdown.cancelled()) => Some(held),
+        _ = &mut controller => None,
+    };
+    metrics.leader.set(0);
+    health.set(Phase::ShuttingDown);
+    stop.cancel();
+    match held {
+        None => {
+            // The controller only ends when told to; anything else is a bug or a panic.
+            let _ = elector.release().await;
+            Err(anyhow!("the controller stopped unexpectedly"))
+        }
+        Some(Held::Shutdown) => {
+            let s = elector.settings();
+            let drain = s.renew_deadline.saturating_sub(s.retry_period);
+            if tokio::time::timeout(drain, &mut controller).await.is_err() {
+                tracing::warn!(drain_s = drain.as_secs(), "reconciles still running at the drain limit; aborted");
+                controller.abort();
+            }
+            match elector.release().await {
+                Ok(()) => tracing::info!("leader lease released"),
+                Err(e) => tracing::warn!(error = %e, "could not release the leader lease; it expires by itself"),
+            }
+            Ok(())
+        }
+        Some(Held::Lost) => {
+            controller.abort();
+            let _ = controller.await;
+            Err(anyhow!("leadership lost (lease not renewed in time or taken over); exiting to restart as a candidate"))
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Command line of `openmatch-gossip-operator`: `run` (the operator) and `crdgen` (print or
+//! write the CRD manifest). Every `run` flag has an environment variable
+//! (`OPENMATCH_GOSSIP_OPERATOR_*`); flags win over the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Kubernetes operator for openmatch-gossip: reconciles GossipNetwork resources into the
+/// sidecars' configuration (a ConfigMap with the live bootstrap peers) and a headless
+/// Service, and reports status, Events and Prometheus metrics.
+#[derive(Debug, Parser)]
+#[command(name = "openmatch-gossip-operator", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the operator (in a cluster: in-cluster config; outside: the current kubeconfig
+    /// context).
+    Run(RunArgs),
+    /// Print the GossipNetwork CustomResourceDefinition as YAML, or write it into the
+    /// repository (`--write`).
+    Crdgen(CrdgenArgs),
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (what log collectors in a cluster expect).
+    Json,
+    /// Human-readable lines (local runs).
+    Pretty,
+}
+
+/// Flags of `openmatch-gossip-operator run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Watch GossipNetworks, pods and children in this namespace only. Default: all
+    /// namespaces (needs cluster-wide RBAC).
+    #[arg(long, env = "OPENMATCH_GOSSIP_OPERATOR_NAMESPACE", value_name = "NS")]
+    pub namespace: Option<String>,
+
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, env = "OPENMATCH_GOSSIP_OPERATOR_HTTP_ADDR", value_name = "ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Log format: json (clusters) or pretty (local). Filter with RUST_LOG (default info).
+    #[arg(long, env = "OPENMATCH_GOSSIP_OPERATOR_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+
+    /// Elect a leader on a coordination.k8s.io Lease so that only one replica reconciles.
+    /// Turn off only when running a single replica (e.g. locally): --leader-elect=false.
+    #[arg(
+        long,
+        env = "OPENMATCH_GOSSIP_OPERATOR_LEADER_ELECT",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub leader_elect: bool,
+
+    /// Name of the leader election Lease.
+    #[arg(
+        long,
+        env = "OPENMATCH_GOSSIP_OPERATOR_LEASE_NAME",
+        value_name = "NAME",
+        default_value = "openmatch-gossip-operator"
+    )]
+    pub lease_name: String,
+
+    /// Namespace of the Lease. Default: the client's namespace (in a cluster, the
+    /// operator's own, from its service account).
+    #[arg(long, env = "OPENMATCH_GOSSIP_OPERATOR_LEASE_NAMESPACE", value_name = "NS")]
+    pub lease_namespace: Option<String>,
+
+    /// This replica's identity in the Lease and in Events. Default: $POD_NAME, else
+    /// $HOSTNAME (the pod name in Kubernetes), else `openmatch-gossip-operator-<pid>`.
+    #[arg(long, env = "OPENMATCH_GOSSIP_OPERATOR_IDENTITY", value_name = "ID")]
+    pub identity: Option<String>,
+
+    /// Lease duration, seconds: how long standbys wait after the Lease's last observed
+    /// change before taking over (client-go default 15).
+    #[arg(long, env = "OPENMATCH_GOSSIP_OPERATOR_LEASE_DURATION_S", value_name = "S", default_value_t = 15)]
+    pub lease_duration_s: u64,
+
+    /// Renew deadline, seconds: the leader steps down (and exits) when it could not renew
+    /// for this long; must be shorter than the lease duration (client-go default 10).
+    #[arg(long, env = "OPENMATCH_GOSSIP_OPERATOR_RENEW_DEADLINE_S", value_name = "S", default_value_t = 10)]
+    pub renew_deadline_s: u64,
+
+    /// Retry period, seconds, between attempts to acquire or renew the Lease (client-go
+    /// default 2).
+    #[arg(long, env = "OPENMATCH_GOSSIP_OPERATOR_RETRY_PERIOD_S", value_name = "S", default_value_t = 2)]
+    pub retry_period_s: u64,
+
+    /// Reconcile every GossipNetwork at least this often, seconds, even without a change
+    /// (a safety net for missed watch events).
+    #[arg(long, env = "OPENMATCH_GOSSIP_OPERATOR_RESYNC_S", value_name = "S", default_value_t = 300)]
+    pub resync_s: u64,
+
+    /// Debounce, ms: a burst of triggers for one GossipNetwork (pods starting together)
+    /// within this window makes one reconcile.
+    #[arg(long, env = "OPENMATCH_GOSSIP_OPERATOR_DEBOUNCE_MS", value_name = "MS", default_value_t = 500)]
+    pub debounce_ms: u64,
+}
+
+/// Flags of `openmatch-gossip-operator crdgen`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CrdgenArgs {
+    /// Write crds/gossipnetwork.yaml and charts/openmatch-gossip/crds/gossipnetwork.yaml
+    /// under --root instead of printing to stdout.
+    #[arg(long)]
+    pub write: bool,
+
+    /// Repository root for --write.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub root: PathBuf,
+}
+
+/// Paths (relative to the repository root) of the committed CRD manifests.
+pub const CRD_PATHS: [&str; 2] = ["crds/gossipnetwork.yaml", "charts/openmatch-gossip/crds/gossipnetwork.yaml"];
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_and_flags() {
+        let cli = Cli::try_parse_from(["openmatch-gossip-operator", "run"]).unwrap();
+        let Command::Run(run) = cli.command else { panic!("not run") };
+        assert!(run.leader_elect);
+        assert_eq!((run.lease_duration_s, run.renew_deadline_s, run.retry_period_s), (15, 10, 2));
+        assert_eq!(run.log_format, LogFormat::Json);
+        assert_eq!(run.http_addr, "0.0.0.0:8080".parse().unwrap());
+
+        let cli = Cli::try_parse_from([
+            "openmatch-gossip-operator",
+            "run",
+            "--leader-elect=false",
+            "--namespace",
+            "trading",
+            "--log-format",
+            "pretty",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else { panic!("not run") };
+        assert!(!run.leader_elect);
+        assert_eq!(run.namespace.as_deref(), Some("trading"));
+        assert_eq!(run.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn help_explains_every_run_flag() {
+        let help = Cli::command().find_subcommand_mut("run").unwrap().render_long_help().to_string();
+        for flag in [
+            "--namespace",
+            "--http-addr",
+            "--log-format",
+            "--leader-elect",
+            "--lease-name",
+            "--lease-namespace",
+            "--identity",
+            "--lease-duration-s",
+            "--renew-deadline-s",
+            "--retry-period-s",
+            "--resync-s",
+            "--debounce-ms",
+        ] {
+            assert!(help.contains(flag), "{flag} missing from\n{help}");
+        }
+        assert!(help.contains("OPENMATCH_GOSSIP_OPERATOR_LEASE_DURATION_S"), "{help}");
+    }
+}

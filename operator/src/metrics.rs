@@ -1,0 +1,159 @@
+//! The operator's Prometheus metrics (prometheus-client), all prefixed
+//! `openmatch_gossip_operator_`.
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `openmatch_gossip_operator_reconciles_total` | counter | reconcile runs |
+//! | `openmatch_gossip_operator_reconcile_failures_total{reason}` | counter | failed runs by reason (`invalid_spec`, `list_pods`, `apply_config_map`, `apply_service`, `write_status`, `missing_namespace`) |
+//! | `openmatch_gossip_operator_reconcile_duration_seconds` | histogram | time per reconcile run, seconds |
+//! | `openmatch_gossip_operator_networks` | gauge | GossipNetworks known to the operator |
+//! | `openmatch_gossip_operator_ready_peers{namespace,network}` | gauge | ready selected pods in a network's bootstrap list |
+//! | `openmatch_gossip_operator_leader` | gauge | 1 while this replica holds the leader Lease (or runs without election), else 0 |
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label of a reconcile failure: a short snake_case reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why the run failed, e.g. `invalid_spec` or `apply_config_map`.
+    pub reason: &'static str,
+}
+
+/// Labels of a per-network gauge: the GossipNetwork's namespace and name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NetworkLabels {
+    /// Namespace of the GossipNetwork.
+    pub namespace: String,
+    /// `metadata.name` of the GossipNetwork.
+    pub network: String,
+}
+
+/// Every metric the operator exports (see the module table).
+#[derive(Debug)]
+pub struct Metrics {
+    /// `openmatch_gossip_operator_reconciles_total`.
+    pub reconciles: Counter,
+    /// `openmatch_gossip_operator_reconcile_failures_total{reason}`.
+    pub failures: Family<ReasonLabel, Counter>,
+    /// `openmatch_gossip_operator_reconcile_duration_seconds`.
+    pub duration: Histogram,
+    /// `openmatch_gossip_operator_networks`.
+    pub networks: Gauge,
+    /// `openmatch_gossip_operator_ready_peers{namespace,network}`.
+    pub ready_peers: Family<NetworkLabels, Gauge>,
+    /// `openmatch_gossip_operator_leader`.
+    pub leader: Gauge,
+    /// The networks that have a `ready_peers` series (prometheus-client's `Family` cannot
+    /// be iterated).
+    series: Mutex<HashSet<NetworkLabels>>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry` under the prefix
+    /// `openmatch_gossip_operator`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Metrics {
+            reconciles: Counter::default(),
+            failures: Family::default(),
+            // 1 ms .. ~16 s
+            duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            networks: Gauge::default(),
+            ready_peers: Family::default(),
+            leader: Gauge::default(),
+            series: Mutex::default(),
+        };
+        let r = registry.sub_registry_with_prefix("openmatch_gossip_operator");
+        r.register("reconciles", "Reconcile runs", m.reconciles.clone());
+        r.register("reconcile_failures", "Failed reconcile runs by reason", m.failures.clone());
+        r.register("reconcile_duration_seconds", "Time per reconcile run, seconds", m.duration.clone());
+        r.register("networks", "GossipNetworks known to the operator", m.networks.clone());
+        r.register("ready_peers", "Ready selected pods in a network's bootstrap list", m.ready_peers.clone());
+        r.register("leader", "1 while this replica leads (holds the Lease), else 0", m.leader.clone());
+        m
+    }
+
+    /// Counts a failed reconcile run.
+    pub fn failure(&self, reason: &'static str) {
+        self.failures.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Sets a network's ready peer count.
+    pub fn set_ready_peers(&self, namespace: &str, network: &str, peers: i64) {
+        let labels = NetworkLabels { namespace: namespace.into(), network: network.into() };
+        self.ready_peers.get_or_create(&labels).set(peers);
+        self.series.lock().expect("series lock").insert(labels);
+    }
+
+    /// Drops a deleted network's series.
+    pub fn forget_network(&self, namespace: &str, network: &str) {
+        let labels = NetworkLabels { namespace: namespace.into(), network: network.into() };
+        self.ready_peers.remove(&labels);
+        self.series.lock().expect("series lock").remove(&labels);
+    }
+
+    /// Drops the series of every network not in `known` (`(namespace, name)` pairs), e.g.
+    /// after a watch restart that may have missed deletes.
+    pub fn retain_networks(&self, known: &HashSet<(String, String)>) {
+        let mut series = self.series.lock().expect("series lock");
+        series.retain(|l| {
+            let keep = known.contains(&(l.namespace.clone(), l.network.clone()));
+            if !keep {
+                self.ready_peers.remove(l);
+            }
+            keep
+        });
+    }
+}
+
+/// Encodes `registry` in the OpenMetrics text format (what `/metrics` serves).
+pub fn encode(registry: &Registry) -> String {
+    let mut body = String::new();
+    prometheus_client::encoding::text::encode(&mut body, registry).expect("writing to a String cannot fail");
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_series() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        m.reconciles.inc();
+        m.failure("invalid_spec");
+        m.duration.observe(0.01);
+        m.networks.set(2);
+        m.set_ready_peers("trading", "prod", 3);
+        m.set_ready_peers("trading", "perps", 1);
+        m.leader.set(1);
+        let text = encode(&registry);
+        for line in [
+            "openmatch_gossip_operator_reconciles_total 1",
+            "openmatch_gossip_operator_reconcile_failures_total{reason=\"invalid_spec\"} 1",
+            "openmatch_gossip_operator_reconcile_duration_seconds_count 1",
+            "openmatch_gossip_operator_networks 2",
+            "openmatch_gossip_operator_ready_peers{namespace=\"trading\",network=\"prod\"} 3",
+            "openmatch_gossip_operator_leader 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        m.forget_network("trading", "prod");
+        let text = encode(&registry);
+        assert!(!text.contains("network=\"prod\""), "{text}");
+        assert!(text.contains("network=\"perps\""), "{text}");
+        m.set_ready_peers("trading", "prod", 3);
+        m.retain_networks(&HashSet::from([("trading".to_owned(), "prod".to_owned())]));
+        let text = encode(&registry);
+        assert!(text.contains("network=\"prod\""), "{text}");
+        assert!(!text.contains("network=\"perps\""), "{text}");
+    }
+}
