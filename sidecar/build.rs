@@ -6,6 +6,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed=proto/{f}");
     }
     let fds = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        // Every order of a pack shares its origin: as `Bytes`, copies are reference counts
+        // and decoding slices the received buffer instead of allocating.
+        .bytes(".openmatch.gossip.v1.Order.origin")
+        .compile_fds(fds)?;
     Ok(())
 }

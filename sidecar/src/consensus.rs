@@ -162,7 +162,10 @@ struct Seal {
 
 #[derive(Debug)]
 struct Batch {
-    orders: BTreeMap<Digest, Order>,
+    /// The batch's orders by digest, each stored without its market (the batch key holds
+    /// it; [`served`] puts it back), so keeping a copy allocates nothing but the map slot.
+    /// Canonical order (ascending digest) is established when sealing and serving.
+    orders: HashMap<Digest, Order, DigestHasher>,
     phase: Phase,
     revision: u32,
     hash: Option<Digest>,
@@ -183,7 +186,7 @@ struct Batch {
 impl Batch {
     fn new() -> Self {
         Batch {
-            orders: BTreeMap::new(),
+            orders: HashMap::default(),
             phase: Phase::Collect,
             revision: 0,
             hash: None,
@@ -233,6 +236,44 @@ pub struct Consensus {
     tally: Tally,
     /// Per market, the highest epoch dropped by pruning: anything at or below it is over.
     pruned: HashMap<String, u64>,
+    /// Key of the batch the last order joined: consecutive orders of one batch (a pack)
+    /// look it up without allocating a key each.
+    cursor: Option<BatchKey>,
+}
+
+/// Hasher of the per-batch order maps: foldhash, randomly seeded per map (digests come from
+/// peers, so an unseeded hash of their bytes would let a peer aim orders at one bucket).
+type DigestHasher = foldhash::fast::RandomState;
+
+/// A copy of `order` without its market, as a batch stores it.
+fn stored(order: &Order) -> Order {
+    Order {
+        id: order.id,
+        market: String::new(),
+        side: order.side,
+        price_ticks: order.price_ticks,
+        quantity_lots: order.quantity_lots,
+        kind: order.kind,
+        client_ts_ns: order.client_ts_ns,
+        origin: order.origin.clone(),
+        epoch: order.epoch,
+        freeze_proof: order.freeze_proof.clone(),
+        submitted_at_ns: order.submitted_at_ns,
+    }
+}
+
+/// A stored order of `key`'s batch as served: a copy with its market restored.
+fn served(key: &BatchKey, order: &Order) -> Order {
+    let mut o = order.clone();
+    o.market.clone_from(&key.market);
+    o
+}
+
+/// `b`'s digests in canonical (ascending) order.
+fn sorted_digests(b: &Batch) -> Vec<Digest> {
+    let mut digests: Vec<Digest> = b.orders.keys().copied().collect();
+    digests.sort_unstable();
+    digests
 }
 
 /// Strict majority of `live` members (this node included).
@@ -243,7 +284,7 @@ pub fn majority(live: usize) -> usize {
 impl Consensus {
     /// No batches yet.
     pub fn new(config: ConsensusConfig) -> Self {
-        Consensus { config, batches: BTreeMap::new(), tally: Tally::default(), pruned: HashMap::new() }
+        Consensus { config, batches: BTreeMap::new(), tally: Tally::default(), pruned: HashMap::new(), cursor: None }
     }
 
     /// What happened so far.
@@ -283,22 +324,31 @@ impl Consensus {
         self.pruned.get(market).is_some_and(|p| epoch <= *p)
     }
 
-    /// Adds an order (`origin` and `epoch` set) to its batch, creating the batch if needed.
-    /// An order that joins an already sealed batch makes the node re-seal at the next
-    /// [`Consensus::tick`].
-    pub fn add_order(&mut self, order: Order, digest: Digest) -> AddOutcome {
+    /// Adds a copy of `order` (`origin` and `epoch` set) to its batch, creating the batch
+    /// if needed. An order that joins an already sealed batch makes the node re-seal at the
+    /// next [`Consensus::tick`].
+    pub fn add_order(&mut self, order: &Order, digest: Digest) -> AddOutcome {
         if self.is_pruned(&order.market, order.epoch) {
             self.tally.late_orders += 1;
             return AddOutcome::Late;
         }
-        let key = BatchKey { market: order.market.clone(), epoch: order.epoch };
-        let batch = self.batches.entry(key).or_insert_with(Batch::new);
+        if !self.cursor.as_ref().is_some_and(|k| k.epoch == order.epoch && k.market == order.market) {
+            self.cursor = Some(BatchKey { market: order.market.clone(), epoch: order.epoch });
+        }
+        let key = self.cursor.as_ref().expect("set above");
+        let batch = match self.batches.get_mut(key) {
+            Some(b) => b,
+            None => self.batches.entry(key.clone()).or_insert_with(Batch::new),
+        };
         if !batch.phase.open() {
             self.tally.late_orders += 1;
             return AddOutcome::Late;
         }
-        if batch.orders.insert(digest, order).is_some() {
-            return AddOutcome::Duplicate;
+        match batch.orders.entry(digest) {
+            std::collections::hash_map::Entry::Occupied(_) => return AddOutcome::Duplicate,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(stored(order));
+            }
         }
         if batch.phase == Phase::Sealed {
             batch.hash = None; // stale: re-seal
@@ -320,7 +370,7 @@ impl Consensus {
     }
 
     fn reseal(tally: &mut Tally, key: &BatchKey, b: &mut Batch, now: Instant, actions: &mut Vec<Action>) {
-        let digests: Vec<Digest> = b.orders.keys().copied().collect();
+        let digests = sorted_digests(b);
         let hash = batch_hash_sorted(&digests);
         if b.sealed_at.is_some() {
             b.revision += 1;
@@ -357,10 +407,9 @@ impl Consensus {
         let b = self.batches.get(batch)?;
         Some(DigestSet {
             batch_id: Some(batch.to_proto()),
-            entries: b
-                .orders
+            entries: sorted_digests(b)
                 .iter()
-                .map(|(d, o)| OriginDigest { digest: d.to_vec(), origin: o.origin.clone() })
+                .map(|d| OriginDigest { digest: d.to_vec(), origin: b.orders[d].origin.to_vec() })
                 .collect(),
         })
     }
@@ -368,7 +417,7 @@ impl Consensus {
     /// The orders of `batch` among `digests` that we hold, for a fetch request.
     pub fn orders_for(&self, batch: &BatchKey, digests: &[Digest]) -> Option<Vec<Order>> {
         let b = self.batches.get(batch)?;
-        Some(digests.iter().filter_map(|d| b.orders.get(d).cloned()).collect())
+        Some(digests.iter().filter_map(|d| b.orders.get(d)).map(|o| served(batch, o)).collect())
     }
 
     /// The batch's orders in canonical order (ascending digest), once agreed.
@@ -376,7 +425,7 @@ impl Consensus {
         match self.batches.get(batch) {
             None => Err(Phase::Collect),
             Some(b) if matches!(b.phase, Phase::Agreed | Phase::Settling | Phase::Settled | Phase::Halted) => {
-                Ok(b.orders.values().cloned().collect())
+                Ok(sorted_digests(b).iter().map(|d| served(batch, &b.orders[d])).collect())
             }
             Some(b) => Err(b.phase),
         }
@@ -427,8 +476,8 @@ impl Consensus {
         }
         let mut added = Vec::new();
         for (d, o) in orders {
-            if let std::collections::btree_map::Entry::Vacant(v) = b.orders.entry(d) {
-                v.insert(o.clone());
+            if let std::collections::hash_map::Entry::Vacant(v) = b.orders.entry(d) {
+                v.insert(stored(&o));
                 added.push(o);
             }
         }
@@ -671,7 +720,7 @@ mod tests {
             kind: OrderKind::Limit as i32,
             price_ticks: 10,
             quantity_lots: 1,
-            origin: origin.to_bytes(),
+            origin: origin.to_bytes().into(),
             ..Default::default()
         };
         let d = crate::wire::order_digest(&o);
@@ -707,7 +756,7 @@ mod tests {
         for n in &mut nodes {
             for i in 0..5 {
                 let (o, d) = order(&me, i);
-                assert_eq!(n.add_order(o, d), AddOutcome::Added);
+                assert_eq!(n.add_order(&o, d), AddOutcome::Added);
             }
             seals.push(seal_of(&n.seal(&key(), t0)));
         }
@@ -729,6 +778,36 @@ mod tests {
         assert_eq!(c.agreed_orders(&key()).unwrap().len(), 5);
     }
 
+    /// However orders arrive, the seal hashes the digests in ascending order, and an agreed
+    /// batch is served in that order with every field intact (the market, which a batch
+    /// stores only in its key, included); the repair paths serve the same.
+    #[test]
+    fn batches_are_served_in_canonical_order_with_their_market() {
+        let (origin, p1) = (PeerId::random(), PeerId::random());
+        let t0 = Instant::now();
+        let mut c = Consensus::new(cfg());
+        let orders: Vec<(Order, Digest)> = (0..50).rev().map(|i| order(&origin, i)).collect();
+        for (o, d) in &orders {
+            assert_eq!(c.add_order(o, *d), AddOutcome::Added);
+            assert_eq!(c.add_order(o, *d), AddOutcome::Duplicate);
+        }
+        let mut by_digest = orders.clone();
+        by_digest.sort_by_key(|(_, d)| *d);
+        let digests: Vec<Digest> = by_digest.iter().map(|(_, d)| *d).collect();
+        let seal = seal_of(&c.seal(&key(), t0));
+        assert_eq!(seal.batch_hash, batch_hash_sorted(&digests).to_vec());
+        c.on_peer_seal(p1, &seal);
+        c.tick(t0, &HashSet::from([p1]));
+        let served = c.agreed_orders(&key()).unwrap();
+        let want: Vec<Order> = by_digest.iter().map(|(o, _)| o.clone()).collect();
+        assert_eq!(served, want);
+        let set = c.digest_set(&key()).unwrap();
+        let set_digests: Vec<Vec<u8>> = set.entries.iter().map(|e| e.digest.clone()).collect();
+        assert_eq!(set_digests, digests.iter().map(|d| d.to_vec()).collect::<Vec<_>>());
+        assert!(set.entries.iter().all(|e| e.origin == origin.to_bytes()));
+        assert_eq!(c.orders_for(&key(), &digests[..2]).unwrap(), want[..2].to_vec());
+    }
+
     /// A node missing an order learns the digest, fetches it from its origin, re-seals with
     /// revision 1 and agrees on the union.
     #[test]
@@ -739,10 +818,10 @@ mod tests {
         let (mut full, mut short) = (Consensus::new(cfg()), Consensus::new(cfg()));
         let orders: Vec<(Order, Digest)> = (0..4).map(|i| order(&origin, i)).collect();
         for (o, d) in &orders {
-            full.add_order(o.clone(), *d);
+            full.add_order(o, *d);
         }
         for (o, d) in &orders[..3] {
-            short.add_order(o.clone(), *d);
+            short.add_order(o, *d);
         }
         let full_seal = seal_of(&full.seal(&key(), t0));
         let short_seal = seal_of(&short.seal(&key(), t0));
@@ -789,7 +868,7 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Consensus::new(cfg());
         let (o, d) = order(&p1, 1);
-        c.add_order(o, d);
+        c.add_order(&o, d);
         c.seal(&key(), t0);
         let other =
             BatchSealed { batch_id: Some(key().to_proto()), batch_hash: vec![7; 32], order_count: 9, revision: 0 };
@@ -832,7 +911,7 @@ mod tests {
         c.tick(t0, &HashSet::new()); // alone: agreed at once
         assert_eq!(c.phase(&key()), Some(Phase::Agreed));
         let (o, d) = order(&p, 1);
-        assert_eq!(c.add_order(o, d), AddOutcome::Late);
+        assert_eq!(c.add_order(&o, d), AddOutcome::Late);
         assert_eq!(c.tally().late_orders, 1);
     }
 
@@ -927,7 +1006,7 @@ mod tests {
         };
         assert_eq!(c.on_peer_seal(PeerId::random(), &stale), AddOutcome::Late);
         let (o, d) = order(&PeerId::random(), 9);
-        assert_eq!(c.add_order(o, d), AddOutcome::Late, "epoch 1 is over");
+        assert_eq!(c.add_order(&o, d), AddOutcome::Late, "epoch 1 is over");
         assert_eq!(c.phase(&BatchKey { market: "M".into(), epoch: 1 }), None);
     }
 

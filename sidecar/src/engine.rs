@@ -151,6 +151,9 @@ pub struct Workload {
     pub orders: u64,
     /// Orders in every other shard: what this engine should receive.
     pub expected_from_peers: u64,
+    /// Content checksum of this shard's orders, computed here so that the replay loop
+    /// does nothing between an event's due time and its submission.
+    pub checksum: Checksum,
 }
 
 fn to_order(market: &str, id: u64, o: &marketdata::ReplayOrder) -> Order {
@@ -199,6 +202,7 @@ pub fn load_workload(
     let horizon = duration_s.map(|s| (s * 1e9) as u64);
     let mut events = Vec::new();
     let (mut mine, mut others, mut next_id) = (0u64, 0u64, 0u64);
+    let mut checksum = Checksum::default();
     for (k, (m, ev)) in merged.into_iter().skip_while(|(_, e)| e.recv_ts_ns < t0).enumerate() {
         let offset = ev.recv_ts_ns - t0;
         if horizon.is_some_and(|h| offset >= h) {
@@ -218,6 +222,7 @@ pub fn load_workload(
             })
             .collect();
         mine += orders.len() as u64;
+        orders.iter().for_each(|o| checksum.add(o));
         events.push((offset, orders));
     }
     Ok(Workload {
@@ -225,6 +230,7 @@ pub fn load_workload(
         events,
         orders: mine,
         expected_from_peers: others,
+        checksum,
     })
 }
 
@@ -300,7 +306,6 @@ fn now_ns() -> u64 {
 
 /// The engine's two ends: chunks out, chunks in.
 struct Link {
-    origin: Vec<u8>,
     origin_label: String,
     out: mpsc::Sender<Vec<Order>>,
     inbound: mpsc::Receiver<Vec<Order>>,
@@ -364,7 +369,6 @@ async fn connect_sidecar(socket: &Path) -> anyhow::Result<Link> {
         Ok(resp.into_inner().accepted)
     });
     Ok(Link {
-        origin: peer_id.to_bytes(),
         origin_label: peer_id.to_string(),
         out,
         inbound,
@@ -414,8 +418,7 @@ async fn connect_tcp(shard: usize, listen: SocketAddr, peers: &[SocketAddr]) -> 
     }
     let (out, mut rx) = mpsc::channel::<Vec<Order>>(8);
     let origin = format!("shard-{shard}");
-    let origin_bytes = origin.clone().into_bytes();
-    let stamp = origin_bytes.clone();
+    let stamp = bytes::Bytes::from(origin.clone().into_bytes());
     let done = tokio::spawn(async move {
         let mut n = 0u64;
         while let Some(mut orders) = rx.recv().await {
@@ -434,7 +437,7 @@ async fn connect_tcp(shard: usize, listen: SocketAddr, peers: &[SocketAddr]) -> 
         Ok(n)
     });
     let (_pe_tx, peer_events) = mpsc::unbounded_channel();
-    Ok(Link { origin: origin_bytes, origin_label: origin, out, inbound, peer_events, consensus: None, done })
+    Ok(Link { origin_label: origin, out, inbound, peer_events, consensus: None, done })
 }
 
 fn origin_label(origin: &[u8]) -> String {
@@ -449,7 +452,7 @@ struct Receiver {
     seen: HashSet<(u32, u64)>,
     /// Highest epoch of the received orders, per market.
     max_epoch: HashMap<String, u64>,
-    origins: HashMap<Vec<u8>, (u32, OriginTally, Checksum)>,
+    origins: HashMap<bytes::Bytes, (u32, OriginTally, Checksum)>,
     duplicates: u64,
     latency: Latency,
     last_rx: Option<Instant>,
@@ -635,17 +638,13 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
     });
 
     // Replay.
-    let mut sent_checksum = Checksum::default();
+    let sent_checksum = workload.checksum;
     let mut sent = 0u64;
     let mut chunk: Vec<Order> = Vec::new();
-    let origin = link.origin.clone();
     for (offset, orders) in workload.events {
         if replay.pace == Pace::Real {
             let due = start + Duration::from_nanos((offset as f64 / replay.speed) as u64);
             tokio::time::sleep_until(due.into()).await;
-        }
-        for o in &orders {
-            sent_checksum.add(&Order { origin: origin.clone(), ..o.clone() });
         }
         sent += orders.len() as u64;
         chunk.extend(orders);

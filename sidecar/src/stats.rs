@@ -81,8 +81,7 @@ pub struct Checksum(pub u128);
 impl Checksum {
     /// Adds one order.
     pub fn add(&mut self, order: &Order) {
-        let content = Order { origin: Vec::new(), epoch: 0, submitted_at_ns: 0, ..order.clone() };
-        let d = wire::order_digest(&content);
+        let d = wire::content_digest(order);
         let head = u128::from_be_bytes(d[..16].try_into().expect("16 bytes"));
         self.0 = self.0.wrapping_add(head);
     }
@@ -117,7 +116,7 @@ mod tests {
         let (mut x, mut y) = (Checksum::default(), Checksum::default());
         x.add(&a);
         x.add(&b);
-        y.add(&Order { origin: vec![9], epoch: 4, ..b.clone() });
+        y.add(&Order { origin: vec![9].into(), epoch: 4, ..b.clone() });
         y.add(&a);
         assert_eq!(x, y);
         let mut z = Checksum::default();

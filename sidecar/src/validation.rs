@@ -192,7 +192,7 @@ impl Validator {
         if orders.is_empty() {
             return reject("invalid", "OrderGossip without orders".into());
         }
-        let author_bytes = author.to_bytes();
+        let author_bytes = bytes::Bytes::from(author.to_bytes());
         for (i, o) in orders.iter_mut().enumerate() {
             // Origin and market are elided on the wire (implied by signer and topic); if
             // present they must agree.
@@ -202,7 +202,7 @@ impl Validator {
                 return reject("invalid", format!("order #{i}: market {:?} on the {} topic", o.market, topic.market));
             }
             if o.origin.is_empty() {
-                o.origin.clone_from(&author_bytes);
+                o.origin = author_bytes.clone();
             } else if o.origin != author_bytes {
                 return reject("forged_origin", format!("order #{i}: origin is not the message's signer"));
             }
@@ -282,7 +282,7 @@ mod tests {
             kind: OrderKind::Limit as i32,
             price_ticks: 100,
             quantity_lots: 1,
-            origin: origin.to_bytes(),
+            origin: origin.to_bytes().into(),
             ..Default::default()
         }
     }
@@ -318,7 +318,7 @@ mod tests {
     fn elided_origin_and_market_are_filled_from_signer_and_topic() {
         let (mut v, _) = validator(FAST);
         let (src, author) = (PeerId::random(), PeerId::random());
-        let wire_order = Order { origin: vec![], market: String::new(), ..order(&author, 5) };
+        let wire_order = Order { origin: Default::default(), market: String::new(), ..order(&author, 5) };
         match v.validate(&src, Some(&author), T, &msg(vec![wire_order])) {
             Verdict::Accept(Payload::Orders { orders, digests, .. }) => {
                 assert_eq!(orders, vec![order(&author, 5)]);

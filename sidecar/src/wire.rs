@@ -118,28 +118,41 @@ pub fn decode(data: &[u8], cap: usize, topic: TopicKind) -> Result<Body, WireErr
 
 /// Appends the canonical encoding (version 1, see the module docs) of `order` to `out`.
 pub fn canonical_encoding(order: &Order, out: &mut Vec<u8>) {
-    fn bytes(out: &mut Vec<u8>, b: &[u8]) {
-        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-        out.extend_from_slice(b);
+    encode_canonical(order, &order.origin, order.epoch, &mut |b| out.extend_from_slice(b));
+}
+
+/// Feeds the canonical encoding of `order`, with `origin` and `epoch` in place of the
+/// order's own, to `sink` piece by piece (no buffer: the digest hashes as it goes).
+fn encode_canonical(order: &Order, origin: &[u8], epoch: u64, sink: &mut impl FnMut(&[u8])) {
+    fn bytes(sink: &mut impl FnMut(&[u8]), b: &[u8]) {
+        sink(&(b.len() as u32).to_be_bytes());
+        sink(b);
     }
-    out.extend_from_slice(b"OMO1");
-    bytes(out, &order.origin);
-    out.extend_from_slice(&order.id.to_be_bytes());
-    bytes(out, order.market.as_bytes());
-    out.extend_from_slice(&order.epoch.to_be_bytes());
-    out.push(order.side as u8);
-    out.push(order.kind as u8);
-    out.extend_from_slice(&order.price_ticks.to_be_bytes());
-    out.extend_from_slice(&order.quantity_lots.to_be_bytes());
-    out.extend_from_slice(&order.client_ts_ns.to_be_bytes());
-    bytes(out, &order.freeze_proof);
+    sink(b"OMO1");
+    bytes(sink, origin);
+    sink(&order.id.to_be_bytes());
+    bytes(sink, order.market.as_bytes());
+    sink(&epoch.to_be_bytes());
+    sink(&[order.side as u8, order.kind as u8]);
+    sink(&order.price_ticks.to_be_bytes());
+    sink(&order.quantity_lots.to_be_bytes());
+    sink(&order.client_ts_ns.to_be_bytes());
+    bytes(sink, &order.freeze_proof);
 }
 
 /// The order digest: SHA-256 over [`canonical_encoding`] (32 bytes).
 pub fn order_digest(order: &Order) -> Digest {
-    let mut buf = Vec::with_capacity(96 + order.market.len() + order.freeze_proof.len());
-    canonical_encoding(order, &mut buf);
-    Sha256::digest(&buf).into()
+    let mut h = Sha256::new();
+    encode_canonical(order, &order.origin, order.epoch, &mut |b| h.update(b));
+    h.finalize().into()
+}
+
+/// The digest of what the engine wrote: [`order_digest`] with origin and epoch cleared
+/// (the sidecar stamps those), for checksums that compare sent and received content.
+pub fn content_digest(order: &Order) -> Digest {
+    let mut h = Sha256::new();
+    encode_canonical(order, &[], 0, &mut |b| h.update(b));
+    h.finalize().into()
 }
 
 /// Checks the fields an engine fills in: known side and kind, `quantity_lots > 0`,
@@ -185,7 +198,7 @@ mod tests {
             quantity_lots: 14,
             kind: OrderKind::Limit as i32,
             client_ts_ns: 1_723_161_256_299_000_000,
-            origin: vec![0, 36, 8, 1],
+            origin: vec![0, 36, 8, 1].into(),
             epoch: 7,
             freeze_proof: vec![],
             submitted_at_ns: 5,
@@ -223,6 +236,11 @@ mod tests {
         let base = order(1);
         let d = order_digest(&base);
         assert_eq!(order_digest(&Order { submitted_at_ns: 999, ..base.clone() }), d);
+        let mut buf = Vec::new();
+        canonical_encoding(&base, &mut buf);
+        assert_eq!(d, <[u8; 32]>::from(Sha256::digest(&buf)), "the digest hashes the canonical encoding");
+        let cleared = Order { origin: Default::default(), epoch: 0, ..base.clone() };
+        assert_eq!(content_digest(&base), order_digest(&cleared));
         let variants = [
             Order { id: 2, ..base.clone() },
             Order { market: "ETH-USDT".into(), ..base.clone() },
@@ -231,7 +249,7 @@ mod tests {
             Order { quantity_lots: 1, ..base.clone() },
             Order { kind: OrderKind::Cancel as i32, ..base.clone() },
             Order { client_ts_ns: 1, ..base.clone() },
-            Order { origin: vec![1], ..base.clone() },
+            Order { origin: vec![1].into(), ..base.clone() },
             Order { epoch: 8, ..base.clone() },
             Order { freeze_proof: vec![1], ..base.clone() },
         ];

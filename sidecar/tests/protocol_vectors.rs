@@ -62,7 +62,7 @@ fn order_of(v: &Value) -> Order {
         price_ticks: u64_of(v, "price_ticks"),
         quantity_lots: u64_of(v, "quantity_lots"),
         client_ts_ns: u64_of(v, "client_ts_ns"),
-        origin: unhex(str_of(v, "origin_hex")),
+        origin: unhex(str_of(v, "origin_hex")).into(),
         epoch: u64_of(v, "epoch"),
         freeze_proof: unhex(str_of(v, "freeze_proof_hex")),
         submitted_at_ns: u64_of(v, "submitted_at_ns"),

@@ -86,3 +86,50 @@ async fn orders_forwarded_over_two_hops_arrive_once() {
     assert!(!c.status().await.connected_peers.contains(&ai), "a and c must not be directly connected");
     shutdown_all(vec![a, b, c]).await;
 }
+
+/// `libp2p_gossipsub_idontwant_msgs_total` of `node`: IDONTWANT messages it received.
+fn idontwant_received(node: &TestNode) -> u64 {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &node.sidecar.registry.lock().unwrap()).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("libp2p_gossipsub_idontwant_msgs_total "))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// In a full mesh of three, both receivers have each message straight from its author, so
+/// a forward between them is a duplicate. Each message, however small (GossipSub's default
+/// is only messages above 1,000 bytes), makes whichever receiver has it first tell the
+/// other one IDONTWANT (GossipSub v1.2), so that the other's forward is not sent. Every
+/// order still arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_send_idontwant_for_small_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(dir.path(), 3, &[BTC], |_| {}).await;
+    wait_for_mesh(&nodes, WAIT).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut b_events = b.subscribe().await;
+    let mut c_events = c.subscribe().await;
+    let before = idontwant_received(b) + idontwant_received(c);
+
+    let mut engine = a.client().await;
+    let n = 20;
+    for i in 0..n {
+        // One order per message: ~250 bytes on the wire, far below 1,000.
+        let req = openmatch_gossip_sidecar::proto::SubmitOrderRequest { order: Some(order(BTC, i)) };
+        engine.submit_order(req).await.unwrap();
+        for events in [&mut b_events, &mut c_events] {
+            assert_eq!(ids(&collect_orders(events, 1, WAIT).await), vec![i]);
+        }
+    }
+    wait_until(
+        WAIT,
+        "an IDONTWANT between the receivers for every message",
+        || idontwant_received(b) + idontwant_received(c) >= before + n,
+        || format!("b received {}, c received {} (before: {before})", idontwant_received(b), idontwant_received(c)),
+    )
+    .await;
+    for events in [&mut b_events, &mut c_events] {
+        expect_no_orders(events, Duration::from_millis(200)).await;
+    }
+    shutdown_all(nodes).await;
+}

@@ -33,7 +33,7 @@ async fn bad_messages_are_rejected_and_honest_ones_still_arrive() {
     // Malformed: not a protobuf GossipEnvelope (field 1 with the invalid wire type 7).
     raw.publish_raw(vec![0x0f, 0xff, 0xff, 0xff]).await;
     // Forged: orders claiming to come from the honest node.
-    let forged = Order { origin: honest.peer_id().to_bytes(), ..order(BTC, 3) };
+    let forged = Order { origin: honest.peer_id().to_bytes().into(), ..order(BTC, 3) };
     raw.publish(vec![raw.order(2), forged]).await;
 
     let reasons = ["oversized", "malformed", "forged_origin"];
@@ -54,20 +54,20 @@ async fn bad_messages_are_rejected_and_honest_ones_still_arrive() {
     let mut engine = honest.client().await;
     engine.submit_order(SubmitOrderRequest { order: Some(order(BTC, 10)) }).await.unwrap();
     let got = collect_orders(&mut victim_events, 1, WAIT).await;
-    assert_eq!((got[0].id, got[0].origin.clone()), (10, honest.peer_id().to_bytes()));
+    assert_eq!((got[0].id, got[0].origin.clone()), (10, honest.peer_id().to_bytes().into()));
     let mut engine = victim.client().await;
     engine.submit_order(SubmitOrderRequest { order: Some(order(BTC, 11)) }).await.unwrap();
     let got = collect_orders(&mut honest_events, 1, WAIT).await;
-    assert_eq!((got[0].id, got[0].origin.clone()), (11, victim.peer_id().to_bytes()));
+    assert_eq!((got[0].id, got[0].origin.clone()), (11, victim.peer_id().to_bytes().into()));
     // And a valid message from the raw peer is accepted now too.
     raw.publish(vec![raw.order(4)]).await;
     let got = collect_orders(&mut victim_events, 1, WAIT).await;
-    assert_eq!((got[0].id, got[0].origin.clone()), (4, raw.peer_id.to_bytes()));
+    assert_eq!((got[0].id, got[0].origin.clone()), (4, raw.peer_id.to_bytes().into()));
 
     // The rejected messages were never forwarded: the honest node got only the raw peer's
     // valid order (forwarded by the victim), and never validated the bad ones.
     let got = collect_orders(&mut honest_events, 1, WAIT).await;
-    assert_eq!((got[0].id, got[0].origin.clone()), (4, raw.peer_id.to_bytes()));
+    assert_eq!((got[0].id, got[0].origin.clone()), (4, raw.peer_id.to_bytes().into()));
     expect_no_orders(&mut honest_events, Duration::from_millis(200)).await;
     for r in reasons {
         assert_eq!(metric::rejected(honest, BTC, r), 0, "{r} reached the honest node");
@@ -120,7 +120,7 @@ async fn beyond_transmit_size_never_reaches_validation() {
     raw.publish(vec![Order { freeze_proof: vec![1; CAP + slack + 1024], ..raw.order(0) }]).await;
     honest.client().await.submit_order(SubmitOrderRequest { order: Some(order(BTC, 1)) }).await.unwrap();
     let got = collect_orders(&mut events, 1, WAIT).await;
-    assert_eq!((got[0].id, got[0].origin.clone()), (1, honest.peer_id().to_bytes()));
+    assert_eq!((got[0].id, got[0].origin.clone()), (1, honest.peer_id().to_bytes().into()));
     expect_no_orders(&mut events, Duration::from_millis(200)).await;
     assert_eq!(metric::received(victim, BTC), 1, "only the honest message was validated");
     assert_eq!(metric::rejected(victim, BTC, "oversized"), 0);

@@ -97,7 +97,9 @@ async fn three_engines_replay_real_data() {
         distinct_identities(got);
         let mut by_origin: HashMap<usize, Vec<&Order>> = HashMap::new();
         for o in got {
-            let from = *origin_of.get(&o.origin).unwrap_or_else(|| panic!("unknown origin {}", origin_name(&o.origin)));
+            let from = *origin_of
+                .get(o.origin.as_ref())
+                .unwrap_or_else(|| panic!("unknown origin {}", origin_name(&o.origin)));
             assert_ne!(from, me, "engine {me} received its own order {}", o.id);
             assert!(o.epoch >= first_epoch, "epoch {} before the replay started", o.epoch);
             by_origin.entry(from).or_default().push(o);

@@ -48,10 +48,10 @@ async fn shutdown_restart_keeps_identity() {
     let mut a_events = a.subscribe().await;
     a.client().await.submit_order(SubmitOrderRequest { order: Some(order(BTC, 1)) }).await.unwrap();
     let got = collect_orders(&mut b_events, 1, WAIT).await;
-    assert_eq!((got[0].id, got[0].origin.clone()), (1, first_id.to_bytes()));
+    assert_eq!((got[0].id, got[0].origin.clone()), (1, first_id.to_bytes().into()));
     b.client().await.submit_order(SubmitOrderRequest { order: Some(order(BTC, 2)) }).await.unwrap();
     let got = collect_orders(&mut a_events, 1, WAIT).await;
-    assert_eq!((got[0].id, got[0].origin.clone()), (2, b.peer_id().to_bytes()));
+    assert_eq!((got[0].id, got[0].origin.clone()), (2, b.peer_id().to_bytes().into()));
 
     // A stopping node ends its own subscribers' streams with UNAVAILABLE.
     a.shutdown().await;

@@ -45,7 +45,7 @@ async fn orders_cross_intact_and_not_echoed() {
         // The sidecar fills in origin and epoch; everything else, submitted_at_ns
         // included, is the engine's.
         assert!(got.epoch >= receipt.epoch && got.epoch <= receipt.epoch + 1, "epoch {}", got.epoch);
-        let expected = Order { origin: a_origin.clone(), epoch: got.epoch, ..want.clone() };
+        let expected = Order { origin: a_origin.clone().into(), epoch: got.epoch, ..want.clone() };
         assert_eq!(got, &expected);
     }
     assert_eq!(

@@ -118,7 +118,7 @@ async fn bad_requests_get_the_right_status_and_do_not_disturb_others() {
     let zero_qty = Order { quantity_lots: 0, ..order(BTC, 2) };
     assert_status(bad.submit_order(submit(zero_qty)).await, Code::InvalidArgument, &["quantity_lots"]);
     progressed().await;
-    let with_origin = Order { origin: b.peer_id().to_bytes(), ..order(BTC, 3) };
+    let with_origin = Order { origin: b.peer_id().to_bytes().into(), ..order(BTC, 3) };
     assert_status(bad.submit_order(submit(with_origin)).await, Code::InvalidArgument, &["origin"]);
     progressed().await;
     let with_epoch = Order { epoch: 5, ..order(BTC, 4) };

@@ -320,7 +320,7 @@ pub fn order(market: &str, id: u64) -> Order {
         quantity_lots: 1 + id % 97,
         kind: OrderKind::Limit as i32,
         client_ts_ns: 1_723_161_256_000_000_000 + id,
-        origin: vec![],
+        origin: Default::default(),
         epoch: 0,
         freeze_proof: vec![],
         submitted_at_ns: now_ns(),
@@ -593,7 +593,7 @@ impl RawPeer {
     /// of an order signed by it), in the current clock epoch (default 1 s epochs), as an
     /// honest node would stamp it.
     pub fn order(&self, id: u64) -> Order {
-        Order { origin: self.peer_id.to_bytes(), epoch: current_epoch(), ..order(&self.market, id) }
+        Order { origin: self.peer_id.to_bytes().into(), epoch: current_epoch(), ..order(&self.market, id) }
     }
 }
 
@@ -603,7 +603,7 @@ pub fn current_epoch() -> u64 {
 }
 
 /// The `(origin, id)` identities of `orders`, asserting there are no duplicates.
-pub fn distinct_identities(orders: &[Order]) -> HashSet<(Vec<u8>, u64)> {
+pub fn distinct_identities(orders: &[Order]) -> HashSet<(libp2p::bytes::Bytes, u64)> {
     let mut seen = HashSet::with_capacity(orders.len());
     for o in orders {
         assert!(

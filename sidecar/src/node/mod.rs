@@ -245,6 +245,8 @@ pub struct Node {
     markets: SharedMarkets,
     /// Last disputed or halted batch, for the health report.
     last_trouble: Option<(Instant, String)>,
+    /// Gossip messages received and not validated yet (see [`Node::validate_inbox`]).
+    inbox: Vec<(PeerId, gossipsub::MessageId, gossipsub::Message)>,
 }
 
 fn now_ns() -> u64 {
@@ -318,6 +320,7 @@ impl Node {
             health,
             markets: markets.clone(),
             last_trouble: None,
+            inbox: Vec::new(),
         };
         Ok((node, NodeHandle { tx, credits, info, markets }))
     }
@@ -384,6 +387,7 @@ impl Node {
                 }
                 _ = async { tokio::time::sleep_until(wake.expect("guarded").into()).await }, if wake.is_some() => {}
             }
+            self.validate_inbox().await;
             self.flush();
             if flush_deadline.is_some() && self.outbox.is_empty() {
                 break;
@@ -424,7 +428,7 @@ impl Node {
     fn handle_command(&mut self, cmd: Command) {
         match cmd {
             Command::Submit { orders, reply } => {
-                let origin = self.info.peer_id.to_bytes();
+                let origin = bytes::Bytes::from(self.info.peer_id.to_bytes());
                 let mut receipts = Vec::with_capacity(if reply.is_some() { orders.len() } else { 0 });
                 let stamp = now_ns();
                 let now_ms = stamp / 1_000_000;
@@ -434,12 +438,12 @@ impl Node {
                     if o.submitted_at_ns == 0 {
                         o.submitted_at_ns = stamp;
                     }
-                    o.origin.clone_from(&origin);
+                    o.origin = origin.clone();
                     let digest = wire::order_digest(&o);
                     if reply.is_some() {
                         receipts.push(Submitted { digest, epoch: o.epoch });
                     }
-                    if self.consensus.add_order(o.clone(), digest) == AddOutcome::Late {
+                    if self.consensus.add_order(&o, digest) == AddOutcome::Late {
                         // Engine sealing closed this epoch already: the order is refused.
                         self.metrics.late_orders.get_or_create(&MarketLabel { market: o.market.clone() }).inc();
                         continue;
@@ -982,31 +986,66 @@ impl Node {
         }
     }
 
+    /// Validates the gossip messages received, delivers what they carry, and reports the
+    /// verdicts to GossipSub (which forwards the accepted ones).
+    ///
+    /// Twice the node first yields and takes in what its connections have ready: before
+    /// validating, so that the IDONTWANTs GossipSub queued on receipt (GossipSub v1.2) go
+    /// out to the other mesh peers at once; and before reporting, so that the peers'
+    /// IDONTWANTs for the same message are known when it is forwarded. In a full mesh every
+    /// peer already has the message from its author, and a forward it declined is neither
+    /// sent nor decrypted and verified there. The engine's delivery does not wait for the
+    /// second yield.
+    async fn validate_inbox(&mut self) {
+        while !self.inbox.is_empty() {
+            tokio::task::yield_now().await;
+            self.take_ready_swarm_events();
+            let mut reports = Vec::with_capacity(self.inbox.len());
+            for (source, id, message) in std::mem::take(&mut self.inbox) {
+                reports.push((id, source, self.validate_message(source, message)));
+            }
+            tokio::task::yield_now().await;
+            self.take_ready_swarm_events();
+            for (id, source, acceptance) in reports {
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
+            }
+        }
+    }
+
+    /// Handles the swarm events that are ready now, without waiting.
+    fn take_ready_swarm_events(&mut self) {
+        use futures::FutureExt as _;
+        while let Some(event) = self.swarm.select_next_some().now_or_never() {
+            self.handle_swarm_event(event);
+        }
+    }
+
+    /// Validates one gossip message and acts on its payload; returns the verdict for
+    /// GossipSub.
+    fn validate_message(&mut self, propagation_source: PeerId, message: gossipsub::Message) -> MessageAcceptance {
+        let verdict = self.validator.validate(
+            &propagation_source,
+            message.source.as_ref(),
+            message.topic.as_str(),
+            &message.data,
+        );
+        let acceptance = match &verdict {
+            Verdict::Accept(_) => MessageAcceptance::Accept,
+            Verdict::Reject { .. } => MessageAcceptance::Reject,
+            Verdict::Ignore { .. } => MessageAcceptance::Ignore,
+        };
+        match verdict {
+            Verdict::Reject { .. } => self.penalize(propagation_source, Offence::InvalidMessage, "invalid_message"),
+            Verdict::Accept(payload) => self.on_payload(payload, message.source),
+            Verdict::Ignore { .. } => {}
+        }
+        acceptance
+    }
+
     fn on_gossipsub(&mut self, ev: gossipsub::Event) {
         match ev {
             gossipsub::Event::Message { propagation_source, message_id, message } => {
-                let verdict = self.validator.validate(
-                    &propagation_source,
-                    message.source.as_ref(),
-                    message.topic.as_str(),
-                    &message.data,
-                );
-                let acceptance = match &verdict {
-                    Verdict::Accept(_) => MessageAcceptance::Accept,
-                    Verdict::Reject { .. } => MessageAcceptance::Reject,
-                    Verdict::Ignore { .. } => MessageAcceptance::Ignore,
-                };
-                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
-                    &message_id,
-                    &propagation_source,
-                    acceptance,
-                );
-                if matches!(verdict, Verdict::Reject { .. }) {
-                    self.penalize(propagation_source, Offence::InvalidMessage, "invalid_message");
-                }
-                if let Verdict::Accept(payload) = verdict {
-                    self.on_payload(payload, message.source);
-                }
+                self.inbox.push((propagation_source, message_id, message));
             }
             gossipsub::Event::Subscribed { peer_id, topic } => {
                 tracing::debug!(peer = %peer_id, topic = %topic, "peer subscribed");
@@ -1042,7 +1081,7 @@ impl Node {
                     if o.submitted_at_ns > 0 && now >= o.submitted_at_ns {
                         self.metrics.propagation_latency.observe((now - o.submitted_at_ns) as f64 * 1e-9);
                     }
-                    match self.consensus.add_order(o.clone(), d) {
+                    match self.consensus.add_order(&o, d) {
                         AddOutcome::Added => fresh.push(o),
                         AddOutcome::Duplicate => {}
                         AddOutcome::Late => late += 1,
