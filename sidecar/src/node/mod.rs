@@ -386,6 +386,8 @@ impl Node {
                     }
                 }
                 _ = async { tokio::time::sleep_until(wake.expect("guarded").into()).await }, if wake.is_some() => {}
+                // Messages taken in during the last round of validation are validated now.
+                _ = std::future::ready(()), if !self.inbox.is_empty() => {}
             }
             self.validate_inbox().await;
             self.flush();
@@ -996,19 +998,23 @@ impl Node {
     /// peer already has the message from its author, and a forward it declined is neither
     /// sent nor decrypted and verified there. The engine's delivery does not wait for the
     /// second yield.
+    ///
+    /// One round per turn of the node's loop: messages that arrive during the round wait
+    /// for the next turn, so a flood of gossip cannot starve the engine's commands.
     async fn validate_inbox(&mut self) {
-        while !self.inbox.is_empty() {
-            tokio::task::yield_now().await;
-            self.take_ready_swarm_events();
-            let mut reports = Vec::with_capacity(self.inbox.len());
-            for (source, id, message) in std::mem::take(&mut self.inbox) {
-                reports.push((id, source, self.validate_message(source, message)));
-            }
-            tokio::task::yield_now().await;
-            self.take_ready_swarm_events();
-            for (id, source, acceptance) in reports {
-                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
-            }
+        if self.inbox.is_empty() {
+            return;
+        }
+        tokio::task::yield_now().await;
+        self.take_ready_swarm_events();
+        let mut reports = Vec::with_capacity(self.inbox.len());
+        for (source, id, message) in std::mem::take(&mut self.inbox) {
+            reports.push((id, source, self.validate_message(source, message)));
+        }
+        tokio::task::yield_now().await;
+        self.take_ready_swarm_events();
+        for (id, source, acceptance) in reports {
+            self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
         }
     }
 
