@@ -1,6 +1,9 @@
 //! The benchmark: the main job's setup at maximum speed and at real pace, each beside the
 //! plain-TCP baseline (the same engines exchanging the same orders directly, no gossip, no
-//! crypto), so figures read as ratios to the baseline.
+//! crypto), so figures read as ratios to the baseline. At real pace a third run measures
+//! the **stack floor**: the same engines through `openmatch-gossip relay` processes
+//! ([`crate::relay`]), i.e. the mandated libp2p + gRPC stack with none of the sidecar's
+//! logic, so the latency the sidecar adds reads apart from what the stack itself costs.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -49,7 +52,7 @@ fn row(label: &str, r: &ClusterReport, base: Option<&ClusterReport>) -> String {
     )
 }
 
-/// Runs the four configurations and prints the table; `true` if every run was lossless.
+/// Runs every configuration and prints the table; `true` if every run was lossless.
 pub async fn run(args: &BenchArgs, binary: &Path) -> anyhow::Result<bool> {
     let base = ClusterArgs {
         nodes: 3,
@@ -82,6 +85,15 @@ pub async fn run(args: &BenchArgs, binary: &Path) -> anyhow::Result<bool> {
         eprint!("{}", gossip.render());
         ok &= tcp.ok() && gossip.ok();
         let _ = writeln!(table, "{}", row(&format!("{label}, plain TCP baseline"), &tcp, None));
+        // The relay has no flow control, so at maximum speed GossipSub's queues would drop
+        // orders: the floor is a latency measure, taken at real pace only.
+        if pace == Pace::Real {
+            let floor =
+                cluster::run(&ClusterArgs { replay, transport: TransportKind::Relay, ..base.clone() }, binary).await?;
+            eprint!("{}", floor.render());
+            ok &= floor.ok();
+            let _ = writeln!(table, "{}", row(&format!("{label}, stack floor (relay)"), &floor, Some(&tcp)));
+        }
         let _ = writeln!(table, "{}", row(&format!("{label}, openmatch-gossip"), &gossip, Some(&tcp)));
     }
     println!("{table}");

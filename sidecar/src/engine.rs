@@ -53,6 +53,30 @@ pub enum TransportKind {
     Sidecar,
     /// Baseline: plain TCP straight to the other engines.
     Tcp,
+    /// Stack floor: through an `openmatch-gossip relay` (the sidecar's socket API and
+    /// libp2p swarm without its validation, dedup or consensus; see [`crate::relay`]).
+    Relay,
+}
+
+impl TransportKind {
+    /// The `openmatch-gossip` subcommand run beside each engine (`node`, or `relay` for
+    /// the stack floor); `None` for plain TCP, where engines talk directly.
+    pub fn sidecar_subcommand(self) -> Option<&'static str> {
+        match self {
+            TransportKind::Sidecar => Some("node"),
+            TransportKind::Relay => Some("relay"),
+            TransportKind::Tcp => None,
+        }
+    }
+
+    /// The value of the engine's `--transport` flag.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            TransportKind::Sidecar => "sidecar",
+            TransportKind::Tcp => "tcp",
+            TransportKind::Relay => "relay",
+        }
+    }
 }
 
 /// What to replay and how fast: shared by `engine` and `cluster`.
@@ -101,7 +125,7 @@ impl ReplayArgs {
 /// Flags of `openmatch-gossip engine`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EngineArgs {
-    /// Sidecar socket (transport `sidecar`).
+    /// Sidecar socket (transports `sidecar` and `relay`).
     #[arg(long, default_value = "/run/openmatch-gossip/engine.sock")]
     pub socket: PathBuf,
     /// Directory with the recordings (default: the bundled Binance data).
@@ -591,6 +615,12 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
     );
     let mut link = match args.transport {
         TransportKind::Sidecar => connect_sidecar(&args.socket).await?,
+        TransportKind::Relay => {
+            // No batches to match: the relay has no consensus.
+            let mut link = connect_sidecar(&args.socket).await?;
+            link.consensus = None;
+            link
+        }
         TransportKind::Tcp => {
             let listen = args.listen.context("--transport tcp needs --listen")?;
             connect_tcp(args.shard, listen, &args.peers).await?

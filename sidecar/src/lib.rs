@@ -24,6 +24,7 @@ pub mod node;
 pub mod outbox;
 pub mod proto;
 pub mod ratelimit;
+pub mod relay;
 pub mod reload;
 pub mod repair;
 pub mod reputation;

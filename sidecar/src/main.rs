@@ -1,7 +1,7 @@
 //! `openmatch-gossip`: the sidecar node and its companion tools.
 
 use clap::{Parser, Subcommand};
-use openmatch_gossip_sidecar::{bench, cluster, config, engine, identity, server, telemetry};
+use openmatch_gossip_sidecar::{bench, cluster, config, engine, identity, relay, server, telemetry};
 
 /// openmatch-gossip: a libp2p gossip sidecar for replicated matching engines.
 ///
@@ -25,6 +25,10 @@ struct Cli {
 enum Cmd {
     /// Run the sidecar node (what the pod's sidecar container runs).
     Node(config::NodeArgs),
+    /// Benchmark baseline, not for production: the sidecar's libp2p swarm and socket API
+    /// with no validation, dedup or consensus between them (the "stack floor" of `bench`).
+    /// Takes the same flags as `node`.
+    Relay(config::NodeArgs),
     /// Run the reference engine: replay the bundled Binance data through a sidecar and
     /// report what was sent and received (one JSON line on stdout).
     Engine(engine::EngineArgs),
@@ -45,7 +49,7 @@ enum Cmd {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let format = match &cli.command {
-        Cmd::Node(a) => a.log_format,
+        Cmd::Node(a) | Cmd::Relay(a) => a.log_format,
         _ => telemetry::LogFormat::Pretty,
     };
     telemetry::init(format);
@@ -81,6 +85,17 @@ async fn run(cmd: Cmd) -> anyhow::Result<std::process::ExitCode> {
             }
             wait_for_signal().await?;
             running.shutdown().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Relay(args) => {
+            let settings = config::NodeSettings::from_args(&args)?;
+            let key = identity::load_or_create(&settings.identity_key)?;
+            relay::run(settings, key, async {
+                if let Err(e) = wait_for_signal().await {
+                    tracing::error!(error = %e, "cannot wait for signals; stopping");
+                }
+            })
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Engine(args) => {

@@ -57,6 +57,15 @@ async fn real_pace_replay_is_lossless() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stack_floor_relays_move_the_same_orders_at_real_pace() {
+    // The benchmark's stack floor: `openmatch-gossip relay` processes instead of sidecars.
+    let report = cluster::run(&args(Pace::Real, 3.0, TransportKind::Relay), Path::new(BIN)).await.unwrap();
+    assert_lossless(&report);
+    assert_eq!(report.sidecars.len(), 3, "three relay processes measured");
+    assert!(report.batches.is_empty(), "a relay has no consensus: {:?}", report.batches);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_tcp_baseline_moves_the_same_orders() {
     let report = cluster::run(&args(Pace::Max, 15.0, TransportKind::Tcp), Path::new(BIN)).await.unwrap();
     assert_lossless(&report);
@@ -86,7 +95,7 @@ fn bad_config_is_rejected_naming_the_field() {
 fn help_explains_every_subcommand() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for sub in ["node", "engine", "cluster", "bench", "peer-id"] {
+    for sub in ["node", "relay", "engine", "cluster", "bench", "peer-id"] {
         assert!(text.contains(sub), "{sub} missing from --help:\n{text}");
     }
     let out = Command::new(BIN).args(["node", "--help"]).output().unwrap();
