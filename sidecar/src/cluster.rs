@@ -375,7 +375,10 @@ pub async fn run(args: &ClusterArgs, binary: &Path) -> anyhow::Result<ClusterRep
                 cmd.arg("--transport").arg(args.transport.as_arg()).arg("--socket").arg(&sidecars[i].socket);
             }
             TransportKind::Tcp => {
-                cmd.arg("--transport").arg("tcp").arg("--listen").arg(format!("127.0.0.1:{}", tcp_ports[i]));
+                cmd.arg("--transport")
+                    .arg(args.transport.as_arg())
+                    .arg("--listen")
+                    .arg(format!("127.0.0.1:{}", tcp_ports[i]));
                 for (j, p) in tcp_ports.iter().enumerate().filter(|(j, _)| *j != i) {
                     let _ = j;
                     cmd.arg("--peer").arg(format!("127.0.0.1:{p}"));

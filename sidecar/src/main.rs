@@ -37,7 +37,8 @@ enum Cmd {
     /// non-zero if any order was lost, duplicated or altered.
     Cluster(cluster::ClusterArgs),
     /// Benchmark: the main job at maximum speed and at real pace, each beside a plain-TCP
-    /// baseline between the same engines; prints a table of ratios.
+    /// baseline between the same engines (and, at real pace, the stack floor of `relay`);
+    /// prints a table of ratios.
     Bench(bench::BenchArgs),
     /// Print the peer id of an identity key file, creating the key if absent.
     PeerId {
