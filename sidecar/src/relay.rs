@@ -199,7 +199,7 @@ pub async fn run(
                         .map(|(hash, m)| TopicMesh {
                             topic: Topic::orders(m).name(&network),
                             mesh_peers: gs.mesh_peers(hash).map(|p| p.to_string()).collect(),
-                            subscribed_peers: 0,
+                            subscribed_peers: gs.all_peers().filter(|(_, topics)| topics.contains(&hash)).count() as u32,
                         })
                         .collect();
                     let _ = reply.send(NodeStatus {

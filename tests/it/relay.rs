@@ -64,7 +64,8 @@ async fn relay_carries_orders_between_engines_and_has_no_consensus() {
     for (client, other) in [(&mut a, relays[1].peer), (&mut b, relays[0].peer)] {
         wait_for(WAIT, "the other relay in the mesh of both orders topics", async || {
             let st = client.get_status(GetStatusRequest {}).await.map_err(|s| s.to_string())?.into_inner();
-            let full = st.topics.len() == 2 && st.topics.iter().all(|t| t.mesh_peers.contains(&other.to_string()));
+            let full = st.topics.len() == 2
+                && st.topics.iter().all(|t| t.subscribed_peers == 1 && t.mesh_peers.contains(&other.to_string()));
             if full { Ok(()) } else { Err(format!("{:?}", st.topics)) }
         })
         .await;
