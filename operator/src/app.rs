@@ -19,12 +19,13 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client};
+use openmatch_gossip_crds::runtime;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::children::FIELD_MANAGER;
 use crate::cli::RunArgs;
-use crate::http::{self, Health, Phase};
+use crate::health::{Health, Phase};
 use crate::leader::{Held, LeaderElector, LeaseSettings};
 use crate::metrics::Metrics;
 use crate::reconcile::Context;
@@ -79,7 +80,7 @@ pub async fn run_with(client: Client, args: RunArgs, shutdown: CancellationToken
     let health = Arc::new(Health::default());
     let http_stop = CancellationToken::new();
     let (addr, http_task) =
-        http::serve(args.http_addr, Arc::new(registry), health.clone(), http_stop.clone().cancelled_owned())
+        runtime::serve_http(args.http_addr, Arc::new(registry), health.clone(), http_stop.clone().cancelled_owned())
             .await
             .with_context(|| format!("binding the HTTP server to {}", args.http_addr))?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");

@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use openmatch_gossip_crds::runtime::LogFormat;
 
 /// Kubernetes operator for openmatch-gossip: reconciles GossipNetwork resources into the
 /// sidecars' configuration (a ConfigMap with the live bootstrap peers) and a headless
@@ -27,15 +28,6 @@ pub enum Command {
     /// Print the GossipNetwork CustomResourceDefinition as YAML, or write it into the
     /// repository (`--write`).
     Crdgen(CrdgenArgs),
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line (what log collectors in a cluster expect).
-    Json,
-    /// Human-readable lines (local runs).
-    Pretty,
 }
 
 /// Flags of `openmatch-gossip-operator run`.

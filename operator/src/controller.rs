@@ -172,13 +172,13 @@ mod tests {
 
         observe_network_event(&m, std::slice::from_ref(&spot), &watcher::Event::Delete((*perps).clone()));
         assert_eq!(m.networks.get(), 1);
-        let text = crate::metrics::encode(&registry);
+        let text = crate::metrics::tests::encode(&registry);
         assert!(!text.contains("perps") && text.contains("spot"), "{text}");
 
         // A relist that no longer has `spot` (its delete was missed) drops its series.
         m.set_ready_peers("trading", "perps", 2);
         observe_network_event(&m, std::slice::from_ref(&perps), &watcher::Event::InitDone);
-        let text = crate::metrics::encode(&registry);
+        let text = crate::metrics::tests::encode(&registry);
         assert!(!text.contains("spot") && text.contains("perps"), "{text}");
         assert_eq!(m.networks.get(), 1);
     }

@@ -10,16 +10,20 @@
 //! - [`status`]: conditions and their reasons;
 //! - [`controller`]: the kube-runtime Controller and what triggers it;
 //! - [`leader`]: leader election on a Lease (client-go semantics);
-//! - [`metrics`], [`http`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`;
-//! - [`cli`], [`logging`], [`app`]: flags, logs, and the process's life (signals, shutdown).
+//! - [`metrics`]: the Prometheus metrics (served on `/metrics`);
+//! - [`health`]: the replica's phase and what `/healthz` and `/readyz` answer in it;
+//! - [`cli`], [`app`]: flags, and the process's life (HTTP server, election, signals,
+//!   shutdown).
+//!
+//! Logging and the HTTP server for `/metrics`, `/healthz` and `/readyz` are shared with the
+//! sidecar: [`openmatch_gossip_crds::runtime`].
 
 pub mod app;
 pub mod children;
 pub mod cli;
 pub mod controller;
-pub mod http;
+pub mod health;
 pub mod leader;
-pub mod logging;
 pub mod metrics;
 pub mod peers;
 pub mod reconcile;

@@ -1,9 +1,11 @@
-//! `openmatch-gossip-operator`: see `openmatch-gossip-operator --help` and the README.
+//! The `openmatch-gossip-operator` binary: `crdgen` prints or writes the CRD manifest, `run`
+//! sets up logging and the async runtime and runs `app::run`. See `--help` and the README.
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
 use openmatch_gossip_crds::gossip_network::crd_yaml;
+use openmatch_gossip_crds::runtime::init_logging;
 use openmatch_gossip_operator::cli::{CRD_PATHS, Cli, Command};
 
 fn main() -> ExitCode {
@@ -28,7 +30,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => {
-            openmatch_gossip_operator::logging::init(args.log_format);
+            init_logging(args.log_format);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {

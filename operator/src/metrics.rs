@@ -13,18 +13,56 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// Label of a reconcile failure: a short snake_case reason.
+/// Why a reconcile run failed: the `reason` label of
+/// `openmatch_gossip_operator_reconcile_failures_total`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum FailureReason {
+    /// The spec cannot be rendered (`invalid_spec`); reported in the status, not retried.
+    InvalidSpec,
+    /// Listing the selected pods failed (`list_pods`).
+    ListPods,
+    /// Applying the ConfigMap failed (`apply_config_map`).
+    ApplyConfigMap,
+    /// Applying the headless Service failed (`apply_service`).
+    ApplyService,
+    /// Writing the status failed (`write_status`).
+    WriteStatus,
+    /// The object has no namespace or uid (`missing_namespace`).
+    MissingNamespace,
+}
+
+impl FailureReason {
+    /// The label value: short snake_case, e.g. `invalid_spec` or `apply_config_map`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::InvalidSpec => "invalid_spec",
+            FailureReason::ListPods => "list_pods",
+            FailureReason::ApplyConfigMap => "apply_config_map",
+            FailureReason::ApplyService => "apply_service",
+            FailureReason::WriteStatus => "write_status",
+            FailureReason::MissingNamespace => "missing_namespace",
+        }
+    }
+}
+
+impl EncodeLabelValue for FailureReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// Label of a reconcile failure.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
-    /// Why the run failed, e.g. `invalid_spec` or `apply_config_map`.
-    pub reason: &'static str,
+    /// Why the run failed.
+    pub reason: FailureReason,
 }
 
 /// Labels of a per-network gauge: the GossipNetwork's namespace and name.
@@ -81,7 +119,7 @@ impl Metrics {
     }
 
     /// Counts a failed reconcile run.
-    pub fn failure(&self, reason: &'static str) {
+    pub fn failure(&self, reason: FailureReason) {
         self.failures.get_or_create(&ReasonLabel { reason }).inc();
     }
 
@@ -113,23 +151,23 @@ impl Metrics {
     }
 }
 
-/// Encodes `registry` in the OpenMetrics text format (what `/metrics` serves).
-pub fn encode(registry: &Registry) -> String {
-    let mut body = String::new();
-    prometheus_client::encoding::text::encode(&mut body, registry).expect("writing to a String cannot fail");
-    body
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// `registry` in the OpenMetrics text format (what `/metrics` serves).
+    pub(crate) fn encode(registry: &Registry) -> String {
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, registry).expect("writing to a String cannot fail");
+        body
+    }
 
     #[test]
     fn names_and_series() {
         let mut registry = Registry::default();
         let m = Metrics::new(&mut registry);
         m.reconciles.inc();
-        m.failure("invalid_spec");
+        m.failure(FailureReason::InvalidSpec);
         m.duration.observe(0.01);
         m.networks.set(2);
         m.set_ready_peers("trading", "prod", 3);

@@ -81,7 +81,7 @@ pub fn collect(pods: &[Pod], p2p_port: u16) -> PeerSet {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use std::collections::BTreeMap;
 
     use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
@@ -90,7 +90,7 @@ pub(crate) mod tests {
     use super::*;
 
     /// Real Ed25519 peer ids (base58 of the identity multihash).
-    pub const PEER_IDS: [&str; 3] = [
+    const PEER_IDS: [&str; 3] = [
         "12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5",
         "12D3KooWJWoaqZhDaoEFshF7Rh1bpY9ohihFhzcW6d69Lr2NASuq",
         "12D3KooWRndVhVZPCiQwHBBBdg769GyrPUW13zxwqQyf9r3ANaba",
@@ -98,7 +98,7 @@ pub(crate) mod tests {
 
     /// A pod in namespace `trading` labelled `app=engine`, optionally ready, with an IP
     /// and a peer-id annotation.
-    pub fn pod(name: &str, ip: Option<&str>, ready: bool, peer_id: Option<&str>) -> Pod {
+    fn pod(name: &str, ip: Option<&str>, ready: bool, peer_id: Option<&str>) -> Pod {
         let annotations = peer_id.map(|id| BTreeMap::from([(PEER_ID_ANNOTATION.to_owned(), id.to_owned())]));
         Pod {
             metadata: ObjectMeta {

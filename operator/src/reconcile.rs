@@ -38,9 +38,9 @@ use openmatch_gossip_crds::gossip_network::config_hash;
 use openmatch_gossip_crds::{GossipNetwork, GossipNetworkStatus, SpecError};
 
 use crate::children::{self, FIELD_MANAGER};
-use crate::metrics::Metrics;
+use crate::metrics::{FailureReason, Metrics};
 use crate::peers::{self, PeerSet};
-use crate::status::{self, Cond};
+use crate::status::{self, Cond, Reason};
 
 /// Shared state of every reconcile run.
 pub struct Context {
@@ -98,8 +98,8 @@ pub enum Error {
     /// Applying a child failed.
     #[error("applying {kind} {name}: {source}")]
     Apply {
-        /// `ConfigMap` or `Service`.
-        kind: &'static str,
+        /// Which child.
+        kind: Child,
         /// The child's name.
         name: String,
         /// The API error.
@@ -117,14 +117,47 @@ pub enum Error {
 
 impl Error {
     /// The `reason` label of `openmatch_gossip_operator_reconcile_failures_total`.
-    pub fn metric_reason(&self) -> &'static str {
+    pub fn metric_reason(&self) -> FailureReason {
         match self {
-            Error::Incomplete(_) => "missing_namespace",
-            Error::ListPods { .. } => "list_pods",
-            Error::Apply { kind: "ConfigMap", .. } => "apply_config_map",
-            Error::Apply { .. } => "apply_service",
-            Error::WriteStatus { .. } => "write_status",
+            Error::Incomplete(_) => FailureReason::MissingNamespace,
+            Error::ListPods { .. } => FailureReason::ListPods,
+            Error::Apply { kind, .. } => kind.metric_label(),
+            Error::WriteStatus { .. } => FailureReason::WriteStatus,
         }
+    }
+}
+
+/// A child object the operator applies for each GossipNetwork.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Child {
+    /// The ConfigMap with the sidecar configuration.
+    ConfigMap,
+    /// The headless Service for peer DNS.
+    Service,
+}
+
+impl Child {
+    /// The Kubernetes kind, for logs and messages: `ConfigMap` or `Service`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Child::ConfigMap => "ConfigMap",
+            Child::Service => "Service",
+        }
+    }
+
+    /// The failure `reason` label when applying this child fails: `apply_config_map` or
+    /// `apply_service`.
+    pub fn metric_label(self) -> FailureReason {
+        match self {
+            Child::ConfigMap => FailureReason::ApplyConfigMap,
+            Child::Service => FailureReason::ApplyService,
+        }
+    }
+}
+
+impl std::fmt::Display for Child {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -208,14 +241,14 @@ async fn reconcile_inner(gn: &GossipNetwork, ctx: &Context) -> Result<Action, Er
     if let Err(source) =
         Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns).patch(&cm_name, &params, &Patch::Apply(&cm)).await
     {
-        return Err(apply_failed(gn, ctx, &ns, Error::Apply { kind: "ConfigMap", name: cm_name, source }).await);
+        return Err(apply_failed(gn, ctx, &ns, Error::Apply { kind: Child::ConfigMap, name: cm_name, source }).await);
     }
     let svc = children::service(gn, &owner);
     let svc_name = gn.service_name();
     if let Err(source) =
         Api::<Service>::namespaced(ctx.client.clone(), &ns).patch(&svc_name, &params, &Patch::Apply(&svc)).await
     {
-        return Err(apply_failed(gn, ctx, &ns, Error::Apply { kind: "Service", name: svc_name, source }).await);
+        return Err(apply_failed(gn, ctx, &ns, Error::Apply { kind: Child::Service, name: svc_name, source }).await);
     }
 
     // 5. Status.
@@ -242,17 +275,17 @@ async fn reconcile_inner(gn: &GossipNetwork, ctx: &Context) -> Result<Action, Er
     let old_reason = |type_: &str| {
         old.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_)).map(|c| (c.status.clone(), c.reason.clone()))
     };
-    if !ready.status && old_reason("Ready") != Some(("False".into(), ready.reason.into())) {
-        publish(ctx, gn, EventType::Warning, ready.reason, "Reconcile", ready.message.clone()).await;
+    if !ready.status && old_reason("Ready") != Some(("False".into(), ready.reason.as_str().into())) {
+        publish(ctx, gn, EventType::Warning, ready.reason.as_str(), "Reconcile", ready.message.clone()).await;
     }
-    if degraded.reason == status::REASON_PEER_ID_MISSING
-        && old_reason("Degraded") != Some(("True".into(), degraded.reason.into()))
+    if degraded.reason == Reason::PeerIdMissing
+        && old_reason("Degraded") != Some(("True".into(), degraded.reason.as_str().into()))
     {
-        publish(ctx, gn, EventType::Warning, degraded.reason, "Reconcile", degraded.message.clone()).await;
+        publish(ctx, gn, EventType::Warning, degraded.reason.as_str(), "Reconcile", degraded.message.clone()).await;
     }
     tracing::info!(
         network = %key, config_hash = %hash, bootstrap_peers = config.p2p.bootstrap_peers.len(),
-        ready_peers = peers.addrs.len(), ready = ready.status, reason = ready.reason, "reconciled"
+        ready_peers = peers.addrs.len(), ready = ready.status, reason = ready.reason.as_str(), "reconciled"
     );
     Ok(Action::requeue(ctx.resync))
 }
@@ -262,7 +295,7 @@ fn outcome(peers: &PeerSet, static_peers: usize, bootstrap_peers: usize) -> (Con
     let ready = if bootstrap_peers == 0 {
         Cond::new(
             false,
-            status::REASON_NO_PEERS,
+            Reason::NoPeers,
             format!(
                 "no bootstrap peer: {} selected pods, none ready with a peer id, and no static bootstrap peers",
                 peers.selected()
@@ -271,7 +304,7 @@ fn outcome(peers: &PeerSet, static_peers: usize, bootstrap_peers: usize) -> (Con
     } else {
         Cond::new(
             true,
-            status::REASON_RECONCILED,
+            Reason::Reconciled,
             format!("{bootstrap_peers} bootstrap peers ({} ready pods, {static_peers} static)", peers.addrs.len()),
         )
     };
@@ -279,21 +312,13 @@ fn outcome(peers: &PeerSet, static_peers: usize, bootstrap_peers: usize) -> (Con
         let pods: Vec<String> = peers.without_peer_id.iter().map(|(pod, why)| format!("{pod}: {why}")).collect();
         Cond::new(
             true,
-            status::REASON_PEER_ID_MISSING,
+            Reason::PeerIdMissing,
             format!("ready pods left out of the bootstrap list: {}", pods.join("; ")),
         )
     } else if !peers.not_ready.is_empty() {
-        Cond::new(
-            true,
-            status::REASON_PODS_NOT_READY,
-            format!("selected pods not ready: {}", peers.not_ready.join(", ")),
-        )
+        Cond::new(true, Reason::PodsNotReady, format!("selected pods not ready: {}", peers.not_ready.join(", ")))
     } else {
-        Cond::new(
-            false,
-            status::REASON_ALL_PODS_READY,
-            format!("{} selected pods, all bootstrap peers", peers.selected()),
-        )
+        Cond::new(false, Reason::AllPodsReady, format!("{} selected pods, all bootstrap peers", peers.selected()))
     };
     (ready, degraded)
 }
@@ -302,13 +327,13 @@ fn outcome(peers: &PeerSet, static_peers: usize, bootstrap_peers: usize) -> (Con
 /// describes the configuration still applied, is kept), a Warning Event when the error is
 /// new; nothing else is written.
 async fn invalid_spec(gn: &GossipNetwork, ctx: &Context, ns: &str, err: SpecError) -> Result<Action, Error> {
-    ctx.metrics.failure("invalid_spec");
+    ctx.metrics.failure(FailureReason::InvalidSpec);
     tracing::warn!(network = %Context::key(gn), error = %err, "invalid GossipNetwork spec; nothing applied");
     let message = err.to_string();
-    let ready = Cond::new(false, status::REASON_INVALID_SPEC, message.clone());
+    let ready = Cond::new(false, Reason::InvalidSpec, message.clone());
     let degraded = Cond::new(
         true,
-        status::REASON_INVALID_SPEC,
+        Reason::InvalidSpec,
         "the spec was not applied; the last applied configuration (if any) stays in force",
     );
     let old = gn.status.clone().unwrap_or_default();
@@ -319,8 +344,8 @@ async fn invalid_spec(gn: &GossipNetwork, ctx: &Context, ns: &str, err: SpecErro
     };
     write_status(gn, ctx, ns, &status).await?;
     let was = status::ready_condition(Some(&old));
-    if was.is_none_or(|c| c.reason != status::REASON_INVALID_SPEC || c.message != message) {
-        publish(ctx, gn, EventType::Warning, status::REASON_INVALID_SPEC, "Validate", message).await;
+    if was.is_none_or(|c| c.reason != Reason::InvalidSpec.as_str() || c.message != message) {
+        publish(ctx, gn, EventType::Warning, Reason::InvalidSpec.as_str(), "Validate", message).await;
     }
     Ok(Action::await_change())
 }
@@ -329,8 +354,8 @@ async fn invalid_spec(gn: &GossipNetwork, ctx: &Context, ns: &str, err: SpecErro
 /// Event. Returns `err` for the error policy.
 async fn apply_failed(gn: &GossipNetwork, ctx: &Context, ns: &str, err: Error) -> Error {
     let message = err.to_string();
-    let ready = Cond::new(false, status::REASON_APPLY_FAILED, message.clone());
-    let degraded = Cond::new(true, status::REASON_APPLY_FAILED, message.clone());
+    let ready = Cond::new(false, Reason::ApplyFailed, message.clone());
+    let degraded = Cond::new(true, Reason::ApplyFailed, message.clone());
     let old = gn.status.clone().unwrap_or_default();
     let status = GossipNetworkStatus {
         conditions: status::conditions(&old.conditions, gn.metadata.generation, now(), &ready, &degraded),
@@ -339,7 +364,7 @@ async fn apply_failed(gn: &GossipNetwork, ctx: &Context, ns: &str, err: Error) -
     if let Err(e) = write_status(gn, ctx, ns, &status).await {
         tracing::debug!(error = %e, "could not record ApplyFailed in the status");
     }
-    publish(ctx, gn, EventType::Warning, status::REASON_APPLY_FAILED, "Reconcile", message).await;
+    publish(ctx, gn, EventType::Warning, Reason::ApplyFailed.as_str(), "Reconcile", message).await;
     err
 }
 
@@ -391,11 +416,11 @@ mod tests {
     fn outcome_reasons() {
         let none = PeerSet::default();
         let (ready, degraded) = outcome(&none, 0, 0);
-        assert_eq!((ready.status, ready.reason), (false, status::REASON_NO_PEERS));
-        assert_eq!((degraded.status, degraded.reason), (false, status::REASON_ALL_PODS_READY));
+        assert_eq!((ready.status, ready.reason), (false, Reason::NoPeers));
+        assert_eq!((degraded.status, degraded.reason), (false, Reason::AllPodsReady));
 
         let (ready, _) = outcome(&none, 1, 1);
-        assert_eq!((ready.status, ready.reason), (true, status::REASON_RECONCILED));
+        assert_eq!((ready.status, ready.reason), (true, Reason::Reconciled));
 
         let some = PeerSet {
             addrs: vec!["/ip4/10.0.0.1/tcp/4001/p2p/x".into()],
@@ -404,12 +429,12 @@ mod tests {
         };
         let (ready, degraded) = outcome(&some, 0, 1);
         assert!(ready.status);
-        assert_eq!((degraded.status, degraded.reason), (true, status::REASON_PODS_NOT_READY));
+        assert_eq!((degraded.status, degraded.reason), (true, Reason::PodsNotReady));
         assert!(degraded.message.contains("engine-2"));
 
         let missing = PeerSet { without_peer_id: vec![("engine-1".into(), "no annotation".into())], ..some };
         let (_, degraded) = outcome(&missing, 0, 1);
-        assert_eq!((degraded.status, degraded.reason), (true, status::REASON_PEER_ID_MISSING));
+        assert_eq!((degraded.status, degraded.reason), (true, Reason::PeerIdMissing));
         assert!(degraded.message.contains("engine-1: no annotation"));
     }
 }

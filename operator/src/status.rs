@@ -17,35 +17,54 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use openmatch_gossip_crds::GossipNetworkStatus;
 use openmatch_gossip_crds::gossip_network::{CONDITION_DEGRADED, CONDITION_READY};
 
-/// Ready=True: configuration applied, bootstrap peers present.
-pub const REASON_RECONCILED: &str = "Reconciled";
-/// Ready=False: no bootstrap peer at all.
-pub const REASON_NO_PEERS: &str = "NoPeers";
-/// Ready=False, Degraded=True: the spec is invalid; nothing applied.
-pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
-/// Ready=False, Degraded=True: applying a child failed.
-pub const REASON_APPLY_FAILED: &str = "ApplyFailed";
-/// Degraded=True: ready pods without a usable peer id.
-pub const REASON_PEER_ID_MISSING: &str = "PeerIdMissing";
-/// Degraded=True: selected pods not ready.
-pub const REASON_PODS_NOT_READY: &str = "PodsNotReady";
-/// Degraded=False: every selected pod is a peer.
-pub const REASON_ALL_PODS_READY: &str = "AllPodsReady";
+/// The `reason` of a condition the operator writes (CamelCase, Kubernetes API conventions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Ready=True: configuration applied, bootstrap peers present.
+    Reconciled,
+    /// Ready=False: no bootstrap peer at all.
+    NoPeers,
+    /// Ready=False, Degraded=True: the spec is invalid; nothing applied.
+    InvalidSpec,
+    /// Ready=False, Degraded=True: applying a child failed.
+    ApplyFailed,
+    /// Degraded=True: ready pods without a usable peer id.
+    PeerIdMissing,
+    /// Degraded=True: selected pods not ready.
+    PodsNotReady,
+    /// Degraded=False: every selected pod is a peer.
+    AllPodsReady,
+}
+
+impl Reason {
+    /// The reason as written in the condition (and as an Event reason), e.g. `NoPeers`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Reconciled => "Reconciled",
+            Reason::NoPeers => "NoPeers",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::ApplyFailed => "ApplyFailed",
+            Reason::PeerIdMissing => "PeerIdMissing",
+            Reason::PodsNotReady => "PodsNotReady",
+            Reason::AllPodsReady => "AllPodsReady",
+        }
+    }
+}
 
 /// One condition's desired value, before times are filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cond {
     /// `True` or `False`.
     pub status: bool,
-    /// CamelCase reason, one of this module's `REASON_*`.
-    pub reason: &'static str,
+    /// Why the condition has this status.
+    pub reason: Reason,
     /// Human-readable detail (may be empty).
     pub message: String,
 }
 
 impl Cond {
     /// A condition with the given status, reason and message.
-    pub fn new(status: bool, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: bool, reason: Reason, message: impl Into<String>) -> Self {
         Self { status, reason, message: message.into() }
     }
 }
@@ -60,7 +79,7 @@ fn condition(type_: &str, c: &Cond, old: &[Condition], generation: Option<i64>, 
     Condition {
         type_: type_.to_owned(),
         status: status.to_owned(),
-        reason: c.reason.to_owned(),
+        reason: c.reason.as_str().to_owned(),
         message: c.message.clone(),
         observed_generation: generation,
         last_transition_time,
@@ -108,8 +127,8 @@ mod tests {
 
     #[test]
     fn transition_time_moves_only_when_status_changes() {
-        let ready = Cond::new(true, REASON_RECONCILED, "3 peers");
-        let degraded = Cond::new(false, REASON_ALL_PODS_READY, "");
+        let ready = Cond::new(true, Reason::Reconciled, "3 peers");
+        let degraded = Cond::new(false, Reason::AllPodsReady, "");
         let first = conditions(&[], Some(1), t(100), &ready, &degraded);
         assert_eq!(first[0].type_, "Ready");
         assert_eq!(first[0].status, "True");
@@ -117,14 +136,14 @@ mod tests {
         assert_eq!(first[0].observed_generation, Some(1));
 
         // Same status, new message and generation: time kept.
-        let ready2 = Cond::new(true, REASON_RECONCILED, "4 peers");
+        let ready2 = Cond::new(true, Reason::Reconciled, "4 peers");
         let second = conditions(&first, Some(2), t(200), &ready2, &degraded);
         assert_eq!(second[0].last_transition_time, t(100));
         assert_eq!(second[0].message, "4 peers");
         assert_eq!(second[0].observed_generation, Some(2));
 
         // Status flips: time moves.
-        let not_ready = Cond::new(false, REASON_NO_PEERS, "");
+        let not_ready = Cond::new(false, Reason::NoPeers, "");
         let third = conditions(&second, Some(2), t(300), &not_ready, &degraded);
         assert_eq!(third[0].last_transition_time, t(300));
         assert_eq!(third[0].reason, "NoPeers");

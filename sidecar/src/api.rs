@@ -7,7 +7,7 @@
 //! RESOURCE_EXHAUSTED. Every call is counted by method and final status code in
 //! `openmatch_gossip_api_requests_total`; a bad request never affects other clients.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -17,15 +17,13 @@ use std::task::{Context, Poll};
 use anyhow::{Context as _, bail};
 use futures::future::BoxFuture;
 use hyper_util::rt::TokioIo;
-use prost::Message as _;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::consensus::BatchKey;
+use crate::consensus::BatchError;
 use crate::metrics::{MethodCode, Metrics};
-use crate::node::BatchError;
 use crate::node::{EventStream, NodeGone, NodeHandle};
 use crate::proto::sidecar_client::SidecarClient;
 use crate::proto::sidecar_server::{Sidecar, SidecarServer};
@@ -35,49 +33,67 @@ use crate::proto::{
     SubmitResultResponse, SubscribeRequest,
 };
 
-/// Orders per `BatchChunk` of a `GetBatch` stream.
-pub const BATCH_CHUNK_ORDERS: usize = 4096;
+use crate::wire::{self, BatchKey};
 
-fn batch_status(e: BatchError) -> Status {
-    match e {
-        BatchError::NotFound(m) => Status::not_found(m),
-        BatchError::Precondition(m) => Status::failed_precondition(m),
+/// Orders per `BatchChunk` of a `GetBatch` stream.
+const BATCH_CHUNK_ORDERS: usize = 4096;
+
+/// How the node's errors reach the engine (the gRPC status codes of README's API table).
+impl From<BatchError> for Status {
+    fn from(e: BatchError) -> Self {
+        let code = match e {
+            BatchError::Unknown(_) | BatchError::UnknownMarket(_) => tonic::Code::NotFound,
+            BatchError::NotServed { .. } | BatchError::NotAgreed { .. } | BatchError::ClockSealing => {
+                tonic::Code::FailedPrecondition
+            }
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+impl From<NodeGone> for Status {
+    fn from(_: NodeGone) -> Self {
+        Status::unavailable("the sidecar is shutting down")
+    }
+}
+
+/// The conventional code for what tonic reports at the transport level: an oversized
+/// message (OUT_OF_RANGE) is RESOURCE_EXHAUSTED, an undecodable one (INTERNAL, "failed to
+/// decode…") is INVALID_ARGUMENT; every other code stands. Used for calls that fail before
+/// the service sees them ([`StatusCounter`]) and for stream errors mid-call.
+fn conventional_code(code: tonic::Code, message: &str) -> tonic::Code {
+    match code {
+        tonic::Code::OutOfRange => tonic::Code::ResourceExhausted,
+        tonic::Code::Internal if message.contains("decode") => tonic::Code::InvalidArgument,
+        c => c,
     }
 }
 
 fn batch_key(id: Option<crate::proto::BatchId>) -> Result<BatchKey, Status> {
     id.map(|id| BatchKey::from_proto(&id)).ok_or_else(|| Status::invalid_argument("batch_id: required"))
 }
-use crate::wire;
 
 /// Socket file mode: owner and group (the engine container's group) may connect.
-pub const SOCKET_MODE: u32 = 0o660;
+const SOCKET_MODE: u32 = 0o660;
 
 /// The gRPC service implementation.
-pub struct EngineApi {
+struct EngineApi {
     node: NodeHandle,
 }
 
 impl EngineApi {
-    /// Serves `node`.
-    pub fn new(node: NodeHandle) -> Self {
-        EngineApi { node }
-    }
-
     /// Checks one engine order; errors name `index` (its position in a stream) if given.
     /// `markets` is the node's market set, taken once per request (a reload may change it).
-    fn check(&self, o: &Order, markets: &HashSet<String>, index: Option<u64>) -> Result<(), Status> {
+    fn check(&self, o: &Order, markets: &BTreeSet<String>, index: Option<u64>) -> Result<(), Status> {
         self.check_fields(o, markets).map_err(|s| match index {
             Some(i) => Status::new(s.code(), format!("order #{i}: {}", s.message())),
             None => s,
         })
     }
 
-    fn check_fields(&self, o: &Order, markets: &HashSet<String>) -> Result<(), Status> {
+    fn check_fields(&self, o: &Order, markets: &BTreeSet<String>) -> Result<(), Status> {
         if !markets.contains(&o.market) {
-            let mut known: Vec<&String> = markets.iter().collect();
-            known.sort();
-            let known: Vec<&str> = known.into_iter().map(String::as_str).collect();
+            let known: Vec<&str> = markets.iter().map(String::as_str).collect();
             return Err(Status::failed_precondition(format!(
                 "market {:?} is not traded by this node (markets: {})",
                 o.market,
@@ -95,16 +111,12 @@ impl EngineApi {
     }
 }
 
-fn gone(_: NodeGone) -> Status {
-    Status::unavailable("the sidecar is shutting down")
-}
-
 #[tonic::async_trait]
 impl Sidecar for EngineApi {
     async fn submit_order(&self, req: Request<SubmitOrderRequest>) -> Result<Response<SubmitOrderResponse>, Status> {
         let order = req.into_inner().order.ok_or_else(|| Status::invalid_argument("order: required"))?;
         self.check(&order, &self.node.markets(), None)?;
-        let receipts = self.node.submit(vec![order], true).await.map_err(gone)?;
+        let receipts = self.node.submit(vec![order], true).await?;
         let r = receipts.first().ok_or_else(|| Status::internal("no receipt"))?;
         Ok(Response::new(SubmitOrderResponse { digest: r.digest.to_vec(), epoch: r.epoch }))
     }
@@ -138,14 +150,14 @@ impl Sidecar for EngineApi {
                     let good = chunk.orders[..i].to_vec();
                     let n = good.len() as u64;
                     if n > 0 {
-                        self.node.submit(good, false).await.map_err(gone)?;
+                        self.node.submit(good, false).await?;
                     }
                     return Err(with_accepted(s, accepted + n));
                 }
             }
             let n = chunk.orders.len() as u64;
             if n > 0 {
-                self.node.submit(chunk.orders, false).await.map_err(gone)?;
+                self.node.submit(chunk.orders, false).await?;
             }
             accepted += n;
         }
@@ -160,18 +172,18 @@ impl Sidecar for EngineApi {
         if let Some(m) = markets.iter().find(|m| !traded.contains(*m)) {
             return Err(Status::failed_precondition(format!("market {m:?} is not traded by this node")));
         }
-        Ok(Response::new(self.node.subscribe(markets).await.map_err(gone)?))
+        Ok(Response::new(self.node.subscribe(markets).await?))
     }
 
     async fn get_status(&self, _: Request<GetStatusRequest>) -> Result<Response<NodeStatus>, Status> {
-        Ok(Response::new(self.node.status().await.map_err(gone)?))
+        Ok(Response::new(self.node.status().await?))
     }
 
     type GetBatchStream = futures::stream::Iter<std::vec::IntoIter<Result<BatchChunk, Status>>>;
 
     async fn get_batch(&self, req: Request<GetBatchRequest>) -> Result<Response<Self::GetBatchStream>, Status> {
         let key = batch_key(req.into_inner().batch_id)?;
-        let orders = self.node.batch(key).await.map_err(gone)?.map_err(batch_status)?;
+        let orders = self.node.batch(key).await??;
         let chunks: Vec<Result<BatchChunk, Status>> =
             orders.chunks(BATCH_CHUNK_ORDERS).map(|c| Ok(BatchChunk { orders: c.to_vec() })).collect();
         Ok(Response::new(futures::stream::iter(chunks)))
@@ -183,32 +195,26 @@ impl Sidecar for EngineApi {
         let hash = <[u8; 32]>::try_from(req.result_hash.as_slice()).map_err(|_| {
             Status::invalid_argument(format!("result_hash: {} bytes, expected 32", req.result_hash.len()))
         })?;
-        self.node.submit_result(key, hash, req.trade_count).await.map_err(gone)?.map_err(batch_status)?;
+        self.node.submit_result(key, hash, req.trade_count).await??;
         Ok(Response::new(SubmitResultResponse {}))
     }
 
     async fn seal_batch(&self, req: Request<SealBatchRequest>) -> Result<Response<SealBatchResponse>, Status> {
-        let key = self.node.seal(req.into_inner().market).await.map_err(gone)?.map_err(batch_status)?;
+        let key = self.node.seal(req.into_inner().market).await??;
         Ok(Response::new(SealBatchResponse { batch_id: Some(key.to_proto()) }))
     }
 }
 
 /// Appends the count of orders accepted so far to an error's message.
 fn with_accepted(s: Status, accepted: u64) -> Status {
-    let code = match s.code() {
-        // tonic reports an oversized message as OUT_OF_RANGE; gRPC convention is
-        // RESOURCE_EXHAUSTED.
-        tonic::Code::OutOfRange => tonic::Code::ResourceExhausted,
-        tonic::Code::Internal if s.message().contains("decode") => tonic::Code::InvalidArgument,
-        c => c,
-    };
+    let code = conventional_code(s.code(), s.message());
     Status::new(code, format!("{} ({accepted} orders accepted before this error)", s.message()))
 }
 
 /// Binds the engine socket at `path`: creates the parent directory, replaces a stale socket
 /// (one nobody answers on), refuses to take over a live one or to delete a non-socket file,
 /// and sets mode 0660.
-pub async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+pub(crate) async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating socket directory {}", dir.display()))?;
     }
@@ -231,19 +237,18 @@ pub async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves the API and the health service on `listener` until `shutdown` resolves, then
-/// drains in-flight calls.
-pub async fn serve(
+/// Serves the API and the standard `grpc.health.v1.Health` service on `listener` until
+/// `shutdown` resolves, then drains in-flight calls.
+pub(crate) async fn serve(
     listener: UnixListener,
     node: NodeHandle,
     metrics: Arc<Metrics>,
-    health: tonic_health::server::HealthReporter,
-    health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let cap = node.info().max_message_bytes;
+    let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SidecarServer<EngineApi>>().await;
-    let svc = SidecarServer::new(EngineApi::new(node)).max_decoding_message_size(cap);
+    let svc = SidecarServer::new(EngineApi { node }).max_decoding_message_size(cap);
     tonic::transport::Server::builder()
         .layer(tower::layer::layer_fn(move |inner| StatusCounter { inner, metrics: metrics.clone() }))
         .add_service(health_service)
@@ -253,10 +258,9 @@ pub async fn serve(
 }
 
 /// Tower middleware that counts every call by method and status code and maps tonic's
-/// transport-level codes for bad input to the conventional ones (an undecodable message
-/// INTERNAL → INVALID_ARGUMENT; an oversized one OUT_OF_RANGE → RESOURCE_EXHAUSTED).
+/// transport-level codes for bad input to the conventional ones ([`conventional_code`]).
 #[derive(Clone)]
-pub struct StatusCounter<S> {
+struct StatusCounter<S> {
     inner: S,
     metrics: Arc<Metrics>,
 }
@@ -294,18 +298,8 @@ where
             // Errors before any response message are "trailers-only": the status is in the
             // headers. Streams that opened fine are counted as OK here.
             let code = tonic::Status::from_header_map(resp.headers()).map(|s| s.code()).unwrap_or(tonic::Code::Ok);
-            let mapped = match code {
-                tonic::Code::Internal
-                    if resp
-                        .headers()
-                        .get("grpc-message")
-                        .is_some_and(|m| m.to_str().unwrap_or("").contains("decode")) =>
-                {
-                    tonic::Code::InvalidArgument
-                }
-                tonic::Code::OutOfRange => tonic::Code::ResourceExhausted,
-                c => c,
-            };
+            let message = resp.headers().get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or("");
+            let mapped = conventional_code(code, message);
             if mapped != code {
                 resp.headers_mut().insert("grpc-status", http::HeaderValue::from(mapped as i32));
             }
@@ -332,11 +326,6 @@ pub async fn channel(path: &Path) -> anyhow::Result<Channel> {
         }))
         .await
         .with_context(|| format!("connecting to the sidecar socket {shown}"))
-}
-
-/// Encoded size of a request, bytes (for callers that want to split before sending).
-pub fn request_size(req: &SubmitOrdersRequest) -> usize {
-    req.encoded_len()
 }
 
 #[cfg(test)]

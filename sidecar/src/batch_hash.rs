@@ -10,7 +10,7 @@
 
 use sha2::{Digest as _, Sha256};
 
-use crate::dedup::Digest;
+use crate::wire::Digest;
 
 /// The batch hash of a batch given its order digests in any order (sorted here).
 pub fn batch_hash(digests: impl IntoIterator<Item = Digest>) -> Digest {
@@ -21,7 +21,7 @@ pub fn batch_hash(digests: impl IntoIterator<Item = Digest>) -> Digest {
 
 /// The batch hash of order digests the caller already holds in ascending order (e.g. the
 /// keys of a `BTreeMap<Digest, _>`); checked only in debug builds.
-pub fn batch_hash_sorted(sorted: &[Digest]) -> Digest {
+pub(crate) fn batch_hash_sorted(sorted: &[Digest]) -> Digest {
     debug_assert!(sorted.is_sorted(), "batch_hash_sorted needs ascending digests");
     let mut h = Sha256::new();
     for d in sorted {

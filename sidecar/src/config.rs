@@ -11,7 +11,7 @@ use anyhow::{Context as _, anyhow};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use openmatch_gossip_crds::SidecarConfig;
 
-use crate::telemetry::LogFormat;
+use openmatch_gossip_crds::runtime::LogFormat;
 
 /// Flags of `openmatch-gossip node`.
 #[derive(Debug, Clone, clap::Args)]
@@ -102,14 +102,26 @@ pub struct BootstrapPeer {
 }
 
 /// Decides whether an inbound gossip order is lost (see [`FaultInjector`]).
+#[cfg(feature = "fault-injection")]
 pub type DropOrder = std::sync::Arc<dyn Fn(&crate::proto::Order) -> bool + Send + Sync>;
 
-/// A fault injector for tests: inbound gossip orders for which it returns `true` are
-/// dropped as if the network had lost them (they can still arrive by repair). Not
-/// reachable from the command line or the config file.
+/// A fault injector for tests (cargo feature `fault-injection`, which only the test crate
+/// enables): inbound gossip orders for which it returns `true` are dropped as if the
+/// network had lost them (they can still arrive by repair). Not reachable from the command
+/// line or the config file.
+#[cfg(feature = "fault-injection")]
 #[derive(Clone, Default)]
 pub struct FaultInjector(pub Option<DropOrder>);
 
+#[cfg(feature = "fault-injection")]
+impl FaultInjector {
+    /// Whether the injector drops `order`.
+    pub(crate) fn drops(&self, order: &crate::proto::Order) -> bool {
+        self.0.as_ref().is_some_and(|drop| drop(order))
+    }
+}
+
+#[cfg(feature = "fault-injection")]
 impl std::fmt::Debug for FaultInjector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.is_some() { "FaultInjector(active)" } else { "FaultInjector(none)" })
@@ -120,6 +132,7 @@ impl std::fmt::Debug for FaultInjector {
 #[derive(Debug, Clone)]
 pub struct NodeSettings {
     /// Test hook: inbound gossip orders to drop.
+    #[cfg(feature = "fault-injection")]
     pub fault: FaultInjector,
     /// The shared configuration (file + overrides).
     pub config: SidecarConfig,
@@ -219,6 +232,7 @@ impl NodeSettings {
             .map(|(i, a)| parse_bootstrap(&format!("p2p.bootstrapPeers[{i}]"), a))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(NodeSettings {
+            #[cfg(feature = "fault-injection")]
             fault: FaultInjector::default(),
             config,
             listen_addrs,

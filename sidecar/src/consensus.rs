@@ -31,42 +31,13 @@ use libp2p::PeerId;
 use openmatch_gossip_crds::sidecar_config::ConsensusConfig;
 
 use crate::batch_hash::batch_hash_sorted;
-use crate::dedup::Digest;
-use crate::proto::{
-    BatchAgreed, BatchDisputed, BatchId, BatchSealed, DigestSet, Order, OriginDigest, ResultAgreed, ResultMismatch,
-    TradeResult,
-};
+use crate::proto::{BatchAgreed, BatchDisputed, DigestSet, Order, OriginDigest, ResultAgreed, ResultMismatch};
+use crate::reputation::Offence;
+use crate::wire::{self, BatchKey, BatchResult, Digest, SealedBatch};
 
-/// A batch: one market's orders of one epoch. Ordered by market, then epoch.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BatchKey {
-    /// Market name.
-    pub market: String,
-    /// Epoch number.
-    pub epoch: u64,
-}
-
-impl BatchKey {
-    /// The protobuf form.
-    pub fn to_proto(&self) -> BatchId {
-        BatchId { market: self.market.clone(), epoch: self.epoch }
-    }
-
-    /// From the protobuf form.
-    pub fn from_proto(id: &BatchId) -> Self {
-        BatchKey { market: id.market.clone(), epoch: id.epoch }
-    }
-}
-
-impl std::fmt::Display for BatchKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}#{}", self.market, self.epoch)
-    }
-}
-
-/// Where a batch stands.
+/// Where a batch stands (DESIGN §4: COLLECT → MATCH → SETTLE, with their outcomes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum BatchPhase {
     /// Taking orders; not sealed yet.
     Collect,
     /// Sealed; comparing and repairing.
@@ -83,25 +54,55 @@ pub enum Phase {
     Halted,
 }
 
-impl Phase {
+impl BatchPhase {
     /// Whether orders may still join the batch.
-    pub fn open(self) -> bool {
-        matches!(self, Phase::Collect | Phase::Sealed)
+    fn open(self) -> bool {
+        matches!(self, BatchPhase::Collect | BatchPhase::Sealed)
     }
 
     /// Whether the batch is finished (nothing more will happen to it).
-    pub fn finished(self) -> bool {
-        matches!(self, Phase::Settled | Phase::Disputed | Phase::Halted)
+    fn finished(self) -> bool {
+        matches!(self, BatchPhase::Settled | BatchPhase::Disputed | BatchPhase::Halted)
     }
+}
+
+/// Why a batch request (from the engine) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BatchError {
+    /// `GetBatch` of a batch this node does not know, or no longer keeps.
+    #[error("batch {0} is unknown or no longer kept")]
+    Unknown(BatchKey),
+    /// `GetBatch` of a batch that is not agreed (yet, or ever).
+    #[error("batch {batch} is {phase:?}: only agreed batches are served")]
+    NotServed {
+        /// The batch.
+        batch: BatchKey,
+        /// Where it stands.
+        phase: BatchPhase,
+    },
+    /// `SubmitResult` for a batch that is unknown (`None`) or not in phase Agreed.
+    #[error("batch {batch} is {}", .phase.map_or("unknown".to_owned(), |p| format!("{p:?}, not Agreed")))]
+    NotAgreed {
+        /// The batch.
+        batch: BatchKey,
+        /// Where it stands, if known.
+        phase: Option<BatchPhase>,
+    },
+    /// `SealBatch` on a network that seals by clock.
+    #[error("the network seals by clock (consensus.sealing: clock)")]
+    ClockSealing,
+    /// `SealBatch` for a market this node does not trade.
+    #[error("market {0:?} is not traded here")]
+    UnknownMarket(String),
 }
 
 /// What the node must do.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Broadcast this seal on the market's batches topic.
-    PublishSeal(BatchSealed),
+    PublishSeal(SealedBatch),
     /// Broadcast this result on the market's results topic.
-    PublishResult(TradeResult),
+    PublishResult(BatchResult),
     /// Ask `peer` for its digest set of `batch`.
     RequestDigests {
         /// Peer to ask.
@@ -118,13 +119,6 @@ pub enum Action {
         /// Missing order digests.
         digests: Vec<Digest>,
     },
-    /// Orders that joined the batch by repair: deliver them to the engine.
-    DeliverRepaired {
-        /// Market.
-        market: String,
-        /// The repaired orders.
-        orders: Vec<Order>,
-    },
     /// Tell the engine.
     Agreed(BatchAgreed),
     /// Tell the engine.
@@ -137,14 +131,14 @@ pub enum Action {
     Penalize {
         /// The peer.
         peer: PeerId,
-        /// Why (a metric label): `batch_minority`, `result_minority`.
-        reason: &'static str,
+        /// Why: [`Offence::BatchMinority`] or [`Offence::ResultMinority`].
+        offence: Offence,
     },
 }
 
 /// Why an order could not join its batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AddOutcome {
+pub(crate) enum AddOutcome {
     /// New to the batch.
     Added,
     /// Already in the batch.
@@ -157,16 +151,15 @@ pub enum AddOutcome {
 struct Seal {
     revision: u32,
     hash: Digest,
-    count: u64,
 }
 
 #[derive(Debug)]
 struct Batch {
     /// The batch's orders by digest, each stored without its market (the batch key holds
-    /// it; [`served`] puts it back), so keeping a copy allocates nothing but the map slot.
+    /// it: [`wire::strip_market`]), so keeping a copy allocates nothing but the map slot.
     /// Canonical order (ascending digest) is established when sealing and serving.
     orders: HashMap<Digest, Order, DigestHasher>,
-    phase: Phase,
+    phase: BatchPhase,
     revision: u32,
     hash: Option<Digest>,
     first_sealed: Option<Instant>,
@@ -187,7 +180,7 @@ impl Batch {
     fn new() -> Self {
         Batch {
             orders: HashMap::default(),
-            phase: Phase::Collect,
+            phase: BatchPhase::Collect,
             revision: 0,
             hash: None,
             first_sealed: None,
@@ -204,36 +197,10 @@ impl Batch {
     }
 }
 
-/// Counts of what happened to batches, for metrics and reports.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tally {
-    /// Seals broadcast (every revision).
-    pub seals: u64,
-    /// Batches agreed.
-    pub agreed: u64,
-    /// Batches that needed at least one repair.
-    pub repaired_batches: u64,
-    /// Orders added by repair.
-    pub repaired_orders: u64,
-    /// Batches disputed.
-    pub disputed: u64,
-    /// Peer seals that differed from ours.
-    pub batch_mismatches: u64,
-    /// Peer results that differed from ours.
-    pub result_mismatches: u64,
-    /// Batches halted.
-    pub halted: u64,
-    /// Results agreed.
-    pub results_agreed: u64,
-    /// Orders that arrived for an agreed or finished batch.
-    pub late_orders: u64,
-}
-
 /// All batches of this node.
-pub struct Consensus {
+pub(crate) struct Consensus {
     config: ConsensusConfig,
     batches: BTreeMap<BatchKey, Batch>,
-    tally: Tally,
     /// Per market, the highest epoch dropped by pruning: anything at or below it is over.
     pruned: HashMap<String, u64>,
     /// Key of the batch the last order joined: consecutive orders of one batch (a pack)
@@ -245,30 +212,6 @@ pub struct Consensus {
 /// peers, so an unseeded hash of their bytes would let a peer aim orders at one bucket).
 type DigestHasher = foldhash::fast::RandomState;
 
-/// A copy of `order` without its market, as a batch stores it.
-fn stored(order: &Order) -> Order {
-    Order {
-        id: order.id,
-        market: String::new(),
-        side: order.side,
-        price_ticks: order.price_ticks,
-        quantity_lots: order.quantity_lots,
-        kind: order.kind,
-        client_ts_ns: order.client_ts_ns,
-        origin: order.origin.clone(),
-        epoch: order.epoch,
-        freeze_proof: order.freeze_proof.clone(),
-        submitted_at_ns: order.submitted_at_ns,
-    }
-}
-
-/// A stored order of `key`'s batch as served: a copy with its market restored.
-fn served(key: &BatchKey, order: &Order) -> Order {
-    let mut o = order.clone();
-    o.market.clone_from(&key.market);
-    o
-}
-
 /// `b`'s digests in canonical (ascending) order.
 fn sorted_digests(b: &Batch) -> Vec<Digest> {
     let mut digests: Vec<Digest> = b.orders.keys().copied().collect();
@@ -277,19 +220,14 @@ fn sorted_digests(b: &Batch) -> Vec<Digest> {
 }
 
 /// Strict majority of `live` members (this node included).
-pub fn majority(live: usize) -> usize {
+pub(crate) fn majority(live: usize) -> usize {
     live / 2 + 1
 }
 
 impl Consensus {
     /// No batches yet.
-    pub fn new(config: ConsensusConfig) -> Self {
-        Consensus { config, batches: BTreeMap::new(), tally: Tally::default(), pruned: HashMap::new(), cursor: None }
-    }
-
-    /// What happened so far.
-    pub fn tally(&self) -> Tally {
-        self.tally
+    pub(crate) fn new(config: ConsensusConfig) -> Self {
+        Consensus { config, batches: BTreeMap::new(), pruned: HashMap::new(), cursor: None }
     }
 
     fn quorum(&self, live: usize) -> usize {
@@ -300,22 +238,18 @@ impl Consensus {
     }
 
     /// The phase of `batch`, if known.
-    pub fn phase(&self, batch: &BatchKey) -> Option<Phase> {
+    #[cfg(test)]
+    fn phase(&self, batch: &BatchKey) -> Option<BatchPhase> {
         self.batches.get(batch).map(|b| b.phase)
     }
 
     /// Batches not yet sealed, for the clock to check.
-    pub fn collecting(&self) -> Vec<BatchKey> {
-        self.batches.iter().filter(|(_, b)| b.phase == Phase::Collect).map(|(k, _)| k.clone()).collect()
-    }
-
-    /// Batches not finished.
-    pub fn open_batches(&self) -> usize {
-        self.batches.values().filter(|b| !b.phase.finished()).count()
+    pub(crate) fn collecting(&self) -> Vec<BatchKey> {
+        self.batches.iter().filter(|(_, b)| b.phase == BatchPhase::Collect).map(|(k, _)| k.clone()).collect()
     }
 
     /// Highest epoch known for `market`.
-    pub fn highest_epoch(&self, market: &str) -> Option<u64> {
+    pub(crate) fn highest_epoch(&self, market: &str) -> Option<u64> {
         self.batches.keys().filter(|k| k.market == market).map(|k| k.epoch).max()
     }
 
@@ -327,9 +261,8 @@ impl Consensus {
     /// Adds a copy of `order` (`origin` and `epoch` set) to its batch, creating the batch
     /// if needed. An order that joins an already sealed batch makes the node re-seal at the
     /// next [`Consensus::tick`].
-    pub fn add_order(&mut self, order: &Order, digest: Digest) -> AddOutcome {
+    pub(crate) fn add_order(&mut self, order: &Order, digest: Digest) -> AddOutcome {
         if self.is_pruned(&order.market, order.epoch) {
-            self.tally.late_orders += 1;
             return AddOutcome::Late;
         }
         if !self.cursor.as_ref().is_some_and(|k| k.epoch == order.epoch && k.market == order.market) {
@@ -341,69 +274,47 @@ impl Consensus {
             None => self.batches.entry(key.clone()).or_insert_with(Batch::new),
         };
         if !batch.phase.open() {
-            self.tally.late_orders += 1;
             return AddOutcome::Late;
         }
         match batch.orders.entry(digest) {
             std::collections::hash_map::Entry::Occupied(_) => return AddOutcome::Duplicate,
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(stored(order));
+                v.insert(wire::strip_market(order));
             }
         }
-        if batch.phase == Phase::Sealed {
+        if batch.phase == BatchPhase::Sealed {
             batch.hash = None; // stale: re-seal
         }
         AddOutcome::Added
     }
 
     /// Seals `batch` now (clock due or the engine asked), creating it empty if unknown.
-    pub fn seal(&mut self, batch: &BatchKey, now: Instant) -> Vec<Action> {
+    pub(crate) fn seal(&mut self, batch: &BatchKey, now: Instant) -> Vec<Action> {
         let b = self.batches.entry(batch.clone()).or_insert_with(Batch::new);
-        if b.phase != Phase::Collect {
+        if b.phase != BatchPhase::Collect {
             return Vec::new();
         }
-        b.phase = Phase::Sealed;
+        b.phase = BatchPhase::Sealed;
         b.first_sealed = Some(now);
-        let mut actions = Vec::new();
-        Self::reseal(&mut self.tally, batch, b, now, &mut actions);
-        actions
+        vec![reseal(batch, b, now)]
     }
 
-    fn reseal(tally: &mut Tally, key: &BatchKey, b: &mut Batch, now: Instant, actions: &mut Vec<Action>) {
-        let digests = sorted_digests(b);
-        let hash = batch_hash_sorted(&digests);
-        if b.sealed_at.is_some() {
-            b.revision += 1;
+    /// A peer's seal. Creates the batch (empty) if unknown, so a late joiner takes part in
+    /// the open batches; `false` (and nothing recorded) for an epoch already pruned.
+    pub(crate) fn on_peer_seal(&mut self, peer: PeerId, seal: &SealedBatch) -> bool {
+        if self.is_pruned(&seal.batch.market, seal.batch.epoch) {
+            return false;
         }
-        b.hash = Some(hash);
-        b.sealed_at = Some(now);
-        tally.seals += 1;
-        actions.push(Action::PublishSeal(BatchSealed {
-            batch_id: Some(key.to_proto()),
-            batch_hash: hash.to_vec(),
-            order_count: digests.len() as u64,
-            revision: b.revision,
-        }));
-    }
-
-    /// A peer's seal (validated: 32-byte hash). Creates the batch (empty) if unknown, so a
-    /// late joiner takes part in the open batches.
-    pub fn on_peer_seal(&mut self, peer: PeerId, seal: &BatchSealed) -> AddOutcome {
-        let Some(id) = &seal.batch_id else { return AddOutcome::Duplicate };
-        let Ok(hash) = <Digest>::try_from(seal.batch_hash.as_slice()) else { return AddOutcome::Duplicate };
-        if self.is_pruned(&id.market, id.epoch) {
-            return AddOutcome::Late;
-        }
-        let b = self.batches.entry(BatchKey::from_proto(id)).or_insert_with(Batch::new);
+        let b = self.batches.entry(seal.batch.clone()).or_insert_with(Batch::new);
         let newer = b.peer_seals.get(&peer).is_none_or(|s| seal.revision >= s.revision);
         if newer {
-            b.peer_seals.insert(peer, Seal { revision: seal.revision, hash, count: seal.order_count });
+            b.peer_seals.insert(peer, Seal { revision: seal.revision, hash: seal.hash });
         }
-        AddOutcome::Added
+        true
     }
 
     /// Our digest set of `batch`, for a repair request.
-    pub fn digest_set(&self, batch: &BatchKey) -> Option<DigestSet> {
+    pub(crate) fn digest_set(&self, batch: &BatchKey) -> Option<DigestSet> {
         let b = self.batches.get(batch)?;
         Some(DigestSet {
             batch_id: Some(batch.to_proto()),
@@ -415,25 +326,27 @@ impl Consensus {
     }
 
     /// The orders of `batch` among `digests` that we hold, for a fetch request.
-    pub fn orders_for(&self, batch: &BatchKey, digests: &[Digest]) -> Option<Vec<Order>> {
+    pub(crate) fn orders_for(&self, batch: &BatchKey, digests: &[Digest]) -> Option<Vec<Order>> {
         let b = self.batches.get(batch)?;
-        Some(digests.iter().filter_map(|d| b.orders.get(d)).map(|o| served(batch, o)).collect())
+        Some(digests.iter().filter_map(|d| b.orders.get(d)).map(|o| wire::with_market(o, &batch.market)).collect())
     }
 
     /// The batch's orders in canonical order (ascending digest), once agreed.
-    pub fn agreed_orders(&self, batch: &BatchKey) -> Result<Vec<Order>, Phase> {
-        match self.batches.get(batch) {
-            None => Err(Phase::Collect),
-            Some(b) if matches!(b.phase, Phase::Agreed | Phase::Settling | Phase::Settled | Phase::Halted) => {
-                Ok(sorted_digests(b).iter().map(|d| served(batch, &b.orders[d])).collect())
+    ///
+    /// Errors: [`BatchError::Unknown`], [`BatchError::NotServed`] (not agreed, or disputed).
+    pub(crate) fn agreed_orders(&self, batch: &BatchKey) -> Result<Vec<Order>, BatchError> {
+        let b = self.batches.get(batch).ok_or_else(|| BatchError::Unknown(batch.clone()))?;
+        match b.phase {
+            BatchPhase::Agreed | BatchPhase::Settling | BatchPhase::Settled | BatchPhase::Halted => {
+                Ok(sorted_digests(b).iter().map(|d| wire::with_market(&b.orders[d], &batch.market)).collect())
             }
-            Some(b) => Err(b.phase),
+            phase => Err(BatchError::NotServed { batch: batch.clone(), phase }),
         }
     }
 
     /// A digest set answered our request: fetch what we miss from each order's origin
     /// (entries whose origin is not a valid peer id are skipped).
-    pub fn on_digest_set(&mut self, set: &DigestSet) -> Vec<Action> {
+    pub(crate) fn on_digest_set(&mut self, set: &DigestSet) -> Vec<Action> {
         let Some(id) = &set.batch_id else { return Vec::new() };
         let key = BatchKey::from_proto(id);
         let Some(b) = self.batches.get_mut(&key) else { return Vec::new() };
@@ -460,7 +373,7 @@ impl Consensus {
     }
 
     /// A repair request failed or was refused.
-    pub fn on_repair_failure(&mut self, batch: &BatchKey) {
+    pub(crate) fn on_repair_failure(&mut self, batch: &BatchKey) {
         if let Some(b) = self.batches.get_mut(batch) {
             b.in_flight = b.in_flight.saturating_sub(1);
         }
@@ -468,7 +381,7 @@ impl Consensus {
 
     /// Orders fetched from `peer` (already checked: origin = `peer`, digest as asked, batch
     /// as asked). They join the batch; the caller delivers them to the engine.
-    pub fn on_fetched(&mut self, batch: &BatchKey, orders: Vec<(Digest, Order)>) -> Vec<Order> {
+    pub(crate) fn on_fetched(&mut self, batch: &BatchKey, orders: Vec<(Digest, Order)>) -> Vec<Order> {
         let Some(b) = self.batches.get_mut(batch) else { return Vec::new() };
         b.in_flight = b.in_flight.saturating_sub(1);
         if !b.phase.open() {
@@ -477,16 +390,12 @@ impl Consensus {
         let mut added = Vec::new();
         for (d, o) in orders {
             if let std::collections::hash_map::Entry::Vacant(v) = b.orders.entry(d) {
-                v.insert(stored(&o));
+                v.insert(wire::strip_market(&o));
                 added.push(o);
             }
         }
         if !added.is_empty() {
-            if b.repaired == 0 {
-                self.tally.repaired_batches += 1;
-            }
             b.repaired += added.len() as u64;
-            self.tally.repaired_orders += added.len() as u64;
             b.hash = None; // re-seal at the next tick
         }
         added
@@ -494,172 +403,56 @@ impl Consensus {
 
     /// The engine's result for an agreed batch.
     ///
-    /// Errors: the batch is unknown, not agreed, or already has a result.
-    pub fn submit_result(
+    /// Errors: [`BatchError::NotAgreed`]: the batch is unknown, not agreed, or already has a
+    /// result.
+    pub(crate) fn submit_result(
         &mut self,
         batch: &BatchKey,
         hash: Digest,
         trades: u64,
         now: Instant,
-    ) -> Result<Vec<Action>, String> {
-        let b = self.batches.get_mut(batch).ok_or_else(|| format!("batch {batch} is unknown"))?;
-        if b.phase != Phase::Agreed {
-            return Err(format!("batch {batch} is {:?}, not Agreed", b.phase));
-        }
-        b.phase = Phase::Settling;
+    ) -> Result<Vec<Action>, BatchError> {
+        let b = match self.batches.get_mut(batch) {
+            Some(b) if b.phase == BatchPhase::Agreed => b,
+            other => return Err(BatchError::NotAgreed { batch: batch.clone(), phase: other.map(|b| b.phase) }),
+        };
+        b.phase = BatchPhase::Settling;
         b.result = Some((hash, trades));
         b.result_at = Some(now);
-        Ok(vec![Action::PublishResult(TradeResult {
-            batch_id: Some(batch.to_proto()),
-            result_hash: hash.to_vec(),
-            trade_count: trades,
-        })])
+        Ok(vec![Action::PublishResult(BatchResult { batch: batch.clone(), hash, trades })])
     }
 
-    /// A peer's result (validated: 32-byte hash).
-    pub fn on_peer_result(&mut self, peer: PeerId, r: &TradeResult) {
-        let Some(id) = &r.batch_id else { return };
-        let Ok(hash) = <Digest>::try_from(r.result_hash.as_slice()) else { return };
-        if self.is_pruned(&id.market, id.epoch) {
+    /// A peer's result (nothing recorded for a pruned epoch).
+    pub(crate) fn on_peer_result(&mut self, peer: PeerId, r: &BatchResult) {
+        if self.is_pruned(&r.batch.market, r.batch.epoch) {
             return;
         }
-        let b = self.batches.entry(BatchKey::from_proto(id)).or_insert_with(Batch::new);
-        b.peer_results.insert(peer, (hash, r.trade_count));
+        let b = self.batches.entry(r.batch.clone()).or_insert_with(Batch::new);
+        b.peer_results.insert(peer, (r.hash, r.trades));
     }
 
     /// Advances every batch: re-seals stale ones, starts repairs, decides agreement,
-    /// disputes, results, and drops old finished batches. `live` = live peers (not this
+    /// disputes, results, and drops old decided batches. `live` = live peers (not this
     /// node).
-    pub fn tick(&mut self, now: Instant, live: &HashSet<PeerId>) -> Vec<Action> {
+    pub(crate) fn tick(&mut self, now: Instant, live: &HashSet<PeerId>) -> Vec<Action> {
         let members = live.len() + 1;
-        let quorum = self.quorum(members);
-        let seal_timeout = Duration::from_millis(self.config.seal_timeout_ms as u64);
-        let repair_window = Duration::from_millis(self.config.repair_window_ms as u64);
-        let result_timeout = Duration::from_millis(self.config.result_timeout_ms as u64);
+        let ctx = TickContext {
+            now,
+            live,
+            members,
+            quorum: self.quorum(members),
+            seal_timeout: Duration::from_millis(self.config.seal_timeout_ms as u64),
+            repair_window: Duration::from_millis(self.config.repair_window_ms as u64),
+            result_timeout: Duration::from_millis(self.config.result_timeout_ms as u64),
+        };
         let mut actions = Vec::new();
         for (key, b) in self.batches.iter_mut() {
             match b.phase {
-                Phase::Sealed => {
-                    if b.hash.is_none() {
-                        Self::reseal(&mut self.tally, key, b, now, &mut actions);
-                    }
-                    let ours = b.hash.expect("sealed above");
-                    let agreeing: Vec<PeerId> =
-                        b.peer_seals.iter().filter(|(_, s)| s.hash == ours).map(|(p, _)| *p).collect();
-                    let differing: Vec<(PeerId, u32)> =
-                        b.peer_seals.iter().filter(|(_, s)| s.hash != ours).map(|(p, s)| (*p, s.revision)).collect();
-                    for &(peer, rev) in &differing {
-                        if b.asked.insert((peer, rev, b.revision)) {
-                            self.tally.batch_mismatches += 1;
-                            tracing::warn!(batch = %key, %peer, revision = b.revision, peer_revision = rev, "batch hash mismatch; repairing");
-                            b.in_flight += 1;
-                            actions.push(Action::RequestDigests { peer, batch: key.clone() });
-                        }
-                    }
-                    let live_agree = agreeing.iter().filter(|p| live.contains(p)).count() + 1;
-                    let all_live_agree = differing.iter().all(|(p, _)| !live.contains(p)) && live_agree >= members;
-                    let waited = b.sealed_at.is_some_and(|t| now.duration_since(t) >= seal_timeout);
-                    if all_live_agree || (waited && live_agree >= quorum && b.in_flight == 0) {
-                        b.phase = Phase::Agreed;
-                        self.tally.agreed += 1;
-                        for (peer, _) in &differing {
-                            actions.push(Action::Penalize { peer: *peer, reason: "batch_minority" });
-                        }
-                        let agreement_us = b.first_sealed.map_or(0, |t| now.duration_since(t).as_micros() as u64);
-                        actions.push(Action::Agreed(BatchAgreed {
-                            batch_id: Some(key.to_proto()),
-                            batch_hash: ours.to_vec(),
-                            order_count: b.orders.len() as u64,
-                            revision: b.revision,
-                            agreement_us,
-                            repaired_orders: b.repaired,
-                        }));
-                    } else if b.first_sealed.is_some_and(|t| now.duration_since(t) >= repair_window) {
-                        b.phase = Phase::Disputed;
-                        self.tally.disputed += 1;
-                        let reason = format!(
-                            "{live_agree} of {members} live members agree on revision {} after the {repair_window:?} repair window; quorum {quorum}",
-                            b.revision
-                        );
-                        tracing::warn!(batch = %key, reason, "batch disputed: it will not be matched");
-                        actions.push(Action::Disputed(BatchDisputed { batch_id: Some(key.to_proto()), reason }));
-                    }
-                }
-                Phase::Settling => {
-                    let (ours, _) = b.result.expect("settling has a result");
-                    let differing: Vec<PeerId> =
-                        b.peer_results.iter().filter(|(_, r)| r.0 != ours).map(|(p, _)| *p).collect();
-                    let answered = b.peer_results.keys().filter(|p| live.contains(p)).count();
-                    let timed_out = b.result_at.is_some_and(|t| now.duration_since(t) >= result_timeout);
-                    if !differing.is_empty() {
-                        self.tally.result_mismatches += differing.len() as u64;
-                        self.tally.halted += 1;
-                        b.phase = Phase::Halted;
-                        let reason = format!("{} peer(s) computed a different result hash", differing.len());
-                        tracing::error!(severity = "critical", batch = %key, reason, "RESULT MISMATCH: determinism violation; matching halted for this batch");
-                        actions.push(Action::ResultMismatch(ResultMismatch {
-                            batch_id: Some(key.to_proto()),
-                            halt: true,
-                            reason,
-                        }));
-                    } else if answered >= live.len() {
-                        b.phase = Phase::Settled;
-                        self.tally.results_agreed += 1;
-                        actions.push(Action::ResultAgreed(ResultAgreed {
-                            batch_id: Some(key.to_proto()),
-                            result_hash: ours.to_vec(),
-                        }));
-                    } else if timed_out {
-                        if answered + 1 >= quorum {
-                            b.phase = Phase::Settled;
-                            self.tally.results_agreed += 1;
-                            actions.push(Action::ResultAgreed(ResultAgreed {
-                                batch_id: Some(key.to_proto()),
-                                result_hash: ours.to_vec(),
-                            }));
-                        } else {
-                            b.phase = Phase::Halted;
-                            self.tally.halted += 1;
-                            let reason = format!(
-                                "only {} of {members} results within {result_timeout:?}; quorum {quorum}",
-                                answered + 1
-                            );
-                            tracing::error!(severity = "critical", batch = %key, reason, "results unconfirmed; matching halted for this batch");
-                            actions.push(Action::ResultMismatch(ResultMismatch {
-                                batch_id: Some(key.to_proto()),
-                                halt: true,
-                                reason,
-                            }));
-                        }
-                    }
-                }
+                BatchPhase::Sealed => compare_seals(&ctx, key, b, &mut actions),
+                BatchPhase::Settling => compare_results(&ctx, key, b, &mut actions),
                 _ => {}
             }
-            // Judge the results once everyone live answered (or the time is up), even after
-            // an early halt: the peers outside the majority result lose reputation.
-            if matches!(b.phase, Phase::Halted | Phase::Settled)
-                && !b.results_judged
-                && let Some((ours, _)) = b.result
-            {
-                let answered = b.peer_results.keys().filter(|p| live.contains(p)).count();
-                let timed_out = b.result_at.is_some_and(|t| now.duration_since(t) >= result_timeout);
-                if answered >= live.len() || timed_out {
-                    b.results_judged = true;
-                    let mut votes: HashMap<Digest, usize> = HashMap::from([(ours, 1)]);
-                    for (h, _) in b.peer_results.values() {
-                        *votes.entry(*h).or_default() += 1;
-                    }
-                    let (top, n) = votes.iter().max_by_key(|(h, n)| (**n, **h)).map(|(h, n)| (*h, *n)).expect("ours");
-                    // Only a strict majority can single out a minority.
-                    if n >= majority(b.peer_results.len() + 1) {
-                        for (peer, (h, _)) in &b.peer_results {
-                            if *h != top {
-                                actions.push(Action::Penalize { peer: *peer, reason: "result_minority" });
-                            }
-                        }
-                    }
-                }
-            }
+            judge_results(&ctx, b, &mut actions);
         }
         self.prune();
         actions
@@ -672,7 +465,7 @@ impl Consensus {
         let keep = self.config.retained_batches as usize;
         let mut finished: HashMap<String, Vec<u64>> = HashMap::new();
         for (k, b) in &self.batches {
-            if (b.phase.finished() && b.results_judged_or_no_result()) || b.phase == Phase::Agreed {
+            if (b.phase.finished() && b.results_judged_or_no_result()) || b.phase == BatchPhase::Agreed {
                 finished.entry(k.market.clone()).or_default().push(k.epoch);
             }
         }
@@ -696,6 +489,141 @@ impl Batch {
     }
 }
 
+/// What one [`Consensus::tick`] judges by.
+struct TickContext<'a> {
+    now: Instant,
+    /// Live peers (not this node).
+    live: &'a HashSet<PeerId>,
+    /// Live members: the live peers and this node.
+    members: usize,
+    quorum: usize,
+    seal_timeout: Duration,
+    repair_window: Duration,
+    result_timeout: Duration,
+}
+
+/// Seals `b` (again) with its current orders; returns the seal to broadcast.
+fn reseal(key: &BatchKey, b: &mut Batch, now: Instant) -> Action {
+    let digests = sorted_digests(b);
+    let hash = batch_hash_sorted(&digests);
+    if b.sealed_at.is_some() {
+        b.revision += 1;
+    }
+    b.hash = Some(hash);
+    b.sealed_at = Some(now);
+    Action::PublishSeal(SealedBatch {
+        batch: key.clone(),
+        hash,
+        order_count: digests.len() as u64,
+        revision: b.revision,
+    })
+}
+
+/// A sealed batch: re-seal if orders joined, ask each differing peer for its digest set
+/// (once per pair of revisions), then agree (every live peer agrees, or after the seal
+/// timeout a quorum with no repair in flight) or, past the repair window, dispute.
+fn compare_seals(ctx: &TickContext<'_>, key: &BatchKey, b: &mut Batch, actions: &mut Vec<Action>) {
+    if b.hash.is_none() {
+        actions.push(reseal(key, b, ctx.now));
+    }
+    let ours = b.hash.expect("sealed above");
+    let agreeing: Vec<PeerId> = b.peer_seals.iter().filter(|(_, s)| s.hash == ours).map(|(p, _)| *p).collect();
+    let differing: Vec<(PeerId, u32)> =
+        b.peer_seals.iter().filter(|(_, s)| s.hash != ours).map(|(p, s)| (*p, s.revision)).collect();
+    for &(peer, rev) in &differing {
+        if b.asked.insert((peer, rev, b.revision)) {
+            tracing::warn!(batch = %key, %peer, revision = b.revision, peer_revision = rev, "batch hash mismatch; repairing");
+            b.in_flight += 1;
+            actions.push(Action::RequestDigests { peer, batch: key.clone() });
+        }
+    }
+    let live_agree = agreeing.iter().filter(|p| ctx.live.contains(p)).count() + 1;
+    let all_live_agree = differing.iter().all(|(p, _)| !ctx.live.contains(p)) && live_agree >= ctx.members;
+    let waited = b.sealed_at.is_some_and(|t| ctx.now.duration_since(t) >= ctx.seal_timeout);
+    if all_live_agree || (waited && live_agree >= ctx.quorum && b.in_flight == 0) {
+        b.phase = BatchPhase::Agreed;
+        for (peer, _) in &differing {
+            actions.push(Action::Penalize { peer: *peer, offence: Offence::BatchMinority });
+        }
+        let agreement_us = b.first_sealed.map_or(0, |t| ctx.now.duration_since(t).as_micros() as u64);
+        actions.push(Action::Agreed(BatchAgreed {
+            batch_id: Some(key.to_proto()),
+            batch_hash: ours.to_vec(),
+            order_count: b.orders.len() as u64,
+            revision: b.revision,
+            agreement_us,
+            repaired_orders: b.repaired,
+        }));
+    } else if b.first_sealed.is_some_and(|t| ctx.now.duration_since(t) >= ctx.repair_window) {
+        b.phase = BatchPhase::Disputed;
+        let reason = format!(
+            "{live_agree} of {} live members agree on revision {} after the {:?} repair window; quorum {}",
+            ctx.members, b.revision, ctx.repair_window, ctx.quorum
+        );
+        tracing::warn!(batch = %key, reason, "batch disputed: it will not be matched");
+        actions.push(Action::Disputed(BatchDisputed { batch_id: Some(key.to_proto()), reason }));
+    }
+}
+
+/// A batch whose engine submitted its result: halt on the first differing peer result;
+/// settle when every live peer answered alike, or at the timeout with a quorum of results;
+/// halt at the timeout without one.
+fn compare_results(ctx: &TickContext<'_>, key: &BatchKey, b: &mut Batch, actions: &mut Vec<Action>) {
+    let (ours, _) = b.result.expect("settling has a result");
+    let differing = b.peer_results.values().filter(|r| r.0 != ours).count();
+    let answered = b.peer_results.keys().filter(|p| ctx.live.contains(p)).count();
+    let timed_out = b.result_at.is_some_and(|t| ctx.now.duration_since(t) >= ctx.result_timeout);
+    let halt = |b: &mut Batch, reason: String, actions: &mut Vec<Action>| {
+        b.phase = BatchPhase::Halted;
+        actions.push(Action::ResultMismatch(ResultMismatch { batch_id: Some(key.to_proto()), halt: true, reason }));
+    };
+    if differing > 0 {
+        let reason = format!("{differing} peer(s) computed a different result hash");
+        tracing::error!(severity = "critical", batch = %key, reason, "RESULT MISMATCH: determinism violation; matching halted for this batch");
+        halt(b, reason, actions);
+    } else if answered >= ctx.live.len() || (timed_out && answered + 1 >= ctx.quorum) {
+        b.phase = BatchPhase::Settled;
+        actions.push(Action::ResultAgreed(ResultAgreed { batch_id: Some(key.to_proto()), result_hash: ours.to_vec() }));
+    } else if timed_out {
+        let reason = format!(
+            "only {} of {} results within {:?}; quorum {}",
+            answered + 1,
+            ctx.members,
+            ctx.result_timeout,
+            ctx.quorum
+        );
+        tracing::error!(severity = "critical", batch = %key, reason, "results unconfirmed; matching halted for this batch");
+        halt(b, reason, actions);
+    }
+}
+
+/// Once every live peer answered (or the time is up), even after an early halt: the peers
+/// outside a strict-majority result lose reputation. Judged once per batch.
+fn judge_results(ctx: &TickContext<'_>, b: &mut Batch, actions: &mut Vec<Action>) {
+    if !matches!(b.phase, BatchPhase::Halted | BatchPhase::Settled) || b.results_judged {
+        return;
+    }
+    let Some((ours, _)) = b.result else { return };
+    let answered = b.peer_results.keys().filter(|p| ctx.live.contains(p)).count();
+    let timed_out = b.result_at.is_some_and(|t| ctx.now.duration_since(t) >= ctx.result_timeout);
+    if answered < ctx.live.len() && !timed_out {
+        return;
+    }
+    b.results_judged = true;
+    let mut votes: HashMap<Digest, usize> = HashMap::from([(ours, 1)]);
+    for (h, _) in b.peer_results.values() {
+        *votes.entry(*h).or_default() += 1;
+    }
+    let (top, n) = votes.iter().max_by_key(|(h, n)| (**n, **h)).map(|(h, n)| (*h, *n)).expect("ours");
+    // Only a strict majority can single out a minority.
+    if n >= majority(b.peer_results.len() + 1) {
+        for (peer, (h, _)) in &b.peer_results {
+            if *h != top {
+                actions.push(Action::Penalize { peer: *peer, offence: Offence::ResultMinority });
+            }
+        }
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -731,7 +659,7 @@ mod tests {
         BatchKey { market: "M".into(), epoch: 1 }
     }
 
-    fn seal_of(actions: &[Action]) -> BatchSealed {
+    fn seal_of(actions: &[Action]) -> SealedBatch {
         actions
             .iter()
             .find_map(|a| match a {
@@ -774,7 +702,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(agreed.order_count, 5);
-        assert_eq!(agreed.batch_hash, seals[0].batch_hash);
+        assert_eq!(agreed.batch_hash, seals[0].hash.to_vec());
         assert_eq!(c.agreed_orders(&key()).unwrap().len(), 5);
     }
 
@@ -795,7 +723,7 @@ mod tests {
         by_digest.sort_by_key(|(_, d)| *d);
         let digests: Vec<Digest> = by_digest.iter().map(|(_, d)| *d).collect();
         let seal = seal_of(&c.seal(&key(), t0));
-        assert_eq!(seal.batch_hash, batch_hash_sorted(&digests).to_vec());
+        assert_eq!(seal.hash, batch_hash_sorted(&digests));
         c.on_peer_seal(p1, &seal);
         c.tick(t0, &HashSet::from([p1]));
         let served = c.agreed_orders(&key()).unwrap();
@@ -825,7 +753,7 @@ mod tests {
         }
         let full_seal = seal_of(&full.seal(&key(), t0));
         let short_seal = seal_of(&short.seal(&key(), t0));
-        assert_ne!(full_seal.batch_hash, short_seal.batch_hash);
+        assert_ne!(full_seal.hash, short_seal.hash);
         short.on_peer_seal(origin, &full_seal);
         short.on_peer_seal(other, &full_seal);
         let acts = short.tick(t0, &live);
@@ -848,7 +776,7 @@ mod tests {
         let acts = short.tick(t0, &live);
         let reseal = seal_of(&acts);
         assert_eq!(reseal.revision, 1);
-        assert_eq!(reseal.batch_hash, full_seal.batch_hash);
+        assert_eq!(reseal.hash, full_seal.hash);
         // Every live peer now agrees with the re-seal: agreed in the same tick.
         let agreed = acts
             .iter()
@@ -858,7 +786,6 @@ mod tests {
             })
             .unwrap();
         assert_eq!((agreed.order_count, agreed.revision, agreed.repaired_orders), (4, 1, 1));
-        assert_eq!(short.tally().repaired_orders, 1);
     }
 
     #[test]
@@ -870,8 +797,7 @@ mod tests {
         let (o, d) = order(&p1, 1);
         c.add_order(&o, d);
         c.seal(&key(), t0);
-        let other =
-            BatchSealed { batch_id: Some(key().to_proto()), batch_hash: vec![7; 32], order_count: 9, revision: 0 };
+        let other = SealedBatch { batch: key(), hash: [7; 32], order_count: 9, revision: 0 };
         c.on_peer_seal(p1, &other);
         c.on_peer_seal(p2, &other);
         c.tick(t0, &live);
@@ -880,7 +806,7 @@ mod tests {
         }
         let acts = c.tick(t0 + Duration::from_millis(1000), &live);
         assert!(has(&acts, |a| matches!(a, Action::Disputed(_))), "{acts:?}");
-        assert_eq!(c.phase(&key()), Some(Phase::Disputed));
+        assert_eq!(c.phase(&key()), Some(BatchPhase::Disputed));
         assert!(c.agreed_orders(&key()).is_err(), "a disputed batch is not served for matching");
     }
 
@@ -893,13 +819,16 @@ mod tests {
         let ours = seal_of(&c.seal(&key(), t0));
         c.on_peer_seal(p1, &ours);
         c.on_peer_seal(p2, &ours);
-        c.on_peer_seal(liar, &BatchSealed { batch_hash: vec![1; 32], ..ours.clone() });
+        c.on_peer_seal(liar, &SealedBatch { hash: [1; 32], ..ours.clone() });
         let acts = c.tick(t0, &live);
         assert!(!has(&acts, |a| matches!(a, Action::Agreed(_))), "waits for repair and the timeout");
         c.on_digest_set(&DigestSet { batch_id: Some(key().to_proto()), entries: vec![] });
         let acts = c.tick(t0 + Duration::from_millis(100), &live);
         assert!(has(&acts, |a| matches!(a, Action::Agreed(_))), "{acts:?}");
-        assert!(has(&acts, |a| matches!(a, Action::Penalize { peer, reason: "batch_minority" } if *peer == liar)));
+        assert!(has(
+            &acts,
+            |a| matches!(a, Action::Penalize { peer, offence: Offence::BatchMinority } if *peer == liar)
+        ));
     }
 
     #[test]
@@ -909,10 +838,9 @@ mod tests {
         let mut c = Consensus::new(cfg());
         c.seal(&key(), t0);
         c.tick(t0, &HashSet::new()); // alone: agreed at once
-        assert_eq!(c.phase(&key()), Some(Phase::Agreed));
+        assert_eq!(c.phase(&key()), Some(BatchPhase::Agreed));
         let (o, d) = order(&p, 1);
         assert_eq!(c.add_order(&o, d), AddOutcome::Late);
-        assert_eq!(c.tally().late_orders, 1);
     }
 
     fn agreed_pair() -> (Consensus, PeerId, PeerId, HashSet<PeerId>, Instant) {
@@ -924,19 +852,19 @@ mod tests {
         c.on_peer_seal(p1, &s);
         c.on_peer_seal(p2, &s);
         c.tick(t0, &live);
-        assert_eq!(c.phase(&key()), Some(Phase::Agreed));
+        assert_eq!(c.phase(&key()), Some(BatchPhase::Agreed));
         (c, p1, p2, live, t0)
     }
 
-    fn result(hash: u8) -> TradeResult {
-        TradeResult { batch_id: Some(key().to_proto()), result_hash: vec![hash; 32], trade_count: 3 }
+    fn result(hash: u8) -> BatchResult {
+        BatchResult { batch: key(), hash: [hash; 32], trades: 3 }
     }
 
     #[test]
     fn matching_results_settle() {
         let (mut c, p1, p2, live, t0) = agreed_pair();
         let acts = c.submit_result(&key(), [5; 32], 3, t0).unwrap();
-        assert!(matches!(&acts[..], [Action::PublishResult(r)] if r.trade_count == 3));
+        assert!(matches!(&acts[..], [Action::PublishResult(r)] if r.trades == 3));
         assert!(c.submit_result(&key(), [5; 32], 3, t0).is_err(), "one result per batch");
         c.on_peer_result(p1, &result(5));
         c.on_peer_result(p2, &result(5));
@@ -956,10 +884,10 @@ mod tests {
         c.on_peer_result(p1, &result(5));
         let acts = c.tick(t0, &live);
         assert!(
-            has(&acts, |a| matches!(a, Action::Penalize { peer, reason: "result_minority" } if *peer == bad)),
+            has(&acts, |a| matches!(a, Action::Penalize { peer, offence: Offence::ResultMinority } if *peer == bad)),
             "{acts:?}"
         );
-        assert_eq!(c.tally().halted, 1);
+        assert_eq!(c.phase(&key()), Some(BatchPhase::Halted));
         assert!(c.tick(t0, &live).is_empty(), "judged once");
     }
 
@@ -995,16 +923,17 @@ mod tests {
     fn agreed_batches_without_results_are_pruned_too() {
         let mut c = five_epochs(false);
         assert_eq!(c.phase(&BatchKey { market: "M".into(), epoch: 0 }), None, "dropped");
-        assert_eq!(c.phase(&BatchKey { market: "M".into(), epoch: 4 }), Some(Phase::Agreed));
-        assert_eq!(c.open_batches(), 2, "only the retained two remain");
+        assert_eq!(c.phase(&BatchKey { market: "M".into(), epoch: 4 }), Some(BatchPhase::Agreed));
+        let kept: Vec<u64> = c.batches.keys().map(|k| k.epoch).collect();
+        assert_eq!(kept, vec![3, 4], "only the retained two remain");
         // A straggler's seal or order for a dropped epoch does not bring the batch back.
-        let stale = BatchSealed {
-            batch_id: Some(BatchKey { market: "M".into(), epoch: 1 }.to_proto()),
-            batch_hash: vec![1; 32],
+        let stale = SealedBatch {
+            batch: BatchKey { market: "M".into(), epoch: 1 },
+            hash: [1; 32],
             order_count: 1,
             revision: 0,
         };
-        assert_eq!(c.on_peer_seal(PeerId::random(), &stale), AddOutcome::Late);
+        assert!(!c.on_peer_seal(PeerId::random(), &stale), "nothing recorded");
         let (o, d) = order(&PeerId::random(), 9);
         assert_eq!(c.add_order(&o, d), AddOutcome::Late, "epoch 1 is over");
         assert_eq!(c.phase(&BatchKey { market: "M".into(), epoch: 1 }), None);

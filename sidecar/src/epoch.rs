@@ -8,12 +8,19 @@
 //! engine advances by sealing.
 
 use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use openmatch_gossip_crds::sidecar_config::{ConsensusConfig, SealingMode};
 
+/// The wall clock, in nanoseconds since the Unix epoch (0 if the clock is before 1970):
+/// the time that epochs, submit stamps and propagation latency are measured in.
+pub(crate) fn unix_now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// Assigns epochs to new local orders and says when batches are due to be sealed.
 #[derive(Debug, Clone)]
-pub struct EpochClock {
+pub(crate) struct EpochClock {
     mode: SealingMode,
     epoch_ms: u64,
     grace_ms: u64,
@@ -23,7 +30,7 @@ pub struct EpochClock {
 
 impl EpochClock {
     /// A clock for `config`.
-    pub fn new(config: &ConsensusConfig) -> Self {
+    pub(crate) fn new(config: &ConsensusConfig) -> Self {
         EpochClock {
             mode: config.sealing,
             epoch_ms: config.epoch_ms.max(1) as u64,
@@ -33,12 +40,12 @@ impl EpochClock {
     }
 
     /// The sealing mode.
-    pub fn mode(&self) -> SealingMode {
+    pub(crate) fn mode(&self) -> SealingMode {
         self.mode
     }
 
     /// The epoch a local order of `market` submitted at `unix_ms` joins.
-    pub fn epoch_for(&self, market: &str, unix_ms: u64) -> u64 {
+    pub(crate) fn epoch_for(&self, market: &str, unix_ms: u64) -> u64 {
         match self.mode {
             SealingMode::Clock => unix_ms / self.epoch_ms,
             SealingMode::Engine => self.current.get(market).copied().unwrap_or(0),
@@ -47,14 +54,14 @@ impl EpochClock {
 
     /// Clock mode: whether batch `epoch` is due to be sealed at `unix_ms` (its epoch ended
     /// and the grace passed). Always `false` in engine mode.
-    pub fn seal_due(&self, epoch: u64, unix_ms: u64) -> bool {
+    pub(crate) fn seal_due(&self, epoch: u64, unix_ms: u64) -> bool {
         self.mode == SealingMode::Clock && unix_ms >= (epoch + 1).saturating_mul(self.epoch_ms) + self.grace_ms
     }
 
     /// Engine mode: the engine seals `market`'s current epoch; returns it and moves the
     /// market to the next one. `seen` is the highest epoch of this market seen from peers,
     /// so a node that fell behind catches up instead of reusing a closed epoch.
-    pub fn advance(&mut self, market: &str, seen: Option<u64>) -> u64 {
+    pub(crate) fn advance(&mut self, market: &str, seen: Option<u64>) -> u64 {
         let cur = self.current.entry(market.to_owned()).or_insert(0);
         if let Some(s) = seen {
             *cur = (*cur).max(s);
@@ -62,11 +69,6 @@ impl EpochClock {
         let sealed = *cur;
         *cur += 1;
         sealed
-    }
-
-    /// Epoch length, ms.
-    pub fn epoch_ms(&self) -> u64 {
-        self.epoch_ms
     }
 }
 

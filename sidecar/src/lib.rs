@@ -1,39 +1,55 @@
 //! openmatch-gossip sidecar: a libp2p gossip node beside each matching-engine replica.
 //!
-//! Data flows one way: engine → [`api`] (gRPC on a Unix socket) → [`node`] (outbox, GossipSub)
-//! → peers' [`node`] (validation: [`wire`] decode under a size cap, [`ratelimit`], [`dedup`])
-//! → their [`api`] subscribers → their engine.
+//! ## Where an order goes (the product)
+//! 1. **Enters** from the engine over the Unix socket: [`api`] checks it and hands it to
+//!    the node's handle ([`node::NodeHandle`]).
+//! 2. **Is stamped and sent**: `node::publish` gives it its origin and epoch, adds it to
+//!    its batch and publishes it in packs; `wire` encodes it, `topics` names the GossipSub
+//!    topic, the swarm is `node::behaviour` (TCP + Noise + Yamux).
+//! 3. **Crosses the network** and **is checked** at each peer: `node::inbound` hands each
+//!    message to `validation` (`ratelimit` token bucket, `wire` decode under the size cap,
+//!    order schema, `dedup` seen-cache), then delivers new orders to that peer's engine.
+//! 4. **Is decided**: `consensus` (a pure state machine over `epoch`s, `batch_hash` and
+//!    the `repair` protocol) seals, compares, repairs and agrees batches and results;
+//!    `node::decide` carries out its actions, `reputation` penalises peers in the minority.
 //!
-//! Besides the node, the crate holds the reference engine ([`engine`], replaying real market
-//! data from [`marketdata`]) and the main job that runs three of each ([`cluster`]).
+//! Around them: [`config`] and [`reload`] (settings and hot reload), [`metrics`],
+//! [`identity`], [`server`] (start and stop a whole sidecar in order) and the generated
+//! [`proto`] types. Internals are private; what the binary, the tools and the tests need is
+//! re-exported here.
+//!
+//! ## The tools
+//! [`tools`] holds what is not the sidecar but exercises it: the reference engine, the
+//! market-data replay, the reference auction, the main job (`cluster`), the benchmark and
+//! its stack floor (`relay`). They are a module folder rather than a crate of their own
+//! because the one `openmatch-gossip` binary (and its container image) carries both the
+//! node and the tools, and a separate crate would need the binary to move out of this
+//! package; they reach the product only through its crate-visible API.
 
 pub mod api;
-pub mod auction;
-pub mod batch_hash;
-pub mod bench;
-pub mod cluster;
+mod batch_hash;
 pub mod config;
-pub mod consensus;
-pub mod dedup;
-pub mod engine;
-pub mod epoch;
+mod consensus;
+mod dedup;
+mod epoch;
 pub mod identity;
-pub mod marketdata;
 pub mod metrics;
 pub mod node;
-pub mod outbox;
+mod outbox;
 pub mod proto;
-pub mod ratelimit;
-pub mod relay;
+mod ratelimit;
 pub mod reload;
-pub mod repair;
-pub mod reputation;
+mod repair;
+mod reputation;
 pub mod server;
-pub mod stats;
-pub mod telemetry;
-pub mod topics;
-pub mod validation;
-pub mod wire;
+pub mod tools;
+mod topics;
+mod validation;
+mod wire;
+
+pub use batch_hash::batch_hash;
+pub use topics::{Topic, TopicKind};
+pub use wire::{Digest, canonical_encoding, content_digest, encode as encode_envelope, encode_orders, order_digest};
 
 /// Software version reported in `PeerStatus` and node status.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

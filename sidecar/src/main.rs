@@ -1,7 +1,9 @@
 //! `openmatch-gossip`: the sidecar node and its companion tools.
 
 use clap::{Parser, Subcommand};
-use openmatch_gossip_sidecar::{bench, cluster, config, engine, identity, relay, server, telemetry};
+use openmatch_gossip_crds::runtime::{LogFormat, init_logging};
+use openmatch_gossip_sidecar::tools::{bench, cluster, engine, relay};
+use openmatch_gossip_sidecar::{config, identity, server};
 
 /// openmatch-gossip: a libp2p gossip sidecar for replicated matching engines.
 ///
@@ -51,9 +53,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let format = match &cli.command {
         Cmd::Node(a) | Cmd::Relay(a) => a.log_format,
-        _ => telemetry::LogFormat::Pretty,
+        _ => LogFormat::Pretty,
     };
-    telemetry::init(format);
+    init_logging(format);
     let rt = if cli.worker_threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {

@@ -1,25 +1,15 @@
-//! Prometheus metrics (prometheus-client) and the HTTP endpoints `/metrics`, `/healthz` and
-//! `/readyz`.
+//! Prometheus metrics (prometheus-client): every metric the sidecar exports and its labels.
 //!
 //! One registry holds this crate's metrics, prefixed `openmatch_gossip_`, and libp2p's own
-//! (GossipSub, Identify, Kademlia, Ping, swarm), prefixed `libp2p_`.
+//! (GossipSub, Identify, Kademlia, Ping, swarm), prefixed `libp2p_`; it is served on
+//! `/metrics` by the shared HTTP server (`openmatch_gossip_crds::runtime`).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::Mutex;
 
 /// Labels: topic kind (`orders`, `batches`, `results`, `control`) and market (empty for
 /// control).
@@ -156,6 +146,38 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// What happened to a batch; [`BatchOutcome::as_str`] is the `outcome` label of
+/// `openmatch_gossip_batches_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BatchOutcome {
+    /// Sealed (every revision).
+    Sealed,
+    /// Agreed.
+    Agreed,
+    /// Agreed after at least one repair.
+    Repaired,
+    /// Disputed: the repair window closed without agreement.
+    Disputed,
+    /// Every result matched.
+    ResultAgreed,
+    /// Halted: results differed or were unconfirmed.
+    Halted,
+}
+
+impl BatchOutcome {
+    /// `sealed`, `agreed`, `repaired`, `disputed`, `result_agreed`, `halted`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            BatchOutcome::Sealed => "sealed",
+            BatchOutcome::Agreed => "agreed",
+            BatchOutcome::Repaired => "repaired",
+            BatchOutcome::Disputed => "disputed",
+            BatchOutcome::ResultAgreed => "result_agreed",
+            BatchOutcome::Halted => "halted",
+        }
+    }
+}
+
 /// Labels: market and batch outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MarketOutcome {
@@ -272,80 +294,9 @@ impl Metrics {
     }
 }
 
-/// Liveness and readiness flags served on `/healthz` and `/readyz`.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// The node's event loop is running.
-    pub alive: AtomicBool,
-    /// The engine socket is bound and the node listens on its p2p addresses.
-    pub ready: AtomicBool,
-    /// `healthy`, `degraded` or `isolated`, with the reason (set by the node each heartbeat).
-    pub state: Mutex<(String, String)>,
-}
-
-/// State of the HTTP endpoints.
-#[derive(Clone)]
-struct HttpState {
-    registry: Arc<Mutex<Registry>>,
-    health: Arc<Health>,
-}
-
-async fn metrics_handler(State(s): State<HttpState>) -> impl IntoResponse {
-    let mut body = String::new();
-    let registry = s.registry.lock().expect("registry lock");
-    match prometheus_client::encoding::text::encode(&mut body, &registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-            body,
-        ),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain")],
-            format!("encoding metrics failed: {e}"),
-        ),
+impl Metrics {
+    /// Counts one `outcome` of a batch of `market`.
+    pub(crate) fn count_batch(&self, market: &str, outcome: BatchOutcome) {
+        self.batches.get_or_create(&MarketOutcome { market: market.to_owned(), outcome: outcome.as_str() }).inc();
     }
-}
-
-fn flag(ok: bool, what: &str) -> (StatusCode, String) {
-    if ok { (StatusCode::OK, "ok\n".to_owned()) } else { (StatusCode::SERVICE_UNAVAILABLE, format!("not {what}\n")) }
-}
-
-/// 200 while the node runs (so an isolated node is not restarted in a loop); the body says
-/// `healthy`, `degraded: <reason>` or `isolated: <reason>`.
-async fn healthz(State(s): State<HttpState>) -> impl IntoResponse {
-    if !s.health.alive.load(Ordering::Relaxed) {
-        return flag(false, "alive");
-    }
-    let (state, reason) = s.health.state.lock().expect("health lock").clone();
-    let state = if state.is_empty() { "healthy".to_owned() } else { state };
-    let body = if reason.is_empty() { format!("{state}\n") } else { format!("{state}: {reason}\n") };
-    (StatusCode::OK, body)
-}
-
-async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
-    flag(s.health.ready.load(Ordering::Relaxed), "ready")
-}
-
-/// Binds `addr` and serves `/metrics`, `/healthz`, `/readyz` until `shutdown` resolves.
-/// Returns the bound address (useful with port 0) and the server task.
-pub async fn serve_http(
-    addr: SocketAddr,
-    registry: Arc<Mutex<Registry>>,
-    health: Arc<Health>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(HttpState { registry, health });
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-            tracing::error!(error = %e, "metrics HTTP server failed");
-        }
-    });
-    Ok((bound, task))
 }

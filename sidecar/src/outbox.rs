@@ -3,12 +3,11 @@
 //!
 //! Packing is adaptive: a pack takes whatever is queued for the market, up to
 //! `max_orders` orders and `max_bytes` encoded bytes, so a lone order on an idle node goes
-//! out alone and at once, while a backlog goes out in full packs. Orders whose publish
+//! out alone and at once, while a backlog goes out in full packs. Sizes are counted as
+//! [`crate::wire::encode_orders`] writes them (origin and market elided). Orders whose publish
 //! failed are put back at the front, in order; nothing leaves the outbox unpublished.
 
 use std::collections::{BTreeMap, VecDeque};
-
-use prost::Message as _;
 
 use crate::proto::Order;
 
@@ -18,7 +17,7 @@ const ENVELOPE_OVERHEAD: usize = 16;
 
 /// Pending local orders per market.
 #[derive(Debug)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     queues: BTreeMap<String, VecDeque<Order>>,
     len: usize,
     max_orders: usize,
@@ -28,12 +27,12 @@ pub struct Outbox {
 impl Outbox {
     /// An empty outbox packing at most `max_orders` orders and `max_bytes` encoded bytes
     /// per message.
-    pub fn new(max_orders: usize, max_bytes: usize) -> Self {
+    pub(crate) fn new(max_orders: usize, max_bytes: usize) -> Self {
         Outbox { queues: BTreeMap::new(), len: 0, max_orders: max_orders.max(1), max_bytes }
     }
 
     /// Queues `order` at the back of its market's queue.
-    pub fn push(&mut self, order: Order) {
+    pub(crate) fn push(&mut self, order: Order) {
         match self.queues.get_mut(&order.market) {
             Some(q) => q.push_back(order),
             None => {
@@ -44,23 +43,23 @@ impl Outbox {
     }
 
     /// Orders queued across markets.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// Whether nothing is queued.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Markets with queued orders, in name order.
-    pub fn pending_markets(&self) -> Vec<String> {
+    pub(crate) fn pending_markets(&self) -> Vec<String> {
         self.queues.iter().filter(|(_, q)| !q.is_empty()).map(|(m, _)| m.clone()).collect()
     }
 
     /// Takes the next pack of `market`: the longest prefix of its queue within the order
     /// and byte limits (at least one order). `None` when the market has nothing queued.
-    pub fn take_pack(&mut self, market: &str) -> Option<Vec<Order>> {
+    pub(crate) fn take_pack(&mut self, market: &str) -> Option<Vec<Order>> {
         let q = self.queues.get_mut(market)?;
         if q.is_empty() {
             return None;
@@ -68,9 +67,7 @@ impl Outbox {
         let mut bytes = ENVELOPE_OVERHEAD;
         let mut n = 0;
         for o in q.iter().take(self.max_orders) {
-            let len = o.encoded_len();
-            // field tag (1) + length varint (up to 3 for orders below 2 MiB)
-            let framed = len + 1 + prost::length_delimiter_len(len);
+            let framed = crate::wire::framed_len(o);
             if n > 0 && bytes + framed > self.max_bytes {
                 break;
             }
@@ -83,7 +80,7 @@ impl Outbox {
 
     /// Puts a pack whose publish failed back at the front of its market's queue, keeping
     /// its order.
-    pub fn requeue_front(&mut self, market: &str, pack: Vec<Order>) {
+    pub(crate) fn requeue_front(&mut self, market: &str, pack: Vec<Order>) {
         let q = self.queues.entry(market.to_owned()).or_default();
         self.len += pack.len();
         for o in pack.into_iter().rev() {
@@ -95,7 +92,6 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{OrderGossip, gossip_envelope::Body};
 
     fn order(market: &str, id: u64, proof: usize) -> Order {
         Order { id, market: market.into(), quantity_lots: 1, freeze_proof: vec![7; proof], ..Default::default() }
@@ -125,7 +121,7 @@ mod tests {
         let mut total = 0;
         while let Some(pack) = ob.take_pack("A").filter(|p| !p.is_empty()) {
             total += pack.len();
-            let encoded = crate::wire::encode(Body::Orders(OrderGossip { orders: pack }));
+            let encoded = crate::wire::encode_orders(&pack);
             assert!(encoded.len() <= cap, "{} > {cap}", encoded.len());
         }
         assert_eq!(total, 50);

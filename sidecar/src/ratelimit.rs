@@ -21,37 +21,31 @@ fn quota(cfg: RateLimitConfig) -> Quota {
 }
 
 /// Per-peer inbound token bucket.
-pub struct PeerRateLimiter {
+pub(crate) struct PeerRateLimiter {
     limiter: DefaultKeyedRateLimiter<PeerId>,
-    config: RateLimitConfig,
 }
 
 impl PeerRateLimiter {
     /// Buckets of `cfg.messages_per_second` sustained and `cfg.burst` at once per peer.
-    pub fn new(cfg: RateLimitConfig) -> Self {
-        PeerRateLimiter { limiter: RateLimiter::keyed(quota(cfg)), config: cfg }
+    pub(crate) fn new(cfg: RateLimitConfig) -> Self {
+        PeerRateLimiter { limiter: RateLimiter::keyed(quota(cfg)) }
     }
 
     /// Takes one token from `peer`'s bucket; `false` when the peer is over its rate.
-    pub fn check(&self, peer: &PeerId) -> bool {
+    pub(crate) fn check(&self, peer: &PeerId) -> bool {
         self.limiter.check_key(peer).is_ok()
-    }
-
-    /// The limits in force.
-    pub fn config(&self) -> RateLimitConfig {
-        self.config
     }
 
     /// Drops the state of peers whose buckets are full again (call periodically; bounds
     /// memory to the peers active within one burst period).
-    pub fn retain_recent(&self) {
+    pub(crate) fn retain_recent(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
     }
 }
 
 /// Outbound pacing of the node's own gossip messages.
-pub struct Pacer {
+pub(crate) struct Pacer {
     limiter: DefaultDirectRateLimiter,
     clock: DefaultClock,
 }
@@ -59,14 +53,14 @@ pub struct Pacer {
 impl Pacer {
     /// Paces at `cfg.messages_per_second` with half of `cfg.burst` (at least 1) as the
     /// bucket, leaving headroom for arrival jitter at the receivers' full-size buckets.
-    pub fn new(cfg: RateLimitConfig) -> Self {
+    pub(crate) fn new(cfg: RateLimitConfig) -> Self {
         let outbound = RateLimitConfig { burst: (cfg.burst / 2).max(1), ..cfg };
         Pacer { limiter: RateLimiter::direct(quota(outbound)), clock: DefaultClock::default() }
     }
 
     /// Takes a token if one is available now; otherwise returns the instant at which one
     /// will be.
-    pub fn try_acquire(&self) -> Result<(), Instant> {
+    pub(crate) fn try_acquire(&self) -> Result<(), Instant> {
         match self.limiter.check() {
             Ok(()) => Ok(()),
             Err(not_until) => {

@@ -19,11 +19,30 @@ use crate::config::NodeSettings;
 use crate::metrics::{Metrics, ResultLabel};
 use crate::node::NodeHandle;
 
+/// What became of a reload attempt; [`ReloadOutcome::as_str`] is the `result` label of
+/// `openmatch_gossip_config_reloads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReloadOutcome {
+    /// The node runs the new configuration.
+    Applied,
+    /// The file could not be read or failed validation; the last good one stays.
+    Rejected,
+}
+
+impl ReloadOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReloadOutcome::Applied => "applied",
+            ReloadOutcome::Rejected => "rejected",
+        }
+    }
+}
+
 /// How often the file is checked.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Watches `path` until `stop`; `load` turns the file (plus overrides) into settings.
-pub fn spawn(
+pub(crate) fn spawn(
     path: PathBuf,
     load: impl Fn() -> anyhow::Result<NodeSettings> + Send + 'static,
     node: NodeHandle,
@@ -46,7 +65,10 @@ pub fn spawn(
                 Err(e) => {
                     if last.is_some() {
                         tracing::warn!(path = %path.display(), error = %e, "configuration file unreadable; keeping the last good configuration");
-                        metrics.config_reloads.get_or_create(&ResultLabel { result: "rejected" }).inc();
+                        metrics
+                            .config_reloads
+                            .get_or_create(&ResultLabel { result: ReloadOutcome::Rejected.as_str() })
+                            .inc();
                     }
                     None
                 }
@@ -60,13 +82,19 @@ pub fn spawn(
                 Ok(settings) => match node.reload(settings).await {
                     Ok(notes) => {
                         tracing::info!(path = %path.display(), restart_needed = ?notes, "configuration reloaded");
-                        metrics.config_reloads.get_or_create(&ResultLabel { result: "applied" }).inc();
+                        metrics
+                            .config_reloads
+                            .get_or_create(&ResultLabel { result: ReloadOutcome::Applied.as_str() })
+                            .inc();
                     }
                     Err(_) => return,
                 },
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "new configuration rejected; keeping the last good one");
-                    metrics.config_reloads.get_or_create(&ResultLabel { result: "rejected" }).inc();
+                    metrics
+                        .config_reloads
+                        .get_or_create(&ResultLabel { result: ReloadOutcome::Rejected.as_str() })
+                        .inc();
                 }
             }
         }

@@ -15,14 +15,14 @@ use libp2p::StreamProtocol;
 use crate::proto::{RepairRequest, RepairResponse};
 
 /// Protocol name.
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/openmatch/repair/1.0.0");
+pub(crate) const PROTOCOL: StreamProtocol = StreamProtocol::new("/openmatch/repair/1.0.0");
 
 /// Largest repair message, bytes (64 MiB: a digest set of ~900,000 orders).
-pub const MAX_REPAIR_BYTES: usize = 64 << 20;
+pub(crate) const MAX_REPAIR_BYTES: usize = 64 << 20;
 
 /// Length-prefixed protobuf codec for the repair protocol.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RepairCodec;
+pub(crate) struct RepairCodec;
 
 async fn read_frame<M: prost::Message + Default, T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<M> {
     let mut len = [0u8; 4];

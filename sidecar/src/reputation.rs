@@ -11,18 +11,34 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use openmatch_gossip_crds::sidecar_config::ReputationConfig;
 
-/// What a peer did wrong.
+/// What a peer did wrong; [`Offence::as_str`] is its metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offence {
-    /// Its batch or result hash was in the minority.
-    Minority,
+pub(crate) enum Offence {
+    /// Its batch hash was in the minority when the batch was agreed.
+    BatchMinority,
+    /// Its result hash was outside the majority result.
+    ResultMinority,
     /// It sent an invalid gossip message.
     InvalidMessage,
+    /// Its repair response carried orders not asked for or not its own.
+    BadRepair,
+}
+
+impl Offence {
+    /// Metric label: `batch_minority`, `result_minority`, `invalid_message`, `bad_repair`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Offence::BatchMinority => "batch_minority",
+            Offence::ResultMinority => "result_minority",
+            Offence::InvalidMessage => "invalid_message",
+            Offence::BadRepair => "bad_repair",
+        }
+    }
 }
 
 /// Scores and bans.
 #[derive(Debug)]
-pub struct Reputation {
+pub(crate) struct Reputation {
     config: ReputationConfig,
     scores: HashMap<PeerId, (f64, Instant)>,
     bans: HashMap<PeerId, Instant>,
@@ -30,28 +46,28 @@ pub struct Reputation {
 
 /// Reputation figures for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// Peers with a non-zero score.
-    pub scored: usize,
+    pub(crate) scored: usize,
     /// Lowest score (0 when none).
-    pub min: f64,
+    pub(crate) min: f64,
     /// Peers banned now.
-    pub banned: usize,
+    pub(crate) banned: usize,
 }
 
 impl Reputation {
     /// Empty: every peer starts at 0.
-    pub fn new(config: ReputationConfig) -> Self {
+    pub(crate) fn new(config: ReputationConfig) -> Self {
         Reputation { config, scores: HashMap::new(), bans: HashMap::new() }
     }
 
     /// Replaces the thresholds (hot reload); scores are kept.
-    pub fn set_config(&mut self, config: ReputationConfig) {
+    pub(crate) fn set_config(&mut self, config: ReputationConfig) {
         self.config = config;
     }
 
     /// `peer`'s score at `now` (0 for unknown peers; ≤ 0 always).
-    pub fn score(&self, peer: &PeerId, now: Instant) -> f64 {
+    pub(crate) fn score(&self, peer: &PeerId, now: Instant) -> f64 {
         self.scores.get(peer).map_or(0.0, |(s, at)| self.recovered(*s, *at, now))
     }
 
@@ -62,10 +78,10 @@ impl Reputation {
 
     /// Records an offence; returns the new score and whether the peer is now to be banned
     /// (it was not banned before and fell to the threshold).
-    pub fn penalize(&mut self, peer: PeerId, offence: Offence, now: Instant) -> (f64, bool) {
+    pub(crate) fn penalize(&mut self, peer: PeerId, offence: Offence, now: Instant) -> (f64, bool) {
         let penalty = match offence {
-            Offence::Minority => self.config.minority_penalty,
-            Offence::InvalidMessage => self.config.invalid_message_penalty,
+            Offence::BatchMinority | Offence::ResultMinority => self.config.minority_penalty,
+            Offence::InvalidMessage | Offence::BadRepair => self.config.invalid_message_penalty,
         };
         let score = self.score(&peer, now) - penalty;
         self.scores.insert(peer, (score, now));
@@ -77,12 +93,12 @@ impl Reputation {
     }
 
     /// Whether `peer` is banned at `now`.
-    pub fn is_banned(&self, peer: &PeerId, now: Instant) -> bool {
+    pub(crate) fn is_banned(&self, peer: &PeerId, now: Instant) -> bool {
         self.bans.get(peer).is_some_and(|until| *until > now)
     }
 
     /// Ends the bans that expired by `now`; those peers start again from 0.
-    pub fn expire_bans(&mut self, now: Instant) -> Vec<PeerId> {
+    pub(crate) fn expire_bans(&mut self, now: Instant) -> Vec<PeerId> {
         let expired: Vec<PeerId> = self.bans.iter().filter(|(_, until)| **until <= now).map(|(p, _)| *p).collect();
         for p in &expired {
             self.bans.remove(p);
@@ -92,7 +108,7 @@ impl Reputation {
     }
 
     /// Figures for metrics.
-    pub fn summary(&self, now: Instant) -> Summary {
+    pub(crate) fn summary(&self, now: Instant) -> Summary {
         let scores: Vec<f64> =
             self.scores.iter().map(|(_, (s, at))| self.recovered(*s, *at, now)).filter(|s| *s < 0.0).collect();
         Summary {
@@ -121,11 +137,11 @@ mod tests {
     fn third_minority_offence_bans_once() {
         let mut r = rep();
         let (p, t) = (PeerId::random(), Instant::now());
-        assert_eq!(r.penalize(p, Offence::Minority, t), (-10.0, false));
-        assert_eq!(r.penalize(p, Offence::Minority, t), (-20.0, false));
-        assert_eq!(r.penalize(p, Offence::Minority, t), (-30.0, true));
+        assert_eq!(r.penalize(p, Offence::BatchMinority, t), (-10.0, false));
+        assert_eq!(r.penalize(p, Offence::BatchMinority, t), (-20.0, false));
+        assert_eq!(r.penalize(p, Offence::BatchMinority, t), (-30.0, true));
         assert!(r.is_banned(&p, t));
-        assert!(!r.penalize(p, Offence::Minority, t).1, "already banned");
+        assert!(!r.penalize(p, Offence::BatchMinority, t).1, "already banned");
         assert_eq!(r.summary(t).banned, 1);
     }
 
@@ -144,7 +160,7 @@ mod tests {
         let mut r = rep();
         let (p, t) = (PeerId::random(), Instant::now());
         for _ in 0..3 {
-            r.penalize(p, Offence::Minority, t);
+            r.penalize(p, Offence::BatchMinority, t);
         }
         assert!(r.expire_bans(t + Duration::from_millis(999)).is_empty());
         assert_eq!(r.expire_bans(t + Duration::from_millis(1000)), vec![p]);

@@ -4,22 +4,56 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use libp2p::{PeerId, identity::Keypair};
+use openmatch_gossip_crds::runtime::{Probe, Probes};
 use prometheus_client::registry::Registry;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeSettings;
-use crate::metrics::{Health, Metrics};
-use crate::node::{Node, NodeHandle, Shutdown};
+use crate::metrics::Metrics;
+use crate::node::{Health, Node, NodeHandle, Shutdown};
 
 /// How long in-flight API calls may take to finish on shutdown.
-pub const API_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+const API_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `/healthz` and `/readyz` answer.
+struct SidecarProbes {
+    /// The node's event loop is running.
+    alive: AtomicBool,
+    /// The engine socket is bound and the node listens on its p2p addresses.
+    ready: AtomicBool,
+    health: watch::Receiver<Health>,
+}
+
+impl Probes for SidecarProbes {
+    /// 200 while the node runs (so an isolated node is not restarted in a loop); the body
+    /// says `healthy`, `degraded: <reason>` or `isolated: <reason>`.
+    fn liveness(&self) -> Probe {
+        if !self.alive.load(Ordering::Relaxed) {
+            return Probe { ok: false, body: "not alive\n".to_owned() };
+        }
+        let health = self.health.borrow();
+        let body = match health.reason() {
+            r if r.is_empty() => format!("{}\n", health.as_str()),
+            r => format!("{}: {r}\n", health.as_str()),
+        };
+        Probe { ok: true, body }
+    }
+
+    fn readiness(&self) -> Probe {
+        match self.ready.load(Ordering::Relaxed) {
+            true => Probe { ok: true, body: "ok\n".to_owned() },
+            false => Probe { ok: false, body: "not ready\n".to_owned() },
+        }
+    }
+}
 
 /// Handles of a started sidecar.
 pub struct RunningSidecar {
@@ -30,13 +64,12 @@ pub struct RunningSidecar {
     /// Bound address of the metrics/health HTTP server.
     pub http_addr: SocketAddr,
     /// The registry behind `/metrics`.
-    pub registry: Arc<Mutex<Registry>>,
-    /// This node's metrics.
-    pub metrics: Arc<Metrics>,
-    /// Liveness/readiness flags.
-    pub health: Arc<Health>,
+    pub registry: Arc<Registry>,
     /// In-process handle to the node (what the API uses).
     pub node: NodeHandle,
+    /// This node's metrics (the `openmatch_gossip_*` families in `registry`).
+    pub metrics: Arc<Metrics>,
+    probes: Arc<SidecarProbes>,
     shutdown: Shutdown,
     watch_stop: CancellationToken,
     api_stop: CancellationToken,
@@ -50,46 +83,48 @@ pub struct RunningSidecar {
 /// address that cannot be bound.
 pub async fn start(settings: NodeSettings, key: Keypair) -> anyhow::Result<RunningSidecar> {
     let mut registry = Registry::default();
-    let health = Arc::new(Health::default());
-    let (node, handle) = Node::new(settings.clone(), key, &mut registry, health.clone())?;
-    let metrics = node.metrics();
+    let (node, handle, metrics) = Node::new(settings.clone(), key, &mut registry)?;
     let peer_id = handle.info().peer_id;
-    let registry = Arc::new(Mutex::new(registry));
+    let registry = Arc::new(registry);
+    let probes = Arc::new(SidecarProbes {
+        alive: AtomicBool::new(false),
+        ready: AtomicBool::new(false),
+        health: handle.health(),
+    });
 
     let listener = crate::api::bind_socket(&settings.socket).await?;
     let shutdown = Shutdown::default();
     let node_task = tokio::spawn(node.run(shutdown.clone()));
-    health.alive.store(true, Ordering::Relaxed);
+    probes.alive.store(true, Ordering::Relaxed);
 
-    let (reporter, health_service) = tonic_health::server::health_reporter();
     let api_stop = CancellationToken::new();
     let stop = api_stop.clone();
     let (h, m) = (handle.clone(), metrics.clone());
     let api_task = tokio::spawn(async move {
-        if let Err(e) = crate::api::serve(listener, h, m, reporter, health_service, stop.cancelled_owned()).await {
+        if let Err(e) = crate::api::serve(listener, h, m, stop.cancelled_owned()).await {
             tracing::error!(error = %e, "engine API server failed");
         }
     });
 
     let http_stop = CancellationToken::new();
-    let (http_addr, http_task) = crate::metrics::serve_http(
+    let (http_addr, http_task) = openmatch_gossip_crds::runtime::serve_http(
         settings.metrics_addr,
         registry.clone(),
-        health.clone(),
+        probes.clone(),
         http_stop.clone().cancelled_owned(),
     )
     .await
     .with_context(|| format!("binding the metrics address {}", settings.metrics_addr))?;
-    health.ready.store(true, Ordering::Relaxed);
+    probes.ready.store(true, Ordering::Relaxed);
     tracing::info!(%peer_id, socket = %settings.socket.display(), metrics = %http_addr, network = %settings.config.network, markets = ?settings.config.markets, "sidecar started");
     Ok(RunningSidecar {
         peer_id,
         socket: settings.socket.clone(),
         http_addr,
         registry,
-        metrics,
-        health,
         node: handle,
+        metrics,
+        probes,
         shutdown,
         watch_stop: CancellationToken::new(),
         api_stop,
@@ -116,7 +151,7 @@ impl RunningSidecar {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         self.watch_stop.cancel();
-        self.health.ready.store(false, Ordering::Relaxed);
+        self.probes.ready.store(false, Ordering::Relaxed);
         self.shutdown.closing.cancel();
         self.api_stop.cancel();
         if tokio::time::timeout(API_DRAIN_TIMEOUT, self.api_task).await.is_err() {
@@ -129,7 +164,7 @@ impl RunningSidecar {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(socket = %self.socket.display(), error = %e, "could not remove the socket"),
         }
-        self.health.alive.store(false, Ordering::Relaxed);
+        self.probes.alive.store(false, Ordering::Relaxed);
         self.http_stop.cancel();
         let _ = self.http_task.await;
         tracing::info!("sidecar stopped");

@@ -86,9 +86,11 @@ impl Topic {
     }
 
     /// Every topic a node trading `markets` subscribes to: three per market plus control.
-    pub fn all_for(markets: &[String]) -> Vec<Topic> {
-        let mut topics: Vec<Topic> =
-            markets.iter().flat_map(|m| TopicKind::PER_MARKET.map(|kind| Topic { kind, market: m.clone() })).collect();
+    pub fn all_for<'a>(markets: impl IntoIterator<Item = &'a String>) -> Vec<Topic> {
+        let mut topics: Vec<Topic> = markets
+            .into_iter()
+            .flat_map(|m| TopicKind::PER_MARKET.map(|kind| Topic { kind, market: m.clone() }))
+            .collect();
         topics.push(Topic::control());
         topics
     }

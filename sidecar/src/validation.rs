@@ -1,47 +1,108 @@
 //! Application validation of every inbound gossip message (GossipSub `validate_messages`):
 //! nothing is forwarded to other peers or delivered to the engine before it passes here.
 //!
-//! Order of checks, cheapest first: topic of this network → per-peer token bucket → size
-//! cap → protobuf decode, version and body kind → schema (market of the topic, fields,
-//! signed author = order origin; both filled in when elided on the wire) → SHA-256
-//! seen-cache of order digests. Each outcome is
-//! counted in [`Metrics`]; the [`Verdict`] says what to tell GossipSub.
+//! Order of checks, cheapest first: topic of this network and of a traded market →
+//! per-peer token bucket → [`Gossip::decode`] (size cap, protobuf, version, body kind,
+//! signer; elided origin and market restored) → order schema and epoch window → SHA-256
+//! seen-cache of order digests ([`crate::dedup`]). Each outcome is counted in
+//! [`Metrics`]; the [`Verdict`] says what to tell GossipSub.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use libp2p::PeerId;
+use openmatch_gossip_crds::sidecar_config::RateLimitConfig;
 
 use crate::dedup::SeenCache;
 use crate::metrics::{KindMarket, KindMarketReason, MarketLabel, Metrics};
-use crate::proto::{Order, PeerStatus, gossip_envelope::Body};
+use crate::proto::{Order, PeerStatus};
 use crate::ratelimit::PeerRateLimiter;
 use crate::topics::{Topic, TopicKind};
-use crate::wire::{self, WireError};
+use crate::wire::{self, BatchResult, Digest, Gossip, SealedBatch, WireError};
+
+/// Why a message was rejected (GossipSub penalty); [`RejectReason::as_str`] is its metric
+/// label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RejectReason {
+    /// Above the size cap.
+    Oversized,
+    /// Not a valid envelope.
+    Malformed,
+    /// Another wire version.
+    Version,
+    /// A body the topic does not carry.
+    WrongTopic,
+    /// No signer.
+    Unsigned,
+    /// An order's origin or a `PeerStatus`'s node id is not the signer.
+    ForgedOrigin,
+    /// A field fails the schema.
+    Invalid,
+    /// An order of an epoch beyond the current one (+1 for clock skew).
+    FutureEpoch,
+}
+
+impl RejectReason {
+    /// `oversized`, `malformed`, `version`, `wrong_topic`, `unsigned`, `forged_origin`,
+    /// `invalid`, `future_epoch`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Oversized => "oversized",
+            RejectReason::Malformed => "malformed",
+            RejectReason::Version => "version",
+            RejectReason::WrongTopic => "wrong_topic",
+            RejectReason::Unsigned => "unsigned",
+            RejectReason::ForgedOrigin => "forged_origin",
+            RejectReason::Invalid => "invalid",
+            RejectReason::FutureEpoch => "future_epoch",
+        }
+    }
+}
+
+impl From<&WireError> for RejectReason {
+    fn from(e: &WireError) -> Self {
+        match e {
+            WireError::Oversized { .. } => RejectReason::Oversized,
+            WireError::Malformed(_) => RejectReason::Malformed,
+            WireError::UnsupportedVersion(_) => RejectReason::Version,
+            WireError::WrongTopic { .. } => RejectReason::WrongTopic,
+            WireError::Unsigned => RejectReason::Unsigned,
+            WireError::ForgedOrigin(_) => RejectReason::ForgedOrigin,
+            WireError::Invalid(_) => RejectReason::Invalid,
+        }
+    }
+}
+
+/// Why a message was dropped without penalty and without forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IgnoreReason {
+    /// Another network's topic, or a market not traded here.
+    ForeignTopic,
+    /// The forwarding peer is over its token bucket.
+    RateLimited,
+    /// Every order in it was seen already.
+    Duplicate,
+}
 
 /// What the node does with a message.
 #[derive(Debug, PartialEq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Valid: forward it, and act on the payload.
     Accept(Payload),
-    /// Invalid: drop it and penalise the sender (GossipSub P₄). `reason` is a metric label.
+    /// Invalid: drop it and penalise the sender (GossipSub P₄).
     Reject {
-        /// Short reason (metric label).
-        reason: &'static str,
+        /// Why (metric label).
+        reason: RejectReason,
         /// Human-readable detail for the log.
         detail: String,
     },
-    /// Drop without penalty and without forwarding (over rate, all duplicates, foreign
-    /// topic).
-    Ignore {
-        /// Short reason (metric label).
-        reason: &'static str,
-    },
+    /// Drop without penalty and without forwarding.
+    Ignore(IgnoreReason),
 }
 
 /// The useful content of an accepted message.
 #[derive(Debug, PartialEq)]
-pub enum Payload {
+pub(crate) enum Payload {
     /// Orders not seen before (duplicates removed), all of one market.
     Orders {
         /// Market of the topic.
@@ -49,18 +110,19 @@ pub enum Payload {
         /// New orders, in message order, origin and market filled in.
         orders: Vec<Order>,
         /// Their order digests, index for index.
-        digests: Vec<crate::dedup::Digest>,
+        digests: Vec<Digest>,
     },
-    /// A heartbeat from `author`.
+    /// A heartbeat from the signer.
     PeerStatus(PeerStatus),
-    /// A batch seal or a trade result (consensus bodies; acted on by later stages).
-    Consensus(Body),
+    /// A batch seal.
+    Seal(SealedBatch),
+    /// A trade result.
+    Result(BatchResult),
 }
 
 /// Validator state: limits, token buckets and the seen-cache.
-pub struct Validator {
+pub(crate) struct Validator {
     network: String,
-    markets: HashSet<String>,
     max_message_bytes: usize,
     max_freeze_proof_bytes: usize,
     rate: PeerRateLimiter,
@@ -73,23 +135,22 @@ pub struct Validator {
 
 /// Limits the validator enforces.
 #[derive(Debug, Clone)]
-pub struct ValidatorLimits {
+pub(crate) struct ValidatorLimits {
     /// Size cap per message, bytes.
-    pub max_message_bytes: usize,
+    pub(crate) max_message_bytes: usize,
     /// Size cap per freeze proof, bytes.
-    pub max_freeze_proof_bytes: usize,
+    pub(crate) max_freeze_proof_bytes: usize,
     /// Per-peer token bucket.
-    pub rate_limit: openmatch_gossip_crds::sidecar_config::RateLimitConfig,
+    pub(crate) rate_limit: RateLimitConfig,
     /// Seen-cache entries.
-    pub dedup_capacity: usize,
+    pub(crate) dedup_capacity: usize,
 }
 
 impl Validator {
-    /// A validator for `network` trading `markets`.
-    pub fn new(network: &str, markets: &[String], limits: ValidatorLimits, metrics: Arc<Metrics>) -> Self {
+    /// A validator for `network`.
+    pub(crate) fn new(network: &str, limits: ValidatorLimits, metrics: Arc<Metrics>) -> Self {
         Validator {
             network: network.to_owned(),
-            markets: markets.iter().cloned().collect(),
             max_message_bytes: limits.max_message_bytes,
             max_freeze_proof_bytes: limits.max_freeze_proof_bytes,
             rate: PeerRateLimiter::new(limits.rate_limit),
@@ -99,65 +160,64 @@ impl Validator {
         }
     }
 
-    /// Replaces the markets whose topics are accepted (hot reload).
-    pub fn set_markets(&mut self, markets: &[String]) {
-        self.markets = markets.iter().cloned().collect();
-    }
-
     /// Replaces the per-peer token buckets (hot reload; buckets restart full).
-    pub fn set_rate_limit(&mut self, rate: openmatch_gossip_crds::sidecar_config::RateLimitConfig) {
+    pub(crate) fn set_rate_limit(&mut self, rate: RateLimitConfig) {
         self.rate = PeerRateLimiter::new(rate);
     }
 
     /// Records an order digest learnt outside gossip (repair), so a later gossip copy of the
     /// same order is a duplicate.
-    pub fn remember(&mut self, digest: crate::dedup::Digest) {
+    pub(crate) fn remember(&mut self, digest: Digest) {
         self.seen.insert(digest);
     }
 
     /// Sets the highest epoch an order may carry (see the clock); `None` disables the check.
-    pub fn set_max_epoch(&mut self, max: Option<u64>) {
+    pub(crate) fn set_max_epoch(&mut self, max: Option<u64>) {
         self.max_epoch = max;
     }
 
     /// The token buckets, for periodic cleanup.
-    pub fn rate_limiter(&self) -> &PeerRateLimiter {
+    pub(crate) fn rate_limiter(&self) -> &PeerRateLimiter {
         &self.rate
     }
 
     /// Validates one message that `propagation_source` forwarded, signed by `author`, on
-    /// topic string `topic`.
-    pub fn validate(
+    /// topic string `topic`, for a node trading `markets`.
+    pub(crate) fn validate(
         &mut self,
         propagation_source: &PeerId,
         author: Option<&PeerId>,
         topic: &str,
         data: &[u8],
+        markets: &BTreeSet<String>,
     ) -> Verdict {
         let Some(topic) = Topic::parse(&self.network, topic) else {
-            return Verdict::Ignore { reason: "foreign_topic" };
+            return Verdict::Ignore(IgnoreReason::ForeignTopic);
         };
-        if topic.kind != TopicKind::Control && !self.markets.contains(&topic.market) {
-            return Verdict::Ignore { reason: "foreign_topic" };
+        if topic.kind != TopicKind::Control && !markets.contains(&topic.market) {
+            return Verdict::Ignore(IgnoreReason::ForeignTopic);
         }
         let labels = KindMarket { kind: topic.kind.as_str(), market: topic.market.clone() };
         self.metrics.messages_received.get_or_create(&labels).inc();
 
         if !self.rate.check(propagation_source) {
             self.metrics.messages_rate_limited.get_or_create(&labels).inc();
-            return Verdict::Ignore { reason: "rate_limited" };
+            return Verdict::Ignore(IgnoreReason::RateLimited);
         }
-        let verdict = match wire::decode(data, self.max_message_bytes, topic.kind) {
-            Err(e) => reject(e.reason(), e.to_string()),
-            Ok(body) => self.check_body(&topic, author, body),
+        let verdict = match Gossip::decode(&topic, author, data, self.max_message_bytes) {
+            Err(e) => Verdict::Reject { reason: RejectReason::from(&e), detail: e.to_string() },
+            Ok(Gossip::Orders { market, orders }) => self.check_orders(market, orders),
+            Ok(Gossip::PeerStatus(s)) => Verdict::Accept(Payload::PeerStatus(s)),
+            Ok(Gossip::BatchSealed(s)) => Verdict::Accept(Payload::Seal(s)),
+            Ok(Gossip::TradeResult(r)) => Verdict::Accept(Payload::Result(r)),
         };
         match &verdict {
             Verdict::Reject { reason, detail } => {
-                tracing::warn!(peer = %propagation_source, topic = %topic.name(&self.network), reason, detail, "rejected gossip message");
-                let l = KindMarketReason { kind: labels.kind, market: labels.market, reason };
+                tracing::warn!(peer = %propagation_source, topic = %topic.name(&self.network), reason = reason.as_str(), detail, "rejected gossip message");
+                let l = KindMarketReason { kind: labels.kind, market: labels.market, reason: reason.as_str() };
                 self.metrics.messages_rejected.get_or_create(&l).inc();
             }
-            Verdict::Ignore { reason: "duplicate" } => {
+            Verdict::Ignore(IgnoreReason::Duplicate) => {
                 self.metrics.messages_duplicate.get_or_create(&labels).inc();
             }
             _ => {}
@@ -165,57 +225,19 @@ impl Validator {
         verdict
     }
 
-    fn check_body(&mut self, topic: &Topic, author: Option<&PeerId>, body: Body) -> Verdict {
-        let Some(author) = author else {
-            return reject("unsigned", "message has no author".into());
-        };
-        match body {
-            Body::Orders(g) => self.check_orders(topic, author, g.orders),
-            Body::PeerStatus(s) => {
-                if s.node_id != author.to_bytes() {
-                    return reject("forged_origin", "PeerStatus.node_id is not the signer".into());
-                }
-                Verdict::Accept(Payload::PeerStatus(s))
-            }
-            Body::BatchSealed(b) => match check_consensus_body(topic, &b.batch_id, &b.batch_hash, "BatchSealed") {
-                None => Verdict::Accept(Payload::Consensus(Body::BatchSealed(b))),
-                Some(v) => v,
-            },
-            Body::TradeResult(r) => match check_consensus_body(topic, &r.batch_id, &r.result_hash, "TradeResult") {
-                None => Verdict::Accept(Payload::Consensus(Body::TradeResult(r))),
-                Some(v) => v,
-            },
-        }
-    }
-
-    fn check_orders(&mut self, topic: &Topic, author: &PeerId, mut orders: Vec<Order>) -> Verdict {
-        if orders.is_empty() {
-            return reject("invalid", "OrderGossip without orders".into());
-        }
-        let author_bytes = bytes::Bytes::from(author.to_bytes());
-        for (i, o) in orders.iter_mut().enumerate() {
-            // Origin and market are elided on the wire (implied by signer and topic); if
-            // present they must agree.
-            if o.market.is_empty() {
-                o.market.clone_from(&topic.market);
-            } else if o.market != topic.market {
-                return reject("invalid", format!("order #{i}: market {:?} on the {} topic", o.market, topic.market));
-            }
-            if o.origin.is_empty() {
-                o.origin = author_bytes.clone();
-            } else if o.origin != author_bytes {
-                return reject("forged_origin", format!("order #{i}: origin is not the message's signer"));
-            }
+    /// Schema and epoch window of each order, then the seen-cache.
+    fn check_orders(&mut self, market: String, orders: Vec<Order>) -> Verdict {
+        for (i, o) in orders.iter().enumerate() {
             if let Err(e) = wire::check_order_fields(o, self.max_freeze_proof_bytes) {
-                return reject(e.reason(), format!("order #{i}: {e}"));
+                return Verdict::Reject { reason: RejectReason::from(&e), detail: format!("order #{i}: {e}") };
             }
             if let Some(max) = self.max_epoch
                 && o.epoch > max
             {
-                return reject(
-                    "future_epoch",
-                    format!("order #{i}: epoch {} is beyond the current epoch {}", o.epoch, max - 1),
-                );
+                return Verdict::Reject {
+                    reason: RejectReason::FutureEpoch,
+                    detail: format!("order #{i}: epoch {} is beyond the current epoch {}", o.epoch, max - 1),
+                };
             }
         }
         let total = orders.len();
@@ -230,37 +252,19 @@ impl Validator {
         }
         let dups = (total - fresh.len()) as u64;
         if dups > 0 {
-            self.metrics.orders_duplicate.get_or_create(&MarketLabel { market: topic.market.clone() }).inc_by(dups);
+            self.metrics.orders_duplicate.get_or_create(&MarketLabel { market: market.clone() }).inc_by(dups);
         }
         if fresh.is_empty() {
-            return Verdict::Ignore { reason: "duplicate" };
+            return Verdict::Ignore(IgnoreReason::Duplicate);
         }
-        Verdict::Accept(Payload::Orders { market: topic.market.clone(), orders: fresh, digests })
-    }
-}
-
-/// `BatchSealed` and `TradeResult` must name a batch of the topic's market and carry a
-/// 32-byte hash; `None` when they do.
-fn check_consensus_body(topic: &Topic, id: &Option<crate::proto::BatchId>, hash: &[u8], what: &str) -> Option<Verdict> {
-    let ok = hash.len() == 32 && id.as_ref().is_some_and(|id| id.market == topic.market);
-    (!ok).then(|| reject("invalid", format!("{what} needs a 32-byte hash and a batch of the topic's market")))
-}
-
-fn reject(reason: &'static str, detail: String) -> Verdict {
-    Verdict::Reject { reason, detail }
-}
-
-impl From<WireError> for Verdict {
-    fn from(e: WireError) -> Self {
-        reject(e.reason(), e.to_string())
+        Verdict::Accept(Payload::Orders { market, orders: fresh, digests })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{OrderGossip, OrderKind, Side};
-    use openmatch_gossip_crds::sidecar_config::RateLimitConfig;
+    use crate::proto::{OrderGossip, OrderKind, Side, gossip_envelope::Body};
     use prometheus_client::registry::Registry;
 
     fn validator(rate: RateLimitConfig) -> (Validator, Arc<Metrics>) {
@@ -271,7 +275,11 @@ mod tests {
             rate_limit: rate,
             dedup_capacity: 100,
         };
-        (Validator::new("n", &["BTC-USDT".into()], limits, metrics.clone()), metrics)
+        (Validator::new("n", limits, metrics.clone()), metrics)
+    }
+
+    fn validate(v: &mut Validator, src: &PeerId, author: Option<&PeerId>, topic: &str, data: &[u8]) -> Verdict {
+        v.validate(src, author, topic, data, &BTreeSet::from(["BTC-USDT".to_owned()]))
     }
 
     fn order(origin: &PeerId, id: u64) -> Order {
@@ -298,12 +306,12 @@ mod tests {
     fn same_orders_from_two_peers_are_delivered_once() {
         let (mut v, m) = validator(FAST);
         let (a, b, author) = (PeerId::random(), PeerId::random(), PeerId::random());
-        let first = v.validate(&a, Some(&author), T, &msg(vec![order(&author, 1)]));
+        let first = validate(&mut v, &a, Some(&author), T, &msg(vec![order(&author, 1)]));
         assert!(matches!(first, Verdict::Accept(Payload::Orders { ref orders, .. }) if orders.len() == 1));
-        let again = v.validate(&b, Some(&author), T, &msg(vec![order(&author, 1)]));
-        assert_eq!(again, Verdict::Ignore { reason: "duplicate" });
+        let again = validate(&mut v, &b, Some(&author), T, &msg(vec![order(&author, 1)]));
+        assert_eq!(again, Verdict::Ignore(IgnoreReason::Duplicate));
         // A re-pack with one new order delivers only the new one.
-        let mixed = v.validate(&b, Some(&author), T, &msg(vec![order(&author, 1), order(&author, 2)]));
+        let mixed = validate(&mut v, &b, Some(&author), T, &msg(vec![order(&author, 1), order(&author, 2)]));
         match mixed {
             Verdict::Accept(Payload::Orders { orders, .. }) => {
                 assert_eq!(orders.iter().map(|o| o.id).collect::<Vec<_>>(), vec![2])
@@ -319,7 +327,7 @@ mod tests {
         let (mut v, _) = validator(FAST);
         let (src, author) = (PeerId::random(), PeerId::random());
         let wire_order = Order { origin: Default::default(), market: String::new(), ..order(&author, 5) };
-        match v.validate(&src, Some(&author), T, &msg(vec![wire_order])) {
+        match validate(&mut v, &src, Some(&author), T, &msg(vec![wire_order])) {
             Verdict::Accept(Payload::Orders { orders, digests, .. }) => {
                 assert_eq!(orders, vec![order(&author, 5)]);
                 assert_eq!(digests, vec![wire::order_digest(&order(&author, 5))]);
@@ -332,13 +340,15 @@ mod tests {
     fn forged_origin_and_bad_fields_are_rejected() {
         let (mut v, m) = validator(FAST);
         let (src, author, other) = (PeerId::random(), PeerId::random(), PeerId::random());
-        let forged = v.validate(&src, Some(&author), T, &msg(vec![order(&other, 1)]));
-        assert!(matches!(forged, Verdict::Reject { reason: "forged_origin", .. }));
+        let forged = validate(&mut v, &src, Some(&author), T, &msg(vec![order(&other, 1)]));
+        assert!(matches!(forged, Verdict::Reject { reason: RejectReason::ForgedOrigin, .. }));
         let zero_qty = Order { quantity_lots: 0, ..order(&author, 2) };
-        let bad = v.validate(&src, Some(&author), T, &msg(vec![zero_qty]));
-        assert!(matches!(bad, Verdict::Reject { reason: "invalid", ref detail } if detail.contains("quantity_lots")));
+        let bad = validate(&mut v, &src, Some(&author), T, &msg(vec![zero_qty]));
+        assert!(
+            matches!(bad, Verdict::Reject { reason: RejectReason::Invalid, ref detail } if detail.contains("quantity_lots"))
+        );
         let wrong_market = Order { market: "ETH-USDT".into(), ..order(&author, 3) };
-        assert!(matches!(v.validate(&src, Some(&author), T, &msg(vec![wrong_market])), Verdict::Reject { .. }));
+        assert!(matches!(validate(&mut v, &src, Some(&author), T, &msg(vec![wrong_market])), Verdict::Reject { .. }));
         let l = KindMarketReason { kind: "orders", market: "BTC-USDT".into(), reason: "forged_origin" };
         assert_eq!(m.messages_rejected.get_or_create(&l).get(), 1);
     }
@@ -349,11 +359,11 @@ mod tests {
         v.set_max_epoch(Some(11));
         let (src, author) = (PeerId::random(), PeerId::random());
         let ok = Order { epoch: 11, ..order(&author, 1) };
-        assert!(matches!(v.validate(&src, Some(&author), T, &msg(vec![ok])), Verdict::Accept(_)));
+        assert!(matches!(validate(&mut v, &src, Some(&author), T, &msg(vec![ok])), Verdict::Accept(_)));
         let future = Order { epoch: 12, ..order(&author, 2) };
         assert!(matches!(
-            v.validate(&src, Some(&author), T, &msg(vec![future])),
-            Verdict::Reject { reason: "future_epoch", .. }
+            validate(&mut v, &src, Some(&author), T, &msg(vec![future])),
+            Verdict::Reject { reason: RejectReason::FutureEpoch, .. }
         ));
     }
 
@@ -377,32 +387,32 @@ mod tests {
         let bt = "openmatch/n/batches/BTC-USDT";
         let rt = "openmatch/n/results/BTC-USDT";
         assert!(matches!(
-            v.validate(&src, Some(&author), bt, &seal(vec![1; 32], "BTC-USDT")),
-            Verdict::Accept(Payload::Consensus(_))
+            validate(&mut v, &src, Some(&author), bt, &seal(vec![1; 32], "BTC-USDT")),
+            Verdict::Accept(Payload::Seal(_) | Payload::Result(_))
         ));
         assert!(matches!(
-            v.validate(&src, Some(&author), bt, &seal(vec![1; 31], "BTC-USDT")),
-            Verdict::Reject { reason: "invalid", .. }
+            validate(&mut v, &src, Some(&author), bt, &seal(vec![1; 31], "BTC-USDT")),
+            Verdict::Reject { reason: RejectReason::Invalid, .. }
         ));
         assert!(
             matches!(
-                v.validate(&src, Some(&author), bt, &seal(vec![1; 32], "ETH-USDT")),
-                Verdict::Reject { reason: "invalid", .. }
+                validate(&mut v, &src, Some(&author), bt, &seal(vec![1; 32], "ETH-USDT")),
+                Verdict::Reject { reason: RejectReason::Invalid, .. }
             ),
             "batch of another market"
         );
         assert!(matches!(
-            v.validate(&src, Some(&author), rt, &result(vec![1; 32], "BTC-USDT")),
-            Verdict::Accept(Payload::Consensus(_))
+            validate(&mut v, &src, Some(&author), rt, &result(vec![1; 32], "BTC-USDT")),
+            Verdict::Accept(Payload::Seal(_) | Payload::Result(_))
         ));
         assert!(matches!(
-            v.validate(&src, Some(&author), rt, &result(vec![], "BTC-USDT")),
-            Verdict::Reject { reason: "invalid", .. }
+            validate(&mut v, &src, Some(&author), rt, &result(vec![], "BTC-USDT")),
+            Verdict::Reject { reason: RejectReason::Invalid, .. }
         ));
         assert!(
             matches!(
-                v.validate(&src, Some(&author), bt, &result(vec![1; 32], "BTC-USDT")),
-                Verdict::Reject { reason: "wrong_topic", .. }
+                validate(&mut v, &src, Some(&author), bt, &result(vec![1; 32], "BTC-USDT")),
+                Verdict::Reject { reason: RejectReason::WrongTopic, .. }
             ),
             "a result on the batches topic"
         );
@@ -414,8 +424,14 @@ mod tests {
         let (src, author) = (PeerId::random(), PeerId::random());
         let big = msg((0..200).map(|i| order(&author, i)).collect());
         assert!(big.len() > 4096);
-        assert!(matches!(v.validate(&src, Some(&author), T, &big), Verdict::Reject { reason: "oversized", .. }));
-        assert!(matches!(v.validate(&src, Some(&author), T, b"\xff\xff"), Verdict::Reject { reason: "malformed", .. }));
+        assert!(matches!(
+            validate(&mut v, &src, Some(&author), T, &big),
+            Verdict::Reject { reason: RejectReason::Oversized, .. }
+        ));
+        assert!(matches!(
+            validate(&mut v, &src, Some(&author), T, b"\xff\xff"),
+            Verdict::Reject { reason: RejectReason::Malformed, .. }
+        ));
         let l = KindMarketReason { kind: "orders", market: "BTC-USDT".into(), reason: "oversized" };
         assert_eq!(m.messages_rejected.get_or_create(&l).get(), 1);
     }
@@ -425,12 +441,12 @@ mod tests {
         let (mut v, m) = validator(RateLimitConfig { messages_per_second: 1, burst: 3 });
         let (fast, slow, author) = (PeerId::random(), PeerId::random(), PeerId::random());
         let verdicts: Vec<Verdict> =
-            (0..10).map(|i| v.validate(&fast, Some(&author), T, &msg(vec![order(&author, i)]))).collect();
+            (0..10).map(|i| validate(&mut v, &fast, Some(&author), T, &msg(vec![order(&author, i)]))).collect();
         let accepted = verdicts.iter().filter(|v| matches!(v, Verdict::Accept(_))).count();
         assert!((3..=4).contains(&accepted), "{accepted}");
         let l = KindMarket { kind: "orders", market: "BTC-USDT".into() };
         assert_eq!(m.messages_rate_limited.get_or_create(&l).get() as usize, 10 - accepted);
-        let other = v.validate(&slow, Some(&author), T, &msg(vec![order(&author, 100)]));
+        let other = validate(&mut v, &slow, Some(&author), T, &msg(vec![order(&author, 100)]));
         assert!(matches!(other, Verdict::Accept(_)));
     }
 
@@ -440,22 +456,22 @@ mod tests {
         let (src, author) = (PeerId::random(), PeerId::random());
         let data = msg(vec![order(&author, 1)]);
         assert_eq!(
-            v.validate(&src, Some(&author), "openmatch/other/orders/BTC-USDT", &data),
-            Verdict::Ignore { reason: "foreign_topic" }
+            validate(&mut v, &src, Some(&author), "openmatch/other/orders/BTC-USDT", &data),
+            Verdict::Ignore(IgnoreReason::ForeignTopic)
         );
         assert_eq!(
-            v.validate(&src, Some(&author), "openmatch/n/orders/DOGE-USDT", &data),
-            Verdict::Ignore { reason: "foreign_topic" }
+            validate(&mut v, &src, Some(&author), "openmatch/n/orders/DOGE-USDT", &data),
+            Verdict::Ignore(IgnoreReason::ForeignTopic)
         );
         let status =
             |id: &PeerId| wire::encode(Body::PeerStatus(PeerStatus { node_id: id.to_bytes(), ..Default::default() }));
         assert!(matches!(
-            v.validate(&src, Some(&author), "openmatch/n/control", &status(&author)),
+            validate(&mut v, &src, Some(&author), "openmatch/n/control", &status(&author)),
             Verdict::Accept(Payload::PeerStatus(_))
         ));
         assert!(matches!(
-            v.validate(&src, Some(&author), "openmatch/n/control", &status(&src)),
-            Verdict::Reject { reason: "forged_origin", .. }
+            validate(&mut v, &src, Some(&author), "openmatch/n/control", &status(&src)),
+            Verdict::Reject { reason: RejectReason::ForgedOrigin, .. }
         ));
     }
 }

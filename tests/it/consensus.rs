@@ -10,12 +10,11 @@ use std::collections::HashSet;
 
 use openmatch_gossip_crds::SidecarConfig;
 use openmatch_gossip_crds::sidecar_config::SealingMode;
-use openmatch_gossip_sidecar::batch_hash::batch_hash;
+use openmatch_gossip_sidecar::batch_hash;
 use openmatch_gossip_sidecar::proto::{
     BatchAgreed, BatchId, Event, GetBatchRequest, ResultMismatch, SealBatchRequest, SubmitOrdersRequest,
     SubmitResultRequest, event::Kind,
 };
-use openmatch_gossip_sidecar::wire;
 use openmatch_gossip_tests::*;
 
 fn engine_sealing(c: &mut SidecarConfig) {
@@ -134,7 +133,7 @@ async fn five_nodes_repair_the_node_that_missed_orders() {
     while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
         served.extend(chunk.unwrap().orders);
     }
-    let digests: Vec<[u8; 32]> = served.iter().map(wire::order_digest).collect();
+    let digests: Vec<[u8; 32]> = served.iter().map(openmatch_gossip_sidecar::order_digest).collect();
     assert!(digests.windows(2).all(|w| w[0] < w[1]), "canonical order");
     assert_eq!(batch_hash(digests).to_vec(), verdict.batch_hash);
     drop(all);

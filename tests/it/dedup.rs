@@ -90,7 +90,7 @@ async fn orders_forwarded_over_two_hops_arrive_once() {
 /// `libp2p_gossipsub_idontwant_msgs_total` of `node`: IDONTWANT messages it received.
 fn idontwant_received(node: &TestNode) -> u64 {
     let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &node.sidecar.registry.lock().unwrap()).unwrap();
+    prometheus_client::encoding::text::encode(&mut text, &node.sidecar.registry).unwrap();
     text.lines()
         .find_map(|l| l.strip_prefix("libp2p_gossipsub_idontwant_msgs_total "))
         .map_or(0, |v| v.trim().parse().unwrap())

@@ -91,7 +91,7 @@ async fn wrong_kind_version_and_schema_are_rejected() {
     let mut events = node.subscribe().await;
 
     let status = PeerStatus { node_id: raw.peer_id.to_bytes(), ..Default::default() };
-    raw.publish_raw(openmatch_gossip_sidecar::wire::encode(Body::PeerStatus(status))).await;
+    raw.publish_raw(openmatch_gossip_sidecar::encode_envelope(Body::PeerStatus(status))).await;
     let v2 = GossipEnvelope { version: 2, body: Some(Body::Orders(OrderGossip { orders: vec![raw.order(1)] })) };
     raw.publish_raw(v2.encode_to_vec()).await;
     raw.publish(vec![Order { market: ETH.into(), ..raw.order(2) }]).await;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use openmatch_gossip_sidecar::engine::{Workload, load_workload};
 use openmatch_gossip_sidecar::proto::{Order, SubmitOrdersRequest};
+use openmatch_gossip_sidecar::tools::engine::{Workload, load_workload};
 use openmatch_gossip_tests::*;
 use tokio::sync::Barrier;
 

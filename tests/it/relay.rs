@@ -6,7 +6,7 @@
 use openmatch_gossip_crds::SidecarConfig;
 use openmatch_gossip_sidecar::config::NodeSettings;
 use openmatch_gossip_sidecar::proto::{BatchId, GetBatchRequest, GetStatusRequest, SubmitOrdersRequest};
-use openmatch_gossip_sidecar::relay::{self, RelayTally};
+use openmatch_gossip_sidecar::tools::relay::{self, RelayTally};
 use openmatch_gossip_tests::*;
 use tokio_util::sync::CancellationToken;
 

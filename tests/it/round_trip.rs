@@ -3,7 +3,6 @@
 //! back; the receipt digest is the order digest of what B received.
 
 use openmatch_gossip_sidecar::proto::{Order, SubmitOrderRequest, SubmitOrdersRequest};
-use openmatch_gossip_sidecar::wire;
 use openmatch_gossip_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,7 +49,7 @@ async fn orders_cross_intact_and_not_echoed() {
     }
     assert_eq!(
         receipt.digest,
-        wire::order_digest(&received[0]).to_vec(),
+        openmatch_gossip_sidecar::order_digest(&received[0]).to_vec(),
         "receipt digest = digest of the gossiped order"
     );
 

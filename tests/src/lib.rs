@@ -25,14 +25,13 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, Transport as _, noise, yamux};
 use openmatch_gossip_crds::SidecarConfig;
+use openmatch_gossip_sidecar::Topic;
 use openmatch_gossip_sidecar::config::{FaultInjector, NodeSettings};
 use openmatch_gossip_sidecar::proto::sidecar_client::SidecarClient;
 use openmatch_gossip_sidecar::proto::{
     Event, NodeStatus, Order, OrderGossip, OrderKind, Side, SubscribeRequest, event::Kind, gossip_envelope::Body,
 };
 use openmatch_gossip_sidecar::server::RunningSidecar;
-use openmatch_gossip_sidecar::topics::Topic;
-use openmatch_gossip_sidecar::wire;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Streaming;
 use tonic::transport::Channel;
@@ -586,7 +585,7 @@ impl RawPeer {
 
     /// Publishes one `OrderGossip` message holding `orders`, encoded as a node would.
     pub async fn publish(&self, orders: Vec<Order>) {
-        self.publish_raw(wire::encode(Body::Orders(OrderGossip { orders }))).await
+        self.publish_raw(openmatch_gossip_sidecar::encode_envelope(Body::Orders(OrderGossip { orders }))).await
     }
 
     /// A valid order of this peer's market with `origin` = this peer (what a node requires

@@ -17,9 +17,9 @@ use prometheus_client::registry::Registry;
 use crate::config::NodeSettings;
 
 /// Kademlia protocol of openmatch-gossip networks (kept apart from the public IPFS DHT).
-pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/openmatch/kad/1.0.0");
+pub(super) const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/openmatch/kad/1.0.0");
 /// Identify protocol version string.
-pub const IDENTIFY_PROTOCOL: &str = "/openmatch/id/1.0.0";
+pub(super) const IDENTIFY_PROTOCOL: &str = "/openmatch/id/1.0.0";
 
 /// Extra bytes GossipSub may carry per RPC beyond the application cap: signature (64),
 /// public key, topic, sequence number and protobuf framing. Messages whose payload exceeds
@@ -29,7 +29,7 @@ pub const TRANSMIT_SLACK_BYTES: usize = 64 * 1024;
 
 /// The composed behaviour.
 #[derive(NetworkBehaviour)]
-pub struct Behaviour {
+pub(crate) struct Behaviour {
     /// Banned peers: connections refused while the ban lasts.
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     /// GossipSub v1.1 with signed messages and application validation.
@@ -62,7 +62,7 @@ fn peer_score() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) 
 }
 
 /// GossipSub configuration from the node settings.
-pub fn gossipsub_config(settings: &NodeSettings) -> anyhow::Result<gossipsub::Config> {
+pub(super) fn gossipsub_config(settings: &NodeSettings) -> anyhow::Result<gossipsub::Config> {
     let g = &settings.config.gossipsub;
     let cap = settings.config.limits.max_message_bytes as usize;
     gossipsub::ConfigBuilder::default()
@@ -135,7 +135,11 @@ fn build_behaviour(key: &Keypair, settings: &NodeSettings, registry: &mut Regist
 }
 
 /// Builds the swarm for `key`, registering libp2p's GossipSub metrics in `registry`.
-pub fn build_swarm(key: Keypair, settings: &NodeSettings, registry: &mut Registry) -> anyhow::Result<Swarm<Behaviour>> {
+pub(crate) fn build_swarm(
+    key: Keypair,
+    settings: &NodeSettings,
+    registry: &mut Registry,
+) -> anyhow::Result<Swarm<Behaviour>> {
     let behaviour = build_behaviour(&key, settings, registry)?;
     let memory_noise = noise::Config::new(&key).context("Noise configuration")?;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)

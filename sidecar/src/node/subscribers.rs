@@ -23,14 +23,14 @@ struct Subscriber {
 }
 
 /// The node's subscribers.
-pub struct Subscribers {
+pub(super) struct Subscribers {
     list: Vec<Subscriber>,
     buffer_limit: usize,
     metrics: Arc<Metrics>,
 }
 
 /// The stream of events one subscriber reads (the body of the `Subscribe` RPC).
-pub struct EventStream {
+pub(crate) struct EventStream {
     rx: mpsc::UnboundedReceiver<Result<Event, Status>>,
     backlog: Arc<AtomicUsize>,
 }
@@ -56,12 +56,12 @@ impl Stream for EventStream {
 
 impl Subscribers {
     /// No subscribers yet; each may fall `buffer_limit` orders behind.
-    pub fn new(buffer_limit: usize, metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(buffer_limit: usize, metrics: Arc<Metrics>) -> Self {
         Subscribers { list: Vec::new(), buffer_limit, metrics }
     }
 
     /// Adds a subscriber for `markets` (empty = all).
-    pub fn add(&mut self, markets: Vec<String>) -> EventStream {
+    pub(super) fn add(&mut self, markets: Vec<String>) -> EventStream {
         let (tx, rx) = mpsc::unbounded_channel();
         let backlog = Arc::new(AtomicUsize::new(0));
         let markets = (!markets.is_empty()).then(|| markets.into_iter().collect());
@@ -77,7 +77,7 @@ impl Subscribers {
     }
 
     /// Delivers peers' orders of `market` to every subscriber of that market.
-    pub fn deliver_orders(&mut self, market: &str, orders: Vec<Order>) {
+    pub(super) fn deliver_orders(&mut self, market: &str, orders: Vec<Order>) {
         let mut pending = Some(orders);
         let interested: Vec<usize> = (0..self.list.len())
             .filter(|&i| self.list[i].markets.as_ref().is_none_or(|m| m.contains(market)))
@@ -96,7 +96,7 @@ impl Subscribers {
     }
 
     /// Sends `event` to every subscriber.
-    pub fn broadcast(&mut self, kind: Kind) {
+    pub(super) fn broadcast(&mut self, kind: Kind) {
         for i in 0..self.list.len() {
             self.send(i, Ok(Event { kind: Some(kind.clone()) }));
         }
@@ -104,7 +104,7 @@ impl Subscribers {
     }
 
     /// Ends every subscription with `status` (e.g. UNAVAILABLE on shutdown).
-    pub fn close_all(&mut self, status: Status) {
+    pub(super) fn close_all(&mut self, status: Status) {
         for s in self.list.drain(..) {
             let _ = s.tx.send(Err(status.clone()));
         }

@@ -70,8 +70,8 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::dedup::Digest;
 use crate::proto::{Order, OrderKind, Side};
+use crate::wire::Digest;
 
 /// One execution: `quantity_lots` lots pass from the sell order to the buy order at
 /// `price_ticks`. Orders are named by their position in the batch's canonical order.

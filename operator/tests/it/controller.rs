@@ -8,13 +8,10 @@
 //! ConfigMap and Service watches stay empty here (in a cluster the operator's own applies
 //! come back through them and cause one more, no-op, reconcile).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Call, mock_client};
 use http::Method;
 use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -26,6 +23,8 @@ use openmatch_gossip_operator::reconcile::Context;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::common::{Call, encode, mock_client};
 
 const PEER_IDS: [&str; 2] =
     ["12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5", "12D3KooWJWoaqZhDaoEFshF7Rh1bpY9ohihFhzcW6d69Lr2NASuq"];
@@ -269,7 +268,7 @@ async fn controller_reconciles_on_spec_and_pod_changes_but_not_on_its_own_status
     //    status writes above (the status-only event in step 2 was filtered out).
     stop_tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), controller).await.expect("controller did not stop").unwrap();
-    let text = openmatch_gossip_operator::metrics::encode(&registry);
+    let text = encode(&registry);
     assert!(text.contains("openmatch_gossip_operator_reconciles_total 4"), "{text}");
     assert!(text.contains("network=\"spot\""), "{text}");
     assert!(!text.contains("network=\"perps\""), "perps' series must be gone after its delete:\n{text}");

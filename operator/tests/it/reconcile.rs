@@ -1,13 +1,10 @@
 //! Reconcile runs against a scripted mock API server: every request's method, path, query
 //! and body is asserted, in order, and nothing else may be sent.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ApiServer, Call, mock_client};
 use http::Method;
 use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -18,10 +15,12 @@ use openmatch_gossip_crds::gossip_network::{
     ConsensusSpec, GossipsubSpec, LimitsSpec, PEER_ID_ANNOTATION, RateLimitSpec, config_hash,
 };
 use openmatch_gossip_crds::{GossipNetwork, GossipNetworkSpec, GossipNetworkStatus, SidecarConfig};
-use openmatch_gossip_operator::metrics::{Metrics, encode};
-use openmatch_gossip_operator::reconcile::{Context, Error, error_policy, reconcile};
+use openmatch_gossip_operator::metrics::Metrics;
+use openmatch_gossip_operator::reconcile::{Child, Context, Error, error_policy, reconcile};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
+
+use crate::common::{ApiServer, Call, encode, mock_client};
 
 const MANAGER: &str = "openmatch-gossip-operator";
 const UID: &str = "6b1c4a1e-0d7e-4b9a-9d55-3c0f6f0e2a11";
@@ -451,7 +450,7 @@ async fn apply_failure_is_reported_and_retried_with_backoff() {
         assert!(condition(&status, "Ready").2.contains("etcd unavailable"));
         take_event(&mut h.server, "Warning", "ApplyFailed").await;
         let err = h.server.settle(run).await.unwrap_err();
-        assert!(matches!(err, Error::Apply { kind: "ConfigMap", .. }), "{err}");
+        assert!(matches!(err, Error::Apply { kind: Child::ConfigMap, .. }), "{err}");
         let action = error_policy(gn.clone(), &err, h.ctx.clone());
         assert_eq!(action, Action::requeue(Duration::from_secs(1 << (attempt - 1))), "attempt {attempt}");
     }

@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-use openmatch_gossip_sidecar::auction::{Trade, result_hash, run_auction};
-use openmatch_gossip_sidecar::batch_hash::batch_hash;
+use openmatch_gossip_sidecar::batch_hash;
 use openmatch_gossip_sidecar::proto::Order;
-use openmatch_gossip_sidecar::wire::{canonical_encoding, order_digest};
+use openmatch_gossip_sidecar::tools::auction::{Trade, result_hash, run_auction};
+use openmatch_gossip_sidecar::{canonical_encoding, order_digest};
 use serde_json::Value;
 
 fn hex(bytes: &[u8]) -> String {

@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use openmatch_gossip_sidecar::cluster::{self, ClusterArgs};
-use openmatch_gossip_sidecar::engine::{Pace, ReplayArgs, TransportKind};
+use openmatch_gossip_sidecar::tools::cluster::{self, ClusterArgs};
+use openmatch_gossip_sidecar::tools::engine::{Pace, ReplayArgs, TransportKind};
 
 const BIN: &str = env!("CARGO_BIN_EXE_openmatch-gossip");
 

@@ -5,17 +5,16 @@
 //! Times: `try_acquire_or_renew(now)` takes this replica's monotonic clock explicitly, so
 //! lease expiry is tested without waiting. The `hold` tests run on tokio's paused clock.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{ApiServer, mock_client};
 use http::Method;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use openmatch_gossip_operator::leader::{Held, LeaderElector, LeaseSettings};
 use serde_json::{Value, json};
 use tokio::time::Instant;
+
+use crate::common::{ApiServer, Call, mock_client};
 
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases";
 const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/openmatch-gossip-operator";
@@ -43,7 +42,7 @@ fn lease(holder: &str, renew: &str, transitions: i32, resource_version: &str) ->
 }
 
 /// Responds to the `PUT` with its body at a new resourceVersion, and returns the body.
-fn accept(call: common::Call, resource_version: &str) -> Value {
+fn accept(call: Call, resource_version: &str) -> Value {
     let mut body = call.body.clone();
     body["metadata"]["resourceVersion"] = json!(resource_version);
     call.ok(body.clone());

@@ -2,14 +2,14 @@
 //! plain-TCP baseline (the same engines exchanging the same orders directly, no gossip, no
 //! crypto), so figures read as ratios to the baseline. At real pace a third run measures
 //! the **stack floor**: the same engines through `openmatch-gossip relay` processes
-//! ([`crate::relay`]), i.e. the mandated libp2p + gRPC stack with none of the sidecar's
+//! ([`crate::tools::relay`]), i.e. the mandated libp2p + gRPC stack with none of the sidecar's
 //! logic, so the latency the sidecar adds reads apart from what the stack itself costs.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::cluster::{self, ClusterArgs, ClusterReport};
-use crate::engine::{Pace, ReplayArgs, TransportKind};
+use crate::tools::cluster::{self, ClusterArgs, ClusterReport};
+use crate::tools::engine::{Pace, ReplayArgs, TransportKind};
 
 /// Flags of `openmatch-gossip bench`.
 #[derive(Debug, Clone, clap::Args)]

@@ -10,7 +10,7 @@
 //!
 //! With transport `tcp` the sidecars are skipped and the engines connect to each other
 //! directly: the benchmark's baseline. With transport `relay` the sidecars are
-//! `openmatch-gossip relay` processes ([`crate::relay`]): the benchmark's stack floor.
+//! `openmatch-gossip relay` processes ([`crate::tools::relay`]): the benchmark's stack floor.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 
-use crate::engine::{EngineReport, MARKETS, Pace, ReplayArgs, TransportKind};
-use crate::stats::{Latency, LatencySummary};
+use crate::tools::engine::{EngineReport, MARKETS, Pace, ReplayArgs, TransportKind};
+use crate::tools::stats::{Latency, LatencySummary};
 use openmatch_gossip_crds::SidecarConfig;
 
 /// Flags of `openmatch-gossip cluster`.
@@ -88,7 +88,7 @@ pub struct ClusterReport {
     pub latency: LatencySummary,
     /// Batch outcomes per market, summed over engines (each engine reports every batch it
     /// took part in, so a batch agreed by all three counts 3).
-    pub batches: BTreeMap<String, crate::engine::BatchTally>,
+    pub batches: BTreeMap<String, crate::tools::engine::BatchTally>,
     /// Seal → agreement latency over all engines and batches.
     pub agreement: LatencySummary,
 }
@@ -451,7 +451,7 @@ fn summarise(args: &ClusterArgs, engines: Vec<EngineReport>, sidecars: Vec<Proce
     let mut mismatches = Vec::new();
     let mut latency = Latency::default();
     let mut agreement = Latency::default();
-    let mut batches: BTreeMap<String, crate::engine::BatchTally> = BTreeMap::new();
+    let mut batches: BTreeMap<String, crate::tools::engine::BatchTally> = BTreeMap::new();
     for e in &engines {
         latency.merge_buckets(&e.latency_buckets);
         agreement.merge_buckets(&e.agreement_buckets);

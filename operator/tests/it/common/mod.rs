@@ -2,14 +2,13 @@
 //! `kube::Client` over `tower_test::mock::pair`, and a handle on which a test takes each
 //! request in turn, asserts its method, path, query and body, and sends the response.
 
-#![allow(dead_code)] // each test binary uses a part
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use kube::Client;
 use kube::client::Body;
+use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tower_test::mock::{self, Handle, SendResponse};
 
@@ -18,27 +17,34 @@ use tower_test::mock::{self, Handle, SendResponse};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The server side of a mock client.
-pub struct ApiServer {
+pub(crate) struct ApiServer {
     handle: Handle<Request<Body>, Response<Body>>,
 }
 
 /// One request received by the mock server.
-pub struct Call {
+pub(crate) struct Call {
     /// HTTP method.
-    pub method: Method,
+    pub(crate) method: Method,
     /// URL path, e.g. `/api/v1/namespaces/trading/pods`.
-    pub path: String,
+    pub(crate) path: String,
     /// Decoded query parameters.
-    pub query: BTreeMap<String, String>,
+    pub(crate) query: BTreeMap<String, String>,
     /// `Content-Type` header, if any.
-    pub content_type: Option<String>,
+    pub(crate) content_type: Option<String>,
     /// JSON body (`Null` when empty).
-    pub body: Value,
+    pub(crate) body: Value,
     respond: SendResponse<Response<Body>>,
 }
 
+/// `registry` in the OpenMetrics text format, as `/metrics` serves it.
+pub(crate) fn encode(registry: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).expect("writing to a String cannot fail");
+    text
+}
+
 /// A client whose requests go to the returned [`ApiServer`]; default namespace `default`.
-pub fn mock_client() -> (Client, ApiServer) {
+pub(crate) fn mock_client() -> (Client, ApiServer) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     (Client::new(service, "default"), ApiServer { handle })
 }
@@ -69,7 +75,7 @@ fn percent_decode(s: &str) -> String {
 
 impl ApiServer {
     /// The next request. Panics if none comes within [`REQUEST_TIMEOUT`].
-    pub async fn next(&mut self) -> Call {
+    pub(crate) async fn next(&mut self) -> Call {
         tokio::time::timeout(REQUEST_TIMEOUT, self.try_next())
             .await
             .expect("no request from the code under test within 10 s")
@@ -78,7 +84,7 @@ impl ApiServer {
 
     /// The next request, or `None` once every client clone is dropped. No time limit: for
     /// use in a `select!` with the code under test.
-    pub async fn try_next(&mut self) -> Option<Call> {
+    pub(crate) async fn try_next(&mut self) -> Option<Call> {
         let (request, respond) = self.handle.next_request().await?;
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
@@ -100,7 +106,7 @@ impl ApiServer {
     }
 
     /// The next request, asserted to be `method path`.
-    pub async fn expect(&mut self, method: Method, path: &str) -> Call {
+    pub(crate) async fn expect(&mut self, method: Method, path: &str) -> Call {
         let call = self.next().await;
         assert_eq!((&call.method, call.path.as_str()), (&method, path), "unexpected request; body: {}", call.body);
         call
@@ -109,7 +115,7 @@ impl ApiServer {
     /// Waits for the code under test (`run`) to finish, failing on any request it sends
     /// meanwhile (unanswered, it would otherwise wait for ever) and after
     /// [`REQUEST_TIMEOUT`].
-    pub async fn settle<T>(&mut self, run: tokio::task::JoinHandle<T>) -> T {
+    pub(crate) async fn settle<T>(&mut self, run: tokio::task::JoinHandle<T>) -> T {
         let mut run = run;
         let wait = async {
             tokio::select! {
@@ -125,7 +131,7 @@ impl ApiServer {
 
     /// Asserts that no further request comes: every client clone has been dropped and
     /// nothing is pending.
-    pub async fn assert_no_more_requests(mut self) {
+    pub(crate) async fn assert_no_more_requests(mut self) {
         let next = tokio::time::timeout(REQUEST_TIMEOUT, self.handle.next_request())
             .await
             .expect("a client clone is still alive; drop every holder of the client first");
@@ -137,7 +143,7 @@ impl ApiServer {
 
 impl Call {
     /// Asserts a server-side apply by `manager` (forced, apply-patch content type).
-    pub fn assert_server_side_apply(&self, manager: &str) {
+    pub(crate) fn assert_server_side_apply(&self, manager: &str) {
         assert_eq!(self.method, Method::PATCH, "{}", self.path);
         assert_eq!(self.query.get("fieldManager").map(String::as_str), Some(manager), "{}", self.path);
         assert_eq!(self.query.get("force").map(String::as_str), Some("true"), "{}", self.path);
@@ -145,18 +151,18 @@ impl Call {
     }
 
     /// Responds 200 with `body`.
-    pub fn ok(self, body: Value) {
+    pub(crate) fn ok(self, body: Value) {
         self.respond_json(StatusCode::OK, body);
     }
 
     /// Responds 200 with the request's own body (what an apply returns, near enough).
-    pub fn echo(self) {
+    pub(crate) fn echo(self) {
         let body = self.body.clone();
         self.ok(body);
     }
 
     /// Responds with a Kubernetes `Status` error.
-    pub fn error(self, code: u16, reason: &str, message: &str) {
+    pub(crate) fn error(self, code: u16, reason: &str, message: &str) {
         let body = json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": message, "reason": reason, "code": code,
@@ -165,7 +171,7 @@ impl Call {
     }
 
     /// Responds 200 with raw bytes (e.g. a watch response: one JSON event per line).
-    pub fn respond_json_bytes(self, body: Vec<u8>) {
+    pub(crate) fn respond_json_bytes(self, body: Vec<u8>) {
         let response = Response::builder()
             .status(StatusCode::OK)
             .header(http::header::CONTENT_TYPE, "application/json")
@@ -175,7 +181,7 @@ impl Call {
     }
 
     /// Responds with `status` and a JSON body.
-    pub fn respond_json(self, status: StatusCode, body: Value) {
+    pub(crate) fn respond_json(self, status: StatusCode, body: Value) {
         let response = Response::builder()
             .status(status)
             .header(http::header::CONTENT_TYPE, "application/json")

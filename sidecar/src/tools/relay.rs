@@ -7,9 +7,9 @@
 //! of the application between them: no field checks, no rate limit, no order digests, no
 //! seen-cache, no batches, no outbox, no flow control. A submitted chunk is published at
 //! once, one signed GossipSub message per market (at most `publish.maxOrdersPerMessage`
-//! orders each, origin and market elided as on the real wire); a received message is
-//! decoded, its orders get their origin and market back, and they go to every
-//! subscriber. Received messages are reported to GossipSub as *ignored*, so they are not
+//! orders each, encoded by [`crate::wire::encode_orders`] as on the real wire); a received
+//! message is decoded by [`crate::wire::Gossip::decode`], origin and market restored, and
+//! its orders go to every subscriber. Received messages are reported to GossipSub as *ignored*, so they are not
 //! forwarded: in the benchmark's full mesh every node hears each message once, straight
 //! from its author (flood publishing), and the floor pays for no duplicate copies.
 //!
@@ -28,7 +28,6 @@ use libp2p::gossipsub::{self, MessageAcceptance, TopicHash};
 use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
 use prometheus_client::registry::Registry;
-use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{UnboundedReceiverStream, UnixListenerStream};
 use tonic::{Request, Response, Status, Streaming};
@@ -37,10 +36,9 @@ use crate::config::NodeSettings;
 use crate::node::{BehaviourEvent, build_swarm};
 use crate::proto::sidecar_server::{Sidecar, SidecarServer};
 use crate::proto::{
-    BatchChunk, Event, GetBatchRequest, GetStatusRequest, GossipEnvelope, NodeStatus, Order, OrderGossip,
-    OrdersReceived, SealBatchRequest, SealBatchResponse, SubmitOrderRequest, SubmitOrderResponse, SubmitOrdersRequest,
-    SubmitOrdersResponse, SubmitResultRequest, SubmitResultResponse, SubscribeRequest, TopicMesh, event::Kind,
-    gossip_envelope::Body,
+    BatchChunk, Event, GetBatchRequest, GetStatusRequest, NodeStatus, Order, OrdersReceived, SealBatchRequest,
+    SealBatchResponse, SubmitOrderRequest, SubmitOrderResponse, SubmitOrdersRequest, SubmitOrdersResponse,
+    SubmitResultRequest, SubmitResultResponse, SubscribeRequest, TopicMesh, event::Kind,
 };
 use crate::topics::Topic;
 use crate::wire;
@@ -174,14 +172,12 @@ pub async fn run(
             Some(cmd) = commands.recv() => match cmd {
                 Command::Publish(orders) => {
                     let mut by_market: HashMap<String, Vec<Order>> = HashMap::new();
-                    for mut o in orders {
-                        let market = std::mem::take(&mut o.market);
-                        by_market.entry(market).or_default().push(o);
+                    for o in orders {
+                        by_market.entry(o.market.clone()).or_default().push(o);
                     }
                     for (market, orders) in by_market {
                         for pack in orders.chunks(max_orders.max(1)) {
-                            let body = Body::Orders(OrderGossip { orders: pack.to_vec() });
-                            match swarm.behaviour_mut().gossipsub.publish(Topic::orders(&market).ident(&network), wire::encode(body)) {
+                            match swarm.behaviour_mut().gossipsub.publish(Topic::orders(&market).ident(&network), wire::encode_orders(pack)) {
                                 Ok(_) => tally.published += 1,
                                 Err(e) => {
                                     tally.failed_publishes += 1;
@@ -216,7 +212,7 @@ pub async fn run(
             },
             event = swarm.select_next_some() => {
                 if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message_id, message })) = event {
-                    tally.delivered += deliver(&message, market_of.get(&message.topic), &mut subscribers);
+                    tally.delivered += deliver(&message, &network, &mut subscribers);
                     swarm.behaviour_mut().gossipsub.report_message_validation_result(&message_id, &propagation_source, MessageAcceptance::Ignore);
                 }
             }
@@ -228,24 +224,20 @@ pub async fn run(
     Ok(tally)
 }
 
-/// Decodes `message` (an `OrderGossip` on an orders topic of `market`), restores each
-/// order's origin (the signer) and market, and sends the orders to every subscriber;
-/// returns how many orders that was (0 for anything undecodable or unsigned).
+/// Decodes `message` (an `OrderGossip` on an orders topic of `network`) with its origin
+/// and market restored ([`wire::Gossip::decode`], without a size cap) and sends the orders
+/// to every subscriber; returns how many orders that was (0 for anything else).
 fn deliver(
     message: &gossipsub::Message,
-    market: Option<&String>,
+    network: &str,
     subscribers: &mut Vec<mpsc::UnboundedSender<Result<Event, Status>>>,
 ) -> u64 {
-    let (Some(market), Some(author)) = (market, message.source) else { return 0 };
-    let Ok(GossipEnvelope { body: Some(Body::Orders(g)), .. }) = GossipEnvelope::decode(message.data.as_slice()) else {
+    let Some(topic) = Topic::parse(network, message.topic.as_str()) else { return 0 };
+    let Ok(wire::Gossip::Orders { orders, .. }) =
+        wire::Gossip::decode(&topic, message.source.as_ref(), &message.data, usize::MAX)
+    else {
         return 0;
     };
-    let origin = bytes::Bytes::from(author.to_bytes());
-    let mut orders = g.orders;
-    for o in &mut orders {
-        o.market.clone_from(market);
-        o.origin = origin.clone();
-    }
     let n = orders.len() as u64;
     subscribers.retain(|s| !s.is_closed());
     if let Some((last, rest)) = subscribers.split_last() {

@@ -2,18 +2,17 @@
 //! the leader Lease, runs the controller only while leading, releases the Lease on
 //! shutdown, and stops the controller and fails when leadership is lost.
 
-mod common;
-
 use std::time::Duration;
 
 use clap::Parser as _;
-use common::{ApiServer, Call, mock_client};
 use http::Method;
 use openmatch_gossip_operator::app;
 use openmatch_gossip_operator::cli::{Cli, Command, RunArgs};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+
+use crate::common::{ApiServer, Call, mock_client};
 
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases";
 const NETWORKS: &str = "/apis/gossip.openmatch.io/v1alpha1/gossipnetworks";

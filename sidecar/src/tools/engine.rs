@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -28,9 +28,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use crate::marketdata::{self, MarketEvent, OrderKind as MdKind, Scale, Side as MdSide};
 use crate::proto::{Order, OrderKind, OrdersReceived, Side, SubmitOrdersRequest, SubscribeRequest, event::Kind};
-use crate::stats::{Checksum, Latency, LatencySummary};
+use crate::tools::marketdata::{self, MarketEvent, OrderKind as MdKind, Scale, Side as MdSide};
+use crate::tools::stats::{Checksum, Latency, LatencySummary};
 
 /// The bundled markets: market name and recording file name.
 pub const MARKETS: [(&str, &str); 2] = [("BTC-USDT", "btcusdt_20240808.gz"), ("ETH-USDT", "ethusdt_20240808.gz")];
@@ -54,7 +54,7 @@ pub enum TransportKind {
     /// Baseline: plain TCP straight to the other engines.
     Tcp,
     /// Stack floor: through an `openmatch-gossip relay` (the sidecar's socket API and
-    /// libp2p swarm without its validation, dedup or consensus; see [`crate::relay`]).
+    /// libp2p swarm without its validation, dedup or consensus; see [`crate::tools::relay`]).
     Relay,
 }
 
@@ -324,10 +324,6 @@ pub struct EngineReport {
     pub agreement_buckets: Vec<(u64, u64)>,
 }
 
-fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-}
-
 /// The engine's two ends: chunks out, chunks in.
 struct Link {
     origin_label: String,
@@ -484,7 +480,7 @@ struct Receiver {
 
 impl Receiver {
     fn take(&mut self, orders: Vec<Order>) {
-        let now = now_ns();
+        let now = crate::epoch::unix_now_ns();
         let next = self.origins.len() as u32;
         for o in orders {
             let entry = self
@@ -523,7 +519,7 @@ struct MatcherState {
 }
 
 /// The engine's matcher: for every `BatchAgreed`, fetches the batch in canonical order,
-/// runs the reference auction ([`crate::auction`]) and submits the result hash; tallies
+/// runs the reference auction ([`crate::tools::auction`]) and submits the result hash; tallies
 /// every batch outcome. Shares its state so the engine can tell when all is settled.
 async fn run_matcher(
     mut events: mpsc::UnboundedReceiver<Kind>,
@@ -562,9 +558,9 @@ async fn run_matcher(
                         continue;
                     }
                 }
-                let trades = crate::auction::run_auction(&orders);
+                let trades = crate::tools::auction::run_auction(&orders);
                 let hash = <[u8; 32]>::try_from(a.batch_hash.as_slice()).unwrap_or_default();
-                let result_hash = crate::auction::result_hash(&hash, &trades);
+                let result_hash = crate::tools::auction::result_hash(&hash, &trades);
                 state.lock().expect("matcher state").batches.entry(m.clone()).or_default().trades +=
                     trades.len() as u64;
                 let req = SubmitResultRequest {
@@ -679,7 +675,7 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
         sent += orders.len() as u64;
         chunk.extend(orders);
         if replay.pace == Pace::Real || chunk.len() >= args.chunk_orders {
-            let stamp = now_ns();
+            let stamp = crate::epoch::unix_now_ns();
             let mut out = std::mem::take(&mut chunk);
             for o in &mut out {
                 o.submitted_at_ns = stamp;
@@ -688,7 +684,7 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
         }
     }
     if !chunk.is_empty() {
-        let stamp = now_ns();
+        let stamp = crate::epoch::unix_now_ns();
         for o in &mut chunk {
             o.submitted_at_ns = stamp;
         }

@@ -28,7 +28,7 @@ fn committed_crd_yaml_is_current() {
         assert!(
             committed == generated,
             "{} is stale or missing: regenerate it with `cargo run -p openmatch-gossip-operator -- crdgen --write` \
-             (or OPENMATCH_GOSSIP_UPDATE_CRDS=1 cargo test -p openmatch-gossip-crds --test crd_yaml) and commit it",
+             (or OPENMATCH_GOSSIP_UPDATE_CRDS=1 cargo test -p openmatch-gossip-crds --test it crd_yaml) and commit it",
             path.display()
         );
     }

@@ -1,0 +1,90 @@
+//! The operator's phase (starting, standby, leader, shutting down) and what its `/healthz`
+//! and `/readyz` answer in each ([`Probes`], served by [`serve_http`]).
+//!
+//! - `/healthz`: 200 while the process serves HTTP; the body is the [`Phase`].
+//! - `/readyz`: 200 in phases `standby` (waiting for the Lease) and `leader`
+//!   (reconciling); 503 while `starting` and `shutting-down`. A standby replica is ready:
+//!   it is healthy and will take over when the leader goes.
+//!
+//! [`serve_http`]: openmatch_gossip_crds::runtime::serve_http
+
+use std::sync::Mutex;
+
+use openmatch_gossip_crds::runtime::{Probe, Probes};
+
+/// Where the operator is in its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Phase {
+    /// Connecting; not ready.
+    #[default]
+    Starting,
+    /// Waiting for the leader Lease; ready.
+    Standby,
+    /// Holding the Lease (or running without election) and reconciling; ready.
+    Leader,
+    /// Stopping after SIGTERM/SIGINT or lost leadership; not ready.
+    ShuttingDown,
+}
+
+impl Phase {
+    /// The probes' body: `starting`, `standby`, `leader` or `shutting-down`.
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Standby => "standby",
+            Phase::Leader => "leader",
+            Phase::ShuttingDown => "shutting-down",
+        }
+    }
+}
+
+/// The phase shared with the HTTP probes.
+#[derive(Debug, Default)]
+pub struct Health(Mutex<Phase>);
+
+impl Health {
+    /// Sets the phase.
+    pub fn set(&self, phase: Phase) {
+        *self.0.lock().expect("health lock") = phase;
+    }
+
+    /// The current phase.
+    pub fn get(&self) -> Phase {
+        *self.0.lock().expect("health lock")
+    }
+}
+
+impl Probes for Health {
+    /// Always passes (the process answers); the body is the phase.
+    fn liveness(&self) -> Probe {
+        Probe { ok: true, body: self.get().as_str().to_owned() }
+    }
+
+    /// Passes in phases `standby` and `leader`; the body is the phase.
+    fn readiness(&self) -> Probe {
+        let phase = self.get();
+        Probe { ok: matches!(phase, Phase::Standby | Phase::Leader), body: phase.as_str().to_owned() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probes(health: &Health) -> ((bool, String), (bool, String)) {
+        let (live, ready) = (health.liveness(), health.readiness());
+        ((live.ok, live.body), (ready.ok, ready.body))
+    }
+
+    #[test]
+    fn probes_follow_the_phase() {
+        let health = Health::default();
+        assert_eq!(probes(&health), ((true, "starting".into()), (false, "starting".into())));
+        health.set(Phase::Standby);
+        assert_eq!(probes(&health), ((true, "standby".into()), (true, "standby".into())));
+        health.set(Phase::Leader);
+        assert_eq!(probes(&health), ((true, "leader".into()), (true, "leader".into())));
+        health.set(Phase::ShuttingDown);
+        assert_eq!(probes(&health), ((true, "shutting-down".into()), (false, "shutting-down".into())));
+    }
+}

@@ -1,0 +1,161 @@
+//! The node's handle: what the socket API (and tests) hold to talk to the node task, and
+//! the commands it sends. Every request is a message to the one task that owns the state.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use libp2p::PeerId;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::health::Health;
+use super::subscribers::EventStream;
+use crate::config::NodeSettings;
+use crate::consensus::BatchError;
+use crate::proto::{NodeStatus, Order};
+use crate::wire::{BatchKey, Digest};
+
+/// The markets a node trades now, sorted. The node task owns the set and publishes each
+/// change (a config reload) on a `watch` channel; everyone else reads that one copy.
+pub(super) type Markets = Arc<BTreeSet<String>>;
+
+/// Static facts about a node, shared with the API without a round trip.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// This node's peer id.
+    pub peer_id: PeerId,
+    /// Network name.
+    pub network: String,
+    /// Gossip message and API request cap, bytes.
+    pub max_message_bytes: usize,
+    /// Freeze proof cap, bytes.
+    pub max_freeze_proof_bytes: usize,
+    /// Outbox capacity, orders (= credits).
+    pub outbox_capacity: usize,
+}
+
+/// Where a submitted order went: its digest and epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Submitted {
+    /// Order digest (SHA-256 of the canonical encoding).
+    pub(crate) digest: Digest,
+    /// Epoch of the batch the order joined.
+    pub(crate) epoch: u64,
+}
+
+/// The node has stopped; the request cannot be served.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the gossip node is shutting down")]
+pub struct NodeGone;
+
+/// A request to the node task.
+pub(super) enum Command {
+    Submit { orders: Vec<Order>, reply: Option<oneshot::Sender<Vec<Submitted>>> },
+    Subscribe { markets: Vec<String>, reply: oneshot::Sender<Option<EventStream>> },
+    Status { reply: oneshot::Sender<NodeStatus> },
+    GetBatch { batch: BatchKey, reply: oneshot::Sender<Result<Vec<Order>, BatchError>> },
+    SubmitResult { batch: BatchKey, hash: Digest, trades: u64, reply: oneshot::Sender<Result<(), BatchError>> },
+    Seal { market: String, reply: oneshot::Sender<Result<BatchKey, BatchError>> },
+    Reload { settings: Box<NodeSettings>, reply: oneshot::Sender<Vec<String>> },
+}
+
+/// A cheap, cloneable handle to a running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub(super) tx: mpsc::UnboundedSender<Command>,
+    pub(super) credits: Arc<Semaphore>,
+    pub(super) info: Arc<NodeInfo>,
+    pub(super) markets: watch::Receiver<Markets>,
+    pub(super) health: watch::Receiver<Health>,
+}
+
+impl NodeHandle {
+    /// Static facts about the node.
+    pub fn info(&self) -> &NodeInfo {
+        &self.info
+    }
+
+    /// The markets traded now.
+    pub fn markets(&self) -> Markets {
+        self.markets.borrow().clone()
+    }
+
+    /// The node's health as last assessed (every heartbeat and on every change).
+    pub fn health(&self) -> watch::Receiver<Health> {
+        self.health.clone()
+    }
+
+    /// Applies a new configuration (hot reload): markets, bootstrap peers, rate limits and
+    /// reputation thresholds take effect now; returns notes on fields that need a restart.
+    pub async fn reload(&self, settings: NodeSettings) -> Result<Vec<String>, NodeGone> {
+        self.ask(|reply| Command::Reload { settings: Box::new(settings), reply }).await
+    }
+
+    /// Queues already-validated `orders` (from the engine) for gossip, waiting for outbox
+    /// space first. With `want_receipts`, returns each order's digest and epoch once queued.
+    /// `orders.len()` must not exceed the outbox capacity.
+    pub(crate) async fn submit(&self, orders: Vec<Order>, want_receipts: bool) -> Result<Vec<Submitted>, NodeGone> {
+        let n = u32::try_from(orders.len()).map_err(|_| NodeGone)?;
+        self.credits.acquire_many(n).await.map_err(|_| NodeGone)?.forget();
+        let (reply, rx) = if want_receipts {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.tx.send(Command::Submit { orders, reply }).map_err(|_| NodeGone)?;
+        match rx {
+            Some(rx) => rx.await.map_err(|_| NodeGone),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Opens an event subscription for `markets` (empty = all). `NodeGone` while shutting
+    /// down.
+    pub(crate) async fn subscribe(&self, markets: Vec<String>) -> Result<EventStream, NodeGone> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Subscribe { markets, reply }).map_err(|_| NodeGone)?;
+        rx.await.map_err(|_| NodeGone)?.ok_or(NodeGone)
+    }
+
+    /// Current status: peers, listen addresses, mesh per topic, health.
+    pub async fn status(&self) -> Result<NodeStatus, NodeGone> {
+        self.ask(|reply| Command::Status { reply }).await
+    }
+
+    /// The orders of an agreed batch in canonical order.
+    pub(crate) async fn batch(&self, batch: BatchKey) -> Result<Result<Vec<Order>, BatchError>, NodeGone> {
+        self.ask(|reply| Command::GetBatch { batch, reply }).await
+    }
+
+    /// The engine's result for an agreed batch.
+    pub(crate) async fn submit_result(
+        &self,
+        batch: BatchKey,
+        hash: Digest,
+        trades: u64,
+    ) -> Result<Result<(), BatchError>, NodeGone> {
+        self.ask(|reply| Command::SubmitResult { batch, hash, trades, reply }).await
+    }
+
+    /// Engine sealing: seals `market`'s current epoch.
+    pub(crate) async fn seal(&self, market: String) -> Result<Result<BatchKey, BatchError>, NodeGone> {
+        self.ask(|reply| Command::Seal { market, reply }).await
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NodeGone> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).map_err(|_| NodeGone)?;
+        rx.await.map_err(|_| NodeGone)
+    }
+}
+
+/// Signals that drive a node's shutdown, in order.
+#[derive(Clone, Default)]
+pub(crate) struct Shutdown {
+    /// Stop serving subscriptions (ends every event stream with UNAVAILABLE) so the API
+    /// server can drain.
+    pub(crate) closing: CancellationToken,
+    /// Flush the outbox (bounded by [`super::FLUSH_DEADLINE`]), unsubscribe, and return.
+    pub(crate) stop: CancellationToken,
+}

@@ -1,0 +1,168 @@
+//! Gossip on its way in: GossipSub events, validation rounds ([`crate::validation`]) with
+//! their verdicts reported back to GossipSub, and what accepted messages carry: peers'
+//! orders (into their batch, then to the engine, each once), heartbeats, seals, results.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use futures::StreamExt as _;
+use libp2p::PeerId;
+use libp2p::gossipsub::{self, MessageAcceptance};
+
+use super::Node;
+use crate::consensus::AddOutcome;
+use crate::epoch::unix_now_ns;
+use crate::metrics::{MarketLabel, QueueLabel};
+use crate::reputation::Offence;
+use crate::topics::Topic;
+use crate::validation::{Payload, Verdict};
+
+impl Node {
+    /// GossipSub's events: messages wait in the inbox for the next validation round.
+    pub(super) fn on_gossipsub(&mut self, ev: gossipsub::Event) {
+        match ev {
+            gossipsub::Event::Message { propagation_source, message_id, message } => {
+                self.inbox.push((propagation_source, message_id, message));
+            }
+            gossipsub::Event::Subscribed { peer_id, topic } => {
+                tracing::debug!(peer = %peer_id, topic = %topic, "peer subscribed");
+                // A market waiting for peers can try again right away.
+                if let Some(t) = Topic::parse(&self.info.network, topic.as_str()) {
+                    self.retry_at.remove(&t.market);
+                }
+            }
+            gossipsub::Event::SlowPeer { peer_id, failed_messages } => {
+                tracing::warn!(peer = %peer_id, ?failed_messages, "GossipSub could not send to a slow peer in time");
+                let f = failed_messages;
+                for (queue, n) in [("priority", f.priority), ("non_priority", f.non_priority)] {
+                    if n > 0 {
+                        self.metrics.send_queue_failures.get_or_create(&QueueLabel { queue }).inc_by(n as u64);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Validates the gossip messages received, delivers what they carry, and reports the
+    /// verdicts to GossipSub (which forwards the accepted ones).
+    ///
+    /// Twice the node first yields and takes in what its connections have ready: before
+    /// validating, so that the IDONTWANTs GossipSub queued on receipt (GossipSub v1.2) go
+    /// out to the other mesh peers at once; and before reporting, so that the peers'
+    /// IDONTWANTs for the same message are known when it is forwarded. In a full mesh every
+    /// peer already has the message from its author, and a forward it declined is neither
+    /// sent nor decrypted and verified there. The engine's delivery does not wait for the
+    /// second yield.
+    ///
+    /// One round per turn of the node's loop: messages that arrive during the round wait
+    /// for the next turn, so a flood of gossip cannot starve the engine's commands.
+    pub(super) async fn validate_inbox(&mut self) {
+        if self.inbox.is_empty() {
+            return;
+        }
+        tokio::task::yield_now().await;
+        self.take_ready_swarm_events();
+        let markets = self.markets.borrow().clone();
+        let mut reports = Vec::with_capacity(self.inbox.len());
+        for (source, id, message) in std::mem::take(&mut self.inbox) {
+            reports.push((id, source, self.validate_message(source, message, &markets)));
+        }
+        tokio::task::yield_now().await;
+        self.take_ready_swarm_events();
+        for (id, source, acceptance) in reports {
+            self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
+        }
+    }
+
+    /// Handles the swarm events that are ready now, without waiting.
+    fn take_ready_swarm_events(&mut self) {
+        use futures::FutureExt as _;
+        while let Some(event) = self.swarm.select_next_some().now_or_never() {
+            self.handle_swarm_event(event);
+        }
+    }
+
+    /// Validates one gossip message and acts on its payload; returns the verdict for
+    /// GossipSub.
+    fn validate_message(
+        &mut self,
+        propagation_source: PeerId,
+        message: gossipsub::Message,
+        markets: &BTreeSet<String>,
+    ) -> MessageAcceptance {
+        let verdict = self.validator.validate(
+            &propagation_source,
+            message.source.as_ref(),
+            message.topic.as_str(),
+            &message.data,
+            markets,
+        );
+        match verdict {
+            Verdict::Accept(payload) => {
+                self.on_payload(payload, message.source);
+                MessageAcceptance::Accept
+            }
+            Verdict::Reject { .. } => {
+                self.penalize(propagation_source, Offence::InvalidMessage);
+                MessageAcceptance::Reject
+            }
+            Verdict::Ignore(_) => MessageAcceptance::Ignore,
+        }
+    }
+
+    /// Acts on an accepted message signed by `author`.
+    fn on_payload(&mut self, payload: Payload, author: Option<PeerId>) {
+        match payload {
+            Payload::Orders { market, orders, digests } => self.deliver(market, orders, digests),
+            Payload::PeerStatus(_) => {
+                if let Some(peer) = author {
+                    self.last_status.insert(peer, Instant::now());
+                }
+            }
+            Payload::Seal(seal) => {
+                if let Some(author) = author {
+                    self.consensus.on_peer_seal(author, &seal);
+                }
+            }
+            Payload::Result(result) => {
+                if let Some(author) = author {
+                    self.consensus.on_peer_result(author, &result);
+                }
+            }
+        }
+    }
+
+    /// Peers' new orders of `market`: each joins its batch, and those new to their batch
+    /// (the authoritative dedup, [`crate::dedup`]) reach the engine; orders for a batch
+    /// already agreed are counted as late and not delivered.
+    fn deliver(&mut self, market: String, orders: Vec<crate::proto::Order>, digests: Vec<crate::wire::Digest>) {
+        let now = unix_now_ns();
+        let mut fresh = Vec::with_capacity(orders.len());
+        let mut late = 0u64;
+        for (o, d) in orders.into_iter().zip(digests) {
+            #[cfg(feature = "fault-injection")]
+            if self.settings.fault.drops(&o) {
+                tracing::debug!(id = o.id, "fault injector dropped an inbound order");
+                continue;
+            }
+            if o.submitted_at_ns > 0 && now >= o.submitted_at_ns {
+                self.metrics.propagation_latency.observe((now - o.submitted_at_ns) as f64 * 1e-9);
+            }
+            match self.consensus.add_order(&o, d) {
+                AddOutcome::Added => fresh.push(o),
+                AddOutcome::Duplicate => {}
+                AddOutcome::Late => late += 1,
+            }
+        }
+        if late > 0 {
+            tracing::warn!(market, late, "orders arrived after their batch was agreed; not delivered");
+            self.metrics.late_orders.get_or_create(&MarketLabel { market: market.clone() }).inc_by(late);
+        }
+        if fresh.is_empty() {
+            return;
+        }
+        self.metrics.orders_delivered.get_or_create(&MarketLabel { market: market.clone() }).inc_by(fresh.len() as u64);
+        self.subscribers.deliver_orders(&market, fresh);
+    }
+}

@@ -1,0 +1,171 @@
+//! The engine's orders on their way out: stamping (origin, epoch, digest), joining their
+//! batch, the outbox, and publishing packs to GossipSub at the pacer's rate, retrying
+//! deferred packs without ever dropping them.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use libp2p::gossipsub::PublishError;
+use tokio::sync::oneshot;
+
+use super::Node;
+use super::handle::Submitted;
+use crate::consensus::AddOutcome;
+use crate::epoch::unix_now_ns;
+use crate::metrics::{KindMarket, MarketLabel, MarketReason};
+use crate::proto::Order;
+use crate::topics::{Topic, TopicKind};
+use crate::wire;
+
+/// A market whose publish found no subscribed peer is retried after this long (or as soon
+/// as a peer subscribes).
+const NO_PEERS_RETRY: Duration = Duration::from_millis(250);
+/// A market whose publish found every peer queue full is retried after this long.
+const QUEUES_FULL_RETRY: Duration = Duration::from_millis(10);
+
+/// Why a pack did not go out; [`Deferral::as_str`] is the `publish_retries` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deferral {
+    /// No peer subscribed to the topic: kept and retried.
+    NoPeers,
+    /// Every peer's send queue is full: kept and retried.
+    QueuesFull,
+    /// Signing or size failure that a retry cannot fix: the pack is dropped loudly.
+    PublishError,
+}
+
+impl Deferral {
+    fn as_str(self) -> &'static str {
+        match self {
+            Deferral::NoPeers => "no_peers",
+            Deferral::QueuesFull => "queues_full",
+            Deferral::PublishError => "publish_error",
+        }
+    }
+}
+
+impl Node {
+    /// Stamps the engine's `orders` (origin = this node, the epoch of their market now, the
+    /// submit time if the engine left it 0), adds each to its batch and queues it in the
+    /// outbox. An order for a batch that engine sealing already closed is refused and
+    /// counted as late. With `reply`, answers each order's digest and epoch.
+    pub(super) fn submit(&mut self, orders: Vec<Order>, reply: Option<oneshot::Sender<Vec<Submitted>>>) {
+        let origin = bytes::Bytes::from(self.info.peer_id.to_bytes());
+        let mut receipts = Vec::with_capacity(if reply.is_some() { orders.len() } else { 0 });
+        let stamp = unix_now_ns();
+        let now_ms = stamp / 1_000_000;
+        let mut per_market: HashMap<String, u64> = HashMap::new();
+        for mut o in orders {
+            o.epoch = self.epochs.epoch_for(&o.market, now_ms);
+            if o.submitted_at_ns == 0 {
+                o.submitted_at_ns = stamp;
+            }
+            o.origin = origin.clone();
+            let digest = wire::order_digest(&o);
+            if reply.is_some() {
+                receipts.push(Submitted { digest, epoch: o.epoch });
+            }
+            if self.consensus.add_order(&o, digest) == AddOutcome::Late {
+                // Engine sealing closed this epoch already: the order is refused.
+                self.metrics.late_orders.get_or_create(&MarketLabel { market: o.market.clone() }).inc();
+                continue;
+            }
+            match per_market.get_mut(&o.market) {
+                Some(n) => *n += 1,
+                None => {
+                    per_market.insert(o.market.clone(), 1);
+                }
+            }
+            self.outbox.push(o);
+        }
+        for (market, n) in per_market {
+            self.metrics.orders_submitted.get_or_create(&MarketLabel { market }).inc_by(n);
+        }
+        self.metrics.outbox_orders.set(self.outbox.len() as i64);
+        if let Some(reply) = reply {
+            let _ = reply.send(receipts);
+        }
+    }
+
+    /// When the loop must wake to publish again: the pacer's next token or the earliest
+    /// retry of a market with queued orders; `None` with an empty outbox.
+    pub(super) fn next_publish_at(&self) -> Option<Instant> {
+        if self.outbox.is_empty() {
+            return None;
+        }
+        let retry = self.outbox.pending_markets().iter().filter_map(|m| self.retry_at.get(m).copied()).min();
+        match (self.pace_at, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Publishes as much of the outbox as the pacer and the peers allow, one pack per
+    /// market in turn.
+    pub(super) fn flush(&mut self) {
+        let now = Instant::now();
+        if self.pace_at.is_some_and(|t| t > now) {
+            return;
+        }
+        self.pace_at = None;
+        loop {
+            let mut progressed = false;
+            for market in self.outbox.pending_markets() {
+                if self.retry_at.get(&market).is_some_and(|t| *t > now) {
+                    continue;
+                }
+                if let Err(at) = self.pacer.try_acquire() {
+                    self.pace_at = Some(at);
+                    self.metrics.outbox_orders.set(self.outbox.len() as i64);
+                    return;
+                }
+                progressed |= self.publish_pack(&market, now);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.metrics.outbox_orders.set(self.outbox.len() as i64);
+    }
+
+    /// Publishes one pack of `market` ([`wire::encode_orders`]); `true` if it went out.
+    fn publish_pack(&mut self, market: &str, now: Instant) -> bool {
+        let Some(orders) = self.outbox.take_pack(market) else { return false };
+        let n = orders.len();
+        let topic = Topic::orders(market).ident(&self.info.network);
+        let deferral = match self.swarm.behaviour_mut().gossipsub.publish(topic, wire::encode_orders(&orders)) {
+            Ok(_) => {
+                self.retry_at.remove(market);
+                self.credits.add_permits(n);
+                let m = MarketLabel { market: market.to_owned() };
+                self.metrics.orders_published.get_or_create(&m).inc_by(n as u64);
+                let l = KindMarket { kind: TopicKind::Orders.as_str(), market: market.to_owned() };
+                self.metrics.messages_published.get_or_create(&l).inc();
+                self.metrics.orders_per_message.observe(n as f64);
+                return true;
+            }
+            Err(PublishError::NoPeersSubscribedToTopic) => Deferral::NoPeers,
+            Err(PublishError::AllQueuesFull(_)) => Deferral::QueuesFull,
+            Err(other) => {
+                // Signing or size failures cannot be fixed by retrying: the pack is dropped
+                // loudly (the outbox packs within the cap, so this is a bug).
+                tracing::error!(market, orders = n, error = %other, "publish failed; orders dropped");
+                Deferral::PublishError
+            }
+        };
+        let label = MarketReason { market: market.to_owned(), reason: deferral.as_str() };
+        self.metrics.publish_retries.get_or_create(&label).inc();
+        let retry = match deferral {
+            Deferral::NoPeers => NO_PEERS_RETRY,
+            Deferral::QueuesFull => QUEUES_FULL_RETRY,
+            Deferral::PublishError => {
+                self.credits.add_permits(n);
+                return false;
+            }
+        };
+        tracing::debug!(market, orders = n, reason = deferral.as_str(), "publish deferred; orders kept in the outbox");
+        self.outbox.requeue_front(market, orders);
+        self.retry_at.insert(market.to_owned(), now + retry);
+        false
+    }
+}

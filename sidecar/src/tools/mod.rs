@@ -1,0 +1,14 @@
+//! The tools: what exercises the sidecar without being part of it. The reference engine
+//! ([`engine`]) replays real Binance order flow ([`marketdata`]) through a sidecar and
+//! matches agreed batches with the reference auction ([`auction`]); the main job
+//! ([`cluster`]) runs several of each on loopback; [`bench`] compares it with a plain-TCP
+//! baseline and with [`relay`], the stack floor; [`stats`] holds their latency and
+//! checksum bookkeeping. See the crate docs for why they live in this crate.
+
+pub mod auction;
+pub mod bench;
+pub mod cluster;
+pub mod engine;
+pub mod marketdata;
+pub mod relay;
+pub mod stats;
