@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::children::FIELD_MANAGER;
 use crate::cli::RunArgs;
-use crate::health::{Health, Phase};
+use crate::health::{Health, Lifecycle};
 use crate::leader::{Held, LeaderElector, LeaseSettings};
 use crate::metrics::Metrics;
 use crate::reconcile::Context;
@@ -104,7 +104,7 @@ pub async fn run_with(client: Client, args: RunArgs, shutdown: CancellationToken
         settings.validate().map_err(|e| anyhow!("leader election: {e}"))?;
         tracing::info!(lease = %settings.name, namespace = %settings.namespace, identity = %settings.identity, "waiting for the leader lease");
         let mut elector = LeaderElector::new(Api::namespaced(client.clone(), &settings.namespace), settings);
-        health.set(Phase::Standby);
+        health.set(Lifecycle::Standby);
         if elector.acquire(shutdown.cancelled()).await {
             lead(&mut elector, ctx, args.namespace.clone(), debounce, &shutdown, &health, &metrics).await
         } else {
@@ -112,13 +112,13 @@ pub async fn run_with(client: Client, args: RunArgs, shutdown: CancellationToken
         }
     } else {
         tracing::warn!("leader election is off: run only one replica");
-        health.set(Phase::Leader);
+        health.set(Lifecycle::Leader);
         metrics.leader.set(1);
         crate::controller::run(ctx, args.namespace.clone(), debounce, shutdown.clone().cancelled_owned()).await;
         metrics.leader.set(0);
         Ok(())
     };
-    health.set(Phase::ShuttingDown);
+    health.set(Lifecycle::ShuttingDown);
     http_stop.cancel();
     let _ = http_task.await;
     result
@@ -135,7 +135,7 @@ async fn lead(
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
     tracing::info!(identity = %elector.settings().identity, "leading: starting the controller");
-    health.set(Phase::Leader);
+    health.set(Lifecycle::Leader);
     metrics.leader.set(1);
     let stop = CancellationToken::new();
     let mut controller = tokio::spawn(crate::controller::run(ctx, namespace, debounce, stop.clone().cancelled_owned()));
@@ -144,7 +144,7 @@ async fn lead(
         _ = &mut controller => None,
     };
     metrics.leader.set(0);
-    health.set(Phase::ShuttingDown);
+    health.set(Lifecycle::ShuttingDown);
     stop.cancel();
     match held {
         None => {

@@ -1,7 +1,7 @@
 //! The operator's phase (starting, standby, leader, shutting down) and what its `/healthz`
 //! and `/readyz` answer in each ([`Probes`], served by [`serve_http`]).
 //!
-//! - `/healthz`: 200 while the process serves HTTP; the body is the [`Phase`].
+//! - `/healthz`: 200 while the process serves HTTP; the body is the [`Lifecycle`].
 //! - `/readyz`: 200 in phases `standby` (waiting for the Lease) and `leader`
 //!   (reconciling); 503 while `starting` and `shutting-down`. A standby replica is ready:
 //!   it is healthy and will take over when the leader goes.
@@ -12,9 +12,10 @@ use std::sync::Mutex;
 
 use openmatch_gossip_crds::runtime::{Probe, Probes};
 
-/// Where the operator is in its life.
+/// Where the operator is in its life (named apart from the batch phases of the sidecar and
+/// the `Phase` of its wire format).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Phase {
+pub enum Lifecycle {
     /// Connecting; not ready.
     #[default]
     Starting,
@@ -26,30 +27,30 @@ pub enum Phase {
     ShuttingDown,
 }
 
-impl Phase {
+impl Lifecycle {
     /// The probes' body: `starting`, `standby`, `leader` or `shutting-down`.
     fn as_str(self) -> &'static str {
         match self {
-            Phase::Starting => "starting",
-            Phase::Standby => "standby",
-            Phase::Leader => "leader",
-            Phase::ShuttingDown => "shutting-down",
+            Lifecycle::Starting => "starting",
+            Lifecycle::Standby => "standby",
+            Lifecycle::Leader => "leader",
+            Lifecycle::ShuttingDown => "shutting-down",
         }
     }
 }
 
 /// The phase shared with the HTTP probes.
 #[derive(Debug, Default)]
-pub struct Health(Mutex<Phase>);
+pub struct Health(Mutex<Lifecycle>);
 
 impl Health {
     /// Sets the phase.
-    pub fn set(&self, phase: Phase) {
+    pub fn set(&self, phase: Lifecycle) {
         *self.0.lock().expect("health lock") = phase;
     }
 
     /// The current phase.
-    pub fn get(&self) -> Phase {
+    pub fn get(&self) -> Lifecycle {
         *self.0.lock().expect("health lock")
     }
 }
@@ -63,7 +64,7 @@ impl Probes for Health {
     /// Passes in phases `standby` and `leader`; the body is the phase.
     fn readiness(&self) -> Probe {
         let phase = self.get();
-        Probe { ok: matches!(phase, Phase::Standby | Phase::Leader), body: phase.as_str().to_owned() }
+        Probe { ok: matches!(phase, Lifecycle::Standby | Lifecycle::Leader), body: phase.as_str().to_owned() }
     }
 }
 
@@ -80,11 +81,11 @@ mod tests {
     fn probes_follow_the_phase() {
         let health = Health::default();
         assert_eq!(probes(&health), ((true, "starting".into()), (false, "starting".into())));
-        health.set(Phase::Standby);
+        health.set(Lifecycle::Standby);
         assert_eq!(probes(&health), ((true, "standby".into()), (true, "standby".into())));
-        health.set(Phase::Leader);
+        health.set(Lifecycle::Leader);
         assert_eq!(probes(&health), ((true, "leader".into()), (true, "leader".into())));
-        health.set(Phase::ShuttingDown);
+        health.set(Lifecycle::ShuttingDown);
         assert_eq!(probes(&health), ((true, "shutting-down".into()), (false, "shutting-down".into())));
     }
 }

@@ -333,6 +333,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn node_errors_map_to_the_documented_codes() {
+        use crate::consensus::BatchPhase;
+        use tonic::Code;
+        let k = BatchKey { market: "M".into(), epoch: 3 };
+        let cases = [
+            (BatchError::Unknown(k.clone()), Code::NotFound, "batch M#3 is unknown or no longer kept"),
+            (
+                BatchError::NotServed { batch: k.clone(), phase: BatchPhase::Sealed },
+                Code::FailedPrecondition,
+                "batch M#3 is Sealed: only agreed batches are served",
+            ),
+            (BatchError::NotAgreed { batch: k.clone(), phase: None }, Code::FailedPrecondition, "batch M#3 is unknown"),
+            (
+                BatchError::NotAgreed { batch: k.clone(), phase: Some(BatchPhase::Settling) },
+                Code::FailedPrecondition,
+                "batch M#3 is Settling, not Agreed",
+            ),
+            (
+                BatchError::ClockSealing,
+                Code::FailedPrecondition,
+                "the network seals by clock (consensus.sealing: clock)",
+            ),
+            (BatchError::UnknownMarket("X".into()), Code::NotFound, "market \"X\" is not traded here"),
+        ];
+        for (e, code, message) in cases {
+            let s = Status::from(e);
+            assert_eq!((s.code(), s.message()), (code, message));
+        }
+        assert_eq!(Status::from(NodeGone).code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn transport_codes_for_bad_input_become_the_conventional_ones() {
+        use tonic::Code;
+        assert_eq!(conventional_code(Code::OutOfRange, "message too large"), Code::ResourceExhausted);
+        assert_eq!(conventional_code(Code::Internal, "failed to decode Protobuf message"), Code::InvalidArgument);
+        assert_eq!(conventional_code(Code::Internal, "h2 protocol error"), Code::Internal);
+        let s = with_accepted(Status::out_of_range("too big"), 7);
+        assert_eq!((s.code(), s.message()), (Code::ResourceExhausted, "too big (7 orders accepted before this error)"));
+    }
+
+    #[test]
     fn method_labels_are_bounded() {
         assert_eq!(method_label("/openmatch.gossip.v1.Sidecar/SubmitOrder"), "Sidecar/SubmitOrder");
         assert_eq!(method_label("/grpc.health.v1.Health/Check"), "Health/Check");

@@ -14,7 +14,7 @@ use openmatch_gossip_crds::sidecar_config::{ConsensusConfig, SealingMode};
 
 /// The wall clock, in nanoseconds since the Unix epoch (0 if the clock is before 1970):
 /// the time that epochs, submit stamps and propagation latency are measured in.
-pub(crate) fn unix_now_ns() -> u64 {
+pub fn unix_now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 

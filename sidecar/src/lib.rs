@@ -48,6 +48,7 @@ mod validation;
 mod wire;
 
 pub use batch_hash::batch_hash;
+pub use epoch::unix_now_ns;
 pub use topics::{Topic, TopicKind};
 pub use wire::{Digest, canonical_encoding, content_digest, encode as encode_envelope, encode_orders, order_digest};
 

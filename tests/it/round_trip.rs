@@ -24,7 +24,7 @@ async fn orders_cross_intact_and_not_echoed() {
         .into_inner();
     assert_eq!(receipt.digest.len(), 32);
     // Clock sealing (default, 1 s epochs): the order joins the epoch of its submission.
-    let epoch_now = now_ns() / 1_000_000_000;
+    let epoch_now = openmatch_gossip_sidecar::unix_now_ns() / 1_000_000_000;
     assert!(receipt.epoch + 1 >= epoch_now && receipt.epoch <= epoch_now, "epoch {} at {epoch_now}", receipt.epoch);
 
     // Three more by the stream, in two chunks and two markets.

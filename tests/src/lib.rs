@@ -15,7 +15,7 @@ use std::ops::Deref;
 use std::path::Path;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use libp2p::core::transport::MemoryTransport;
@@ -32,6 +32,7 @@ use openmatch_gossip_sidecar::proto::{
     Event, NodeStatus, Order, OrderGossip, OrderKind, Side, SubscribeRequest, event::Kind, gossip_envelope::Body,
 };
 use openmatch_gossip_sidecar::server::RunningSidecar;
+use openmatch_gossip_sidecar::unix_now_ns;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Streaming;
 use tonic::transport::Channel;
@@ -73,11 +74,6 @@ pub fn memory_addr() -> Multiaddr {
     static NEXT: OnceLock<AtomicU64> = OnceLock::new();
     let next = NEXT.get_or_init(|| AtomicU64::new(u64::from(std::process::id()) << 20 | 1));
     format!("/memory/{}", next.fetch_add(1, Ordering::Relaxed)).parse().expect("valid memory multiaddr")
-}
-
-/// Wall clock, ns since the Unix epoch.
-pub fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Polls `check` every few ms until it returns `Ok`, or panics after `timeout` naming
@@ -322,7 +318,7 @@ pub fn order(market: &str, id: u64) -> Order {
         origin: Default::default(),
         epoch: 0,
         freeze_proof: vec![],
-        submitted_at_ns: now_ns(),
+        submitted_at_ns: unix_now_ns(),
     }
 }
 
@@ -598,7 +594,7 @@ impl RawPeer {
 
 /// The current epoch under the default clock sealing (1,000 ms epochs).
 pub fn current_epoch() -> u64 {
-    now_ns() / 1_000_000_000
+    unix_now_ns() / 1_000_000_000
 }
 
 /// The `(origin, id)` identities of `orders`, asserting there are no duplicates.
