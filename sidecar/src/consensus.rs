@@ -5,7 +5,9 @@
 //! time; it answers with [`Action`]s (publish, request repair, notify the engine, penalise
 //! a peer). Per batch `(market, epoch)`:
 //!
-//! 1. **Collect**: orders (local and peers') join the batch's set, keyed by order digest.
+//! 1. **Collect**: orders (local and peers') join the batch's set, keyed by order digest:
+//!    the authoritative dedup of delivery ([`crate::dedup`] says how it and the seen-cache
+//!    forget).
 //! 2. **Seal**: `batch_hash` = SHA-256 over the sorted digests ([`crate::batch_hash`]);
 //!    `BatchSealed { hash, count, revision }` is broadcast.
 //! 3. **Compare**: peers' latest seals are compared with ours. Every live peer agreeing →
@@ -248,9 +250,16 @@ impl Consensus {
         self.batches.iter().filter(|(_, b)| b.phase == BatchPhase::Collect).map(|(k, _)| k.clone()).collect()
     }
 
-    /// Highest epoch known for `market`.
-    pub(crate) fn highest_epoch(&self, market: &str) -> Option<u64> {
-        self.batches.keys().filter(|k| k.market == market).map(|k| k.epoch).max()
+    /// Highest epoch of `market` that a peer has sealed (or that was pruned, and so was
+    /// decided), for engine sealing to catch up to.
+    pub(crate) fn highest_peer_sealed(&self, market: &str) -> Option<u64> {
+        let sealed = self
+            .batches
+            .iter()
+            .filter(|(k, b)| k.market == market && !b.peer_seals.is_empty())
+            .map(|(k, _)| k.epoch)
+            .max();
+        sealed.max(self.pruned.get(market).copied())
     }
 
     /// Whether batch `(market, epoch)` was dropped by pruning (or is older than one that was).
@@ -939,10 +948,33 @@ mod tests {
         assert_eq!(c.phase(&BatchKey { market: "M".into(), epoch: 1 }), None);
     }
 
+    /// Engine sealing: a peer that sealed epoch 0 first and already gossips orders of its
+    /// epoch 1 must not move this node past epoch 0 (issue 11's skipped epoch).
+    #[test]
+    fn engine_sealing_catches_up_to_peer_seals_not_to_peer_orders() {
+        use crate::epoch::EpochClock;
+        use openmatch_gossip_crds::sidecar_config::SealingMode;
+        let mut epochs = EpochClock::new(&ConsensusConfig { sealing: SealingMode::Engine, ..cfg() });
+        let mut c = Consensus::new(cfg());
+        let peer = PeerId::random();
+        let (o, d) = order(&peer, 1); // epoch 1: the peer's next epoch
+        assert_eq!(c.add_order(&o, d), AddOutcome::Added);
+        assert_eq!(c.highest_peer_sealed("M"), None);
+        let zero = BatchKey { market: "M".into(), epoch: 0 };
+        assert!(c.on_peer_seal(peer, &SealedBatch { batch: zero, hash: [0; 32], order_count: 0, revision: 0 }));
+        assert_eq!(epochs.advance("M", c.highest_peer_sealed("M")), 0, "this node seals epoch 0 too");
+        assert_eq!(epochs.advance("M", c.highest_peer_sealed("M")), 1);
+        // A restarted node (counter back at 0) catches up to what peers sealed.
+        let mut restarted = EpochClock::new(&ConsensusConfig { sealing: SealingMode::Engine, ..cfg() });
+        assert_eq!(restarted.advance("M", c.highest_peer_sealed("M")), 0);
+        let mut behind = EpochClock::new(&ConsensusConfig { sealing: SealingMode::Engine, ..cfg() });
+        assert_eq!(behind.advance("M", Some(7)), 7);
+    }
+
     #[test]
     fn finished_batches_are_pruned_to_the_retention() {
         let c = five_epochs(true);
-        assert_eq!(c.highest_epoch("M"), Some(4));
+        assert_eq!(c.highest_peer_sealed("M"), Some(2), "pruned epochs (0..=2) count as decided");
         assert!(c.agreed_orders(&BatchKey { market: "M".into(), epoch: 0 }).is_err(), "pruned");
         assert!(c.agreed_orders(&BatchKey { market: "M".into(), epoch: 4 }).is_ok());
     }

@@ -78,6 +78,9 @@ pub struct Metrics {
     pub messages_rate_limited: Family<KindMarket, Counter>,
     /// `openmatch_gossip_messages_duplicate_total`: messages whose orders were all seen.
     pub messages_duplicate: Family<KindMarket, Counter>,
+    /// `openmatch_gossip_messages_stale_total`: messages ignored because their epoch is
+    /// older than the epoch window (their batch is decided).
+    pub messages_stale: Family<KindMarket, Counter>,
     /// `openmatch_gossip_orders_submitted_total`: orders accepted from the local engine.
     pub orders_submitted: Family<MarketLabel, Counter>,
     /// `openmatch_gossip_orders_published_total`: local orders published to gossip.
@@ -204,6 +207,7 @@ impl Metrics {
             messages_rejected: Family::default(),
             messages_rate_limited: Family::default(),
             messages_duplicate: Family::default(),
+            messages_stale: Family::default(),
             orders_submitted: Family::default(),
             orders_published: Family::default(),
             orders_delivered: Family::default(),
@@ -245,6 +249,11 @@ impl Metrics {
             "messages_duplicate",
             "Gossip messages whose orders were all already seen",
             m.messages_duplicate.clone(),
+        );
+        r.register(
+            "messages_stale",
+            "Gossip messages ignored: their epoch is older than the epoch window",
+            m.messages_stale.clone(),
         );
         r.register("orders_submitted", "Orders accepted from the local engine", m.orders_submitted.clone());
         r.register("orders_published", "Local orders published to gossip", m.orders_published.clone());

@@ -3,9 +3,10 @@
 //!
 //! Order of checks, cheapest first: topic of this network and of a traded market →
 //! per-peer token bucket → [`Gossip::decode`] (size cap, protobuf, version, body kind,
-//! signer; elided origin and market restored) → order schema and epoch window → SHA-256
-//! seen-cache of order digests ([`crate::dedup`]). Each outcome is counted in
-//! [`Metrics`]; the [`Verdict`] says what to tell GossipSub.
+//! signer; elided origin and market restored) → order schema → epoch window
+//! ([`crate::epoch`]: beyond it is rejected, before it ignored as stale) → SHA-256
+//! seen-cache of order digests ([`crate::dedup`]). Each outcome is counted in [`Metrics`];
+//! the [`Verdict`] says what to tell GossipSub.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use libp2p::PeerId;
 use openmatch_gossip_crds::sidecar_config::RateLimitConfig;
 
 use crate::dedup::SeenCache;
+use crate::epoch::EpochClock;
 use crate::metrics::{KindMarket, KindMarketReason, MarketLabel, Metrics};
 use crate::proto::{Order, PeerStatus};
 use crate::ratelimit::PeerRateLimiter;
@@ -38,7 +40,7 @@ pub(crate) enum RejectReason {
     ForgedOrigin,
     /// A field fails the schema.
     Invalid,
-    /// An order of an epoch beyond the current one (+1 for clock skew).
+    /// An order, seal or result of an epoch beyond the epoch window.
     FutureEpoch,
 }
 
@@ -82,6 +84,35 @@ pub(crate) enum IgnoreReason {
     RateLimited,
     /// Every order in it was seen already.
     Duplicate,
+    /// An order, seal or result of an epoch older than the epoch window: its batch is
+    /// decided (a lagging peer, not a hostile one, so no penalty).
+    StaleEpoch,
+}
+
+/// What a message must fit besides its own checks: the markets this node trades and the
+/// epoch window ([`EpochClock::window`]) at `now_ms` (Unix ms).
+pub(crate) struct Admission<'a> {
+    /// The markets traded now.
+    pub(crate) markets: &'a BTreeSet<String>,
+    /// The node's epochs.
+    pub(crate) epochs: &'a EpochClock,
+    /// Now, Unix ms.
+    pub(crate) now_ms: u64,
+}
+
+impl Admission<'_> {
+    /// Checks that `epoch` of `market` is in the window; `what` names it in the detail.
+    fn epoch(&self, market: &str, epoch: u64, what: impl FnOnce() -> String) -> Result<(), Verdict> {
+        let window = self.epochs.window(market, self.now_ms);
+        if epoch > *window.end() {
+            let detail = format!("{}: epoch {epoch} is beyond the epoch window {window:?}", what());
+            Err(Verdict::Reject { reason: RejectReason::FutureEpoch, detail })
+        } else if epoch < *window.start() {
+            Err(Verdict::Ignore(IgnoreReason::StaleEpoch))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// What the node does with a message.
@@ -128,9 +159,6 @@ pub(crate) struct Validator {
     rate: PeerRateLimiter,
     seen: SeenCache,
     metrics: Arc<Metrics>,
-    /// Highest epoch an order may carry (clock sealing: the current epoch + 1, for clock
-    /// skew); `None` when epochs are engine-driven.
-    max_epoch: Option<u64>,
 }
 
 /// Limits the validator enforces.
@@ -156,7 +184,6 @@ impl Validator {
             rate: PeerRateLimiter::new(limits.rate_limit),
             seen: SeenCache::new(limits.dedup_capacity),
             metrics,
-            max_epoch: None,
         }
     }
 
@@ -171,30 +198,25 @@ impl Validator {
         self.seen.insert(digest);
     }
 
-    /// Sets the highest epoch an order may carry (see the clock); `None` disables the check.
-    pub(crate) fn set_max_epoch(&mut self, max: Option<u64>) {
-        self.max_epoch = max;
-    }
-
     /// The token buckets, for periodic cleanup.
     pub(crate) fn rate_limiter(&self) -> &PeerRateLimiter {
         &self.rate
     }
 
     /// Validates one message that `propagation_source` forwarded, signed by `author`, on
-    /// topic string `topic`, for a node trading `markets`.
+    /// topic string `topic`.
     pub(crate) fn validate(
         &mut self,
         propagation_source: &PeerId,
         author: Option<&PeerId>,
         topic: &str,
         data: &[u8],
-        markets: &BTreeSet<String>,
+        admit: &Admission<'_>,
     ) -> Verdict {
         let Some(topic) = Topic::parse(&self.network, topic) else {
             return Verdict::Ignore(IgnoreReason::ForeignTopic);
         };
-        if topic.kind != TopicKind::Control && !markets.contains(&topic.market) {
+        if topic.kind != TopicKind::Control && !admit.markets.contains(&topic.market) {
             return Verdict::Ignore(IgnoreReason::ForeignTopic);
         }
         let labels = KindMarket { kind: topic.kind.as_str(), market: topic.market.clone() };
@@ -206,10 +228,16 @@ impl Validator {
         }
         let verdict = match Gossip::decode(&topic, author, data, self.max_message_bytes) {
             Err(e) => Verdict::Reject { reason: RejectReason::from(&e), detail: e.to_string() },
-            Ok(Gossip::Orders { market, orders }) => self.check_orders(market, orders),
+            Ok(Gossip::Orders { market, orders }) => self.check_orders(market, orders, admit),
             Ok(Gossip::PeerStatus(s)) => Verdict::Accept(Payload::PeerStatus(s)),
-            Ok(Gossip::BatchSealed(s)) => Verdict::Accept(Payload::Seal(s)),
-            Ok(Gossip::TradeResult(r)) => Verdict::Accept(Payload::Result(r)),
+            Ok(Gossip::BatchSealed(s)) => match admit.epoch(&s.batch.market, s.batch.epoch, || "BatchSealed".into()) {
+                Ok(()) => Verdict::Accept(Payload::Seal(s)),
+                Err(v) => v,
+            },
+            Ok(Gossip::TradeResult(r)) => match admit.epoch(&r.batch.market, r.batch.epoch, || "TradeResult".into()) {
+                Ok(()) => Verdict::Accept(Payload::Result(r)),
+                Err(v) => v,
+            },
         };
         match &verdict {
             Verdict::Reject { reason, detail } => {
@@ -220,24 +248,22 @@ impl Validator {
             Verdict::Ignore(IgnoreReason::Duplicate) => {
                 self.metrics.messages_duplicate.get_or_create(&labels).inc();
             }
+            Verdict::Ignore(IgnoreReason::StaleEpoch) => {
+                self.metrics.messages_stale.get_or_create(&labels).inc();
+            }
             _ => {}
         }
         verdict
     }
 
     /// Schema and epoch window of each order, then the seen-cache.
-    fn check_orders(&mut self, market: String, orders: Vec<Order>) -> Verdict {
+    fn check_orders(&mut self, market: String, orders: Vec<Order>, admit: &Admission<'_>) -> Verdict {
         for (i, o) in orders.iter().enumerate() {
             if let Err(e) = wire::check_order_fields(o, self.max_freeze_proof_bytes) {
                 return Verdict::Reject { reason: RejectReason::from(&e), detail: format!("order #{i}: {e}") };
             }
-            if let Some(max) = self.max_epoch
-                && o.epoch > max
-            {
-                return Verdict::Reject {
-                    reason: RejectReason::FutureEpoch,
-                    detail: format!("order #{i}: epoch {} is beyond the current epoch {}", o.epoch, max - 1),
-                };
+            if let Err(v) = admit.epoch(&market, o.epoch, || format!("order #{i}")) {
+                return v;
             }
         }
         let total = orders.len();
@@ -278,8 +304,16 @@ mod tests {
         (Validator::new("n", limits, metrics.clone()), metrics)
     }
 
+    /// Now, in the tests: 100.5 s after the Unix epoch, i.e. in epoch 100 of 1 s epochs.
+    const NOW_MS: u64 = 100_500;
+
+    fn clock() -> EpochClock {
+        EpochClock::new(&openmatch_gossip_crds::sidecar_config::ConsensusConfig::default())
+    }
+
     fn validate(v: &mut Validator, src: &PeerId, author: Option<&PeerId>, topic: &str, data: &[u8]) -> Verdict {
-        v.validate(src, author, topic, data, &BTreeSet::from(["BTC-USDT".to_owned()]))
+        let markets = BTreeSet::from(["BTC-USDT".to_owned()]);
+        v.validate(src, author, topic, data, &Admission { markets: &markets, epochs: &clock(), now_ms: NOW_MS })
     }
 
     fn order(origin: &PeerId, id: u64) -> Order {
@@ -291,6 +325,7 @@ mod tests {
             price_ticks: 100,
             quantity_lots: 1,
             origin: origin.to_bytes().into(),
+            epoch: NOW_MS / 1000,
             ..Default::default()
         }
     }
@@ -353,18 +388,56 @@ mod tests {
         assert_eq!(m.messages_rejected.get_or_create(&l).get(), 1);
     }
 
+    /// The window at 100.5 s with the default timing is epochs 89..=101 (see `epoch`).
     #[test]
-    fn orders_from_a_future_epoch_are_rejected() {
-        let (mut v, _) = validator(FAST);
-        v.set_max_epoch(Some(11));
+    fn orders_seals_and_results_outside_the_epoch_window_create_nothing() {
+        use crate::proto::{BatchId, BatchSealed, TradeResult};
+        let (mut v, m) = validator(FAST);
         let (src, author) = (PeerId::random(), PeerId::random());
-        let ok = Order { epoch: 11, ..order(&author, 1) };
-        assert!(matches!(validate(&mut v, &src, Some(&author), T, &msg(vec![ok])), Verdict::Accept(_)));
-        let future = Order { epoch: 12, ..order(&author, 2) };
+        let order_at = |id, epoch| msg(vec![Order { epoch, ..order(&author, id) }]);
+        for (id, epoch) in [(1, 89), (2, 101)] {
+            assert!(matches!(validate(&mut v, &src, Some(&author), T, &order_at(id, epoch)), Verdict::Accept(_)));
+        }
+        let future = validate(&mut v, &src, Some(&author), T, &order_at(3, 102));
+        assert!(
+            matches!(future, Verdict::Reject { reason: RejectReason::FutureEpoch, ref detail } if detail.contains("epoch 102 is beyond the epoch window 89..=101")),
+            "{future:?}"
+        );
+        assert_eq!(
+            validate(&mut v, &src, Some(&author), T, &order_at(4, 88)),
+            Verdict::Ignore(IgnoreReason::StaleEpoch)
+        );
+        let seal = |epoch| {
+            wire::encode(Body::BatchSealed(BatchSealed {
+                batch_id: Some(BatchId { market: "BTC-USDT".into(), epoch }),
+                batch_hash: vec![1; 32],
+                order_count: 1,
+                revision: 0,
+            }))
+        };
+        let bt = "openmatch/n/batches/BTC-USDT";
+        assert!(matches!(validate(&mut v, &src, Some(&author), bt, &seal(100)), Verdict::Accept(Payload::Seal(_))));
+        for hostile in [u64::MAX, 102] {
+            assert!(matches!(
+                validate(&mut v, &src, Some(&author), bt, &seal(hostile)),
+                Verdict::Reject { reason: RejectReason::FutureEpoch, .. }
+            ));
+        }
+        assert_eq!(validate(&mut v, &src, Some(&author), bt, &seal(0)), Verdict::Ignore(IgnoreReason::StaleEpoch));
+        let result = wire::encode(Body::TradeResult(TradeResult {
+            batch_id: Some(BatchId { market: "BTC-USDT".into(), epoch: 1000 }),
+            result_hash: vec![1; 32],
+            trade_count: 0,
+        }));
+        let rt = "openmatch/n/results/BTC-USDT";
         assert!(matches!(
-            validate(&mut v, &src, Some(&author), T, &msg(vec![future])),
+            validate(&mut v, &src, Some(&author), rt, &result),
             Verdict::Reject { reason: RejectReason::FutureEpoch, .. }
         ));
+        let stale = |kind| m.messages_stale.get_or_create(&KindMarket { kind, market: "BTC-USDT".into() }).get();
+        assert_eq!((stale("orders"), stale("batches")), (1, 1));
+        let l = KindMarketReason { kind: "batches", market: "BTC-USDT".into(), reason: "future_epoch" };
+        assert_eq!(m.messages_rejected.get_or_create(&l).get(), 2);
     }
 
     #[test]
@@ -372,7 +445,7 @@ mod tests {
         use crate::proto::{BatchId, BatchSealed, TradeResult};
         let (mut v, _) = validator(FAST);
         let (src, author) = (PeerId::random(), PeerId::random());
-        let id = |m: &str| Some(BatchId { market: m.into(), epoch: 3 });
+        let id = |m: &str| Some(BatchId { market: m.into(), epoch: NOW_MS / 1000 });
         let seal = |hash: Vec<u8>, m: &str| {
             wire::encode(Body::BatchSealed(BatchSealed {
                 batch_id: id(m),

@@ -196,6 +196,45 @@ async fn wrong_results_halt_everywhere_and_the_repeat_offender_is_banned() {
     shutdown_all(nodes).await;
 }
 
+/// Engine sealing in lockstep (issue 11's sequence): node 0 seals epoch 0 and submits an
+/// order, which joins its epoch 1. Nodes 1 and 2 receive that order before their engines
+/// seal; they must still seal epoch 0 (not jump to 1), so batch 0 is agreed by all three
+/// and the order is in batch 1 everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_sealing_keeps_every_node_on_the_same_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(dir.path(), 3, &[BTC], engine_sealing).await;
+    wait_for_mesh(&nodes, WAIT).await;
+    let mut events = Vec::new();
+    for n in &nodes {
+        events.push(n.subscribe().await);
+    }
+    assert_eq!(seal(&nodes[0]).await, BatchId { market: BTC.into(), epoch: 0 });
+    submit(&nodes[0], vec![order(BTC, 1)]).await;
+    for ev in events.iter_mut().skip(1) {
+        let got = collect_orders(ev, 1, WAIT).await;
+        assert_eq!(got[0].epoch, 1, "node 0 stamped its next epoch");
+    }
+    for n in &nodes[1..] {
+        assert_eq!(seal(n).await, BatchId { market: BTC.into(), epoch: 0 }, "{} seals the same epoch", n.name);
+    }
+    let mut hashes = HashSet::new();
+    for ev in &mut events {
+        let a = agreed(ev).await;
+        assert_eq!((a.batch_id.clone().unwrap().epoch, a.order_count), (0, 0));
+        hashes.insert(a.batch_hash);
+    }
+    assert_eq!(hashes.len(), 1);
+    for n in &nodes {
+        assert_eq!(seal(n).await, BatchId { market: BTC.into(), epoch: 1 });
+    }
+    for ev in &mut events {
+        let a = agreed(ev).await;
+        assert_eq!((a.batch_id.clone().unwrap().epoch, a.order_count), (1, 1), "the order is in batch 1 everywhere");
+    }
+    shutdown_all(nodes).await;
+}
+
 /// A node that joins after the orders were gossiped learns the open batch from the seals,
 /// repairs it from the origin and agrees with the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,5 +336,49 @@ async fn orders_for_a_future_epoch_are_rejected() {
         || format!("{}", metric::rejected(&node, BTC, "future_epoch")),
     )
     .await;
+    node.shutdown().await;
+}
+
+/// Seals and results for epochs outside the epoch window — `u64::MAX` (which used to
+/// overflow the seal-time arithmetic), epoch 1,000 (1970), a few epochs ahead — are refused
+/// before they create a batch: nothing is sealed or agreed for them, and the batch is
+/// unknown to `GetBatch`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seals_and_results_outside_the_epoch_window_create_no_batch() {
+    use openmatch_gossip_sidecar::TopicKind;
+    use openmatch_gossip_sidecar::proto::{BatchSealed, TradeResult, gossip_envelope::Body};
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path(), "node", &[BTC], vec![], |_| {}).await;
+    let raw = RawPeer::spawn(BTC);
+    raw.join(&node).await;
+    let id = |epoch| Some(BatchId { market: BTC.into(), epoch });
+    let seal = |epoch| {
+        openmatch_gossip_sidecar::encode_envelope(Body::BatchSealed(BatchSealed {
+            batch_id: id(epoch),
+            batch_hash: vec![1; 32],
+            order_count: 1,
+            revision: 0,
+        }))
+    };
+    for epoch in [u64::MAX, 1_000, current_epoch() + 5] {
+        raw.publish_on(TopicKind::Batches, seal(epoch)).await;
+    }
+    let result = TradeResult { batch_id: id(u64::MAX), result_hash: vec![2; 32], trade_count: 1 };
+    raw.publish_on(TopicKind::Results, openmatch_gossip_sidecar::encode_envelope(Body::TradeResult(result))).await;
+    let counts = || {
+        (
+            metric::rejected_on(&node, "batches", BTC, "future_epoch"),
+            metric::stale(&node, "batches", BTC),
+            metric::rejected_on(&node, "results", BTC, "future_epoch"),
+        )
+    };
+    wait_until(WAIT, "out-of-window seals and results refused", || counts() == (2, 1, 1), || format!("{:?}", counts()))
+        .await;
+    let mut client = node.client().await;
+    for epoch in [u64::MAX, 1_000, current_epoch() + 5] {
+        let err = client.get_batch(GetBatchRequest { batch_id: id(epoch) }).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound, "epoch {epoch}: {err}");
+    }
+    assert_eq!(metric::batches(&node, BTC, "sealed"), 0, "no batch was sealed for them");
     node.shutdown().await;
 }

@@ -372,7 +372,7 @@ pub fn ids(orders: &[Order]) -> Vec<u64> {
 
 /// Metric readers over [`RunningSidecar::metrics`] (label sets spelled out once here).
 pub mod metric {
-    use openmatch_gossip_sidecar::metrics::{KindMarket, KindMarketReason, MarketLabel, MethodCode};
+    use openmatch_gossip_sidecar::metrics::{KindMarket, KindMarketReason, MarketLabel, MarketOutcome, MethodCode};
     use openmatch_gossip_sidecar::server::RunningSidecar;
 
     fn orders(market: &str) -> KindMarket {
@@ -388,6 +388,17 @@ pub mod metric {
     pub fn rejected(n: &RunningSidecar, market: &str, reason: &'static str) -> u64 {
         let l = KindMarketReason { kind: "orders", market: market.to_owned(), reason };
         n.metrics.messages_rejected.get_or_create(&l).get()
+    }
+
+    /// `messages_rejected{kind, market, reason}` for any topic kind (`batches`, `results`…).
+    pub fn rejected_on(n: &RunningSidecar, kind: &'static str, market: &str, reason: &'static str) -> u64 {
+        let l = KindMarketReason { kind, market: market.to_owned(), reason };
+        n.metrics.messages_rejected.get_or_create(&l).get()
+    }
+
+    /// `messages_stale{kind, market}`: ignored for an epoch older than the window.
+    pub fn stale(n: &RunningSidecar, kind: &'static str, market: &str) -> u64 {
+        n.metrics.messages_stale.get_or_create(&KindMarket { kind, market: market.to_owned() }).get()
     }
 
     /// `messages_rate_limited{kind="orders", market}`.
@@ -408,6 +419,11 @@ pub mod metric {
     /// `orders_delivered{market}`.
     pub fn delivered(n: &RunningSidecar, market: &str) -> u64 {
         n.metrics.orders_delivered.get_or_create(&MarketLabel { market: market.to_owned() }).get()
+    }
+
+    /// `batches{market, outcome}`, e.g. `batches(n, "BTC-USDT", "sealed")`.
+    pub fn batches(n: &RunningSidecar, market: &str, outcome: &'static str) -> u64 {
+        n.metrics.batches.get_or_create(&MarketOutcome { market: market.to_owned(), outcome }).get()
     }
 
     /// Peer batch seals of `market` that differed from this node's.
@@ -576,6 +592,13 @@ impl RawPeer {
     /// Publishes `data` as is on the market's orders topic (panics if GossipSub refuses).
     pub async fn publish_raw(&self, data: Vec<u8>) {
         let topic = self.topic();
+        self.request(|tx| RawCommand::Publish(topic, data, tx)).await.expect("raw peer publish");
+    }
+
+    /// Publishes `data` as is on the market's topic of `kind` (which this peer need not
+    /// subscribe: GossipSub sends it to the peers subscribed to it).
+    pub async fn publish_on(&self, kind: openmatch_gossip_sidecar::TopicKind, data: Vec<u8>) {
+        let topic = Topic { kind, market: self.market.clone() }.ident(NETWORK);
         self.request(|tx| RawCommand::Publish(topic, data, tx)).await.expect("raw peer publish");
     }
 

@@ -26,7 +26,6 @@ impl Node {
         let now_ms = unix_now_ns() / 1_000_000;
         let now = Instant::now();
         if self.epochs.mode() == SealingMode::Clock {
-            self.validator.set_max_epoch(Some(self.epochs.epoch_for("", now_ms) + 1));
             for key in self.consensus.collecting() {
                 if self.epochs.seal_due(key.epoch, now_ms) {
                     let actions = self.consensus.seal(&key, now);
@@ -59,7 +58,7 @@ impl Node {
         if !self.markets.borrow().contains(&market) {
             return Err(BatchError::UnknownMarket(market));
         }
-        let epoch = self.epochs.advance(&market, self.consensus.highest_epoch(&market));
+        let epoch = self.epochs.advance(&market, self.consensus.highest_peer_sealed(&market));
         let key = BatchKey { market, epoch };
         let actions = self.consensus.seal(&key, Instant::now());
         self.run_actions(actions);

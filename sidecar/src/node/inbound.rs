@@ -15,7 +15,7 @@ use crate::epoch::unix_now_ns;
 use crate::metrics::{MarketLabel, QueueLabel};
 use crate::reputation::Offence;
 use crate::topics::Topic;
-use crate::validation::{Payload, Verdict};
+use crate::validation::{Admission, Payload, Verdict};
 
 impl Node {
     /// GossipSub's events: messages wait in the inbox for the next validation round.
@@ -64,9 +64,10 @@ impl Node {
         tokio::task::yield_now().await;
         self.take_ready_swarm_events();
         let markets = self.markets.borrow().clone();
+        let now_ms = unix_now_ns() / 1_000_000;
         let mut reports = Vec::with_capacity(self.inbox.len());
         for (source, id, message) in std::mem::take(&mut self.inbox) {
-            reports.push((id, source, self.validate_message(source, message, &markets)));
+            reports.push((id, source, self.validate_message(source, message, &markets, now_ms)));
         }
         tokio::task::yield_now().await;
         self.take_ready_swarm_events();
@@ -90,13 +91,15 @@ impl Node {
         propagation_source: PeerId,
         message: gossipsub::Message,
         markets: &BTreeSet<String>,
+        now_ms: u64,
     ) -> MessageAcceptance {
+        let admit = Admission { markets, epochs: &self.epochs, now_ms };
         let verdict = self.validator.validate(
             &propagation_source,
             message.source.as_ref(),
             message.topic.as_str(),
             &message.data,
-            markets,
+            &admit,
         );
         match verdict {
             Verdict::Accept(payload) => {
