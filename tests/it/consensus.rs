@@ -57,6 +57,17 @@ async fn submit(node: &TestNode, orders: Vec<openmatch_gossip_sidecar::proto::Or
     assert_eq!(resp.into_inner().accepted, n);
 }
 
+/// `n` engine-sealing nodes in one mesh, each with an engine subscribed to every event.
+async fn meshed_cluster(dir: &std::path::Path, n: usize) -> (Vec<TestNode>, Vec<Events>) {
+    let nodes = start_cluster(dir, n, &[BTC], engine_sealing).await;
+    wait_for_mesh(&nodes, WAIT).await;
+    let mut events = Vec::new();
+    for node in &nodes {
+        events.push(node.subscribe().await);
+    }
+    (nodes, events)
+}
+
 async fn seal(node: &TestNode) -> BatchId {
     let resp = node.client().await.seal_batch(SealBatchRequest { market: BTC.into() }).await.unwrap();
     resp.into_inner().batch_id.expect("batch id")
@@ -146,12 +157,7 @@ async fn five_nodes_repair_the_node_that_missed_orders() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_results_halt_everywhere_and_the_repeat_offender_is_banned() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = start_cluster(dir.path(), 3, &[BTC], engine_sealing).await;
-    wait_for_mesh(&nodes, WAIT).await;
-    let mut events = Vec::new();
-    for n in &nodes {
-        events.push(n.subscribe().await);
-    }
+    let (nodes, mut events) = meshed_cluster(dir.path(), 3).await;
     let liar = nodes[2].peer_id();
     for round in 0..3u64 {
         submit(&nodes[0], vec![order(BTC, round)]).await;
@@ -203,12 +209,7 @@ async fn wrong_results_halt_everywhere_and_the_repeat_offender_is_banned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_sealing_keeps_every_node_on_the_same_epoch() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = start_cluster(dir.path(), 3, &[BTC], engine_sealing).await;
-    wait_for_mesh(&nodes, WAIT).await;
-    let mut events = Vec::new();
-    for n in &nodes {
-        events.push(n.subscribe().await);
-    }
+    let (nodes, mut events) = meshed_cluster(dir.path(), 3).await;
     assert_eq!(seal(&nodes[0]).await, BatchId { market: BTC.into(), epoch: 0 });
     submit(&nodes[0], vec![order(BTC, 1)]).await;
     for ev in events.iter_mut().skip(1) {
