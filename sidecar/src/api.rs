@@ -4,7 +4,9 @@
 //! Requests are checked before they reach the node: unknown market → FAILED_PRECONDITION;
 //! a malformed order, or `origin`/`epoch` filled in → INVALID_ARGUMENT naming the field (and
 //! the order's index in a stream); a request above `limits.maxMessageBytes` →
-//! RESOURCE_EXHAUSTED. Every call is counted by method and final status code in
+//! RESOURCE_EXHAUSTED. The node then refuses an id it accepted for a different order
+//! (ALREADY_EXISTS, naming the id); an order resubmitted unchanged is accepted again with
+//! its first receipt and not gossiped twice. Every call is counted by method and final status code in
 //! `openmatch_gossip_api_requests_total`; a bad request never affects other clients.
 
 use std::collections::BTreeSet;
@@ -24,7 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::consensus::BatchError;
 use crate::metrics::{MethodCode, Metrics};
-use crate::node::{EventStream, NodeGone, NodeHandle};
+use crate::node::{DuplicateId, EventStream, NodeGone, NodeHandle};
 use crate::proto::sidecar_client::SidecarClient;
 use crate::proto::sidecar_server::{Sidecar, SidecarServer};
 use crate::proto::{
@@ -111,12 +113,33 @@ impl EngineApi {
     }
 }
 
+impl EngineApi {
+    /// Submits a chunk of a `SubmitOrders` stream of which `accepted` orders went before.
+    /// Errors: ALREADY_EXISTS for a reused id (with the orders accepted before it counted),
+    /// UNAVAILABLE when shutting down.
+    async fn submit_chunk(&self, orders: Vec<Order>, accepted: u64) -> Result<(), Status> {
+        match self.node.submit(orders, false).await? {
+            Ok(_) => Ok(()),
+            Err(e) => Err(with_accepted(duplicate_id(e, Some(accepted)), accepted + e.index as u64)),
+        }
+    }
+}
+
+/// ALREADY_EXISTS for a reused id, naming it (and in a stream, the order's index, where
+/// `before` orders of the stream preceded the submission).
+fn duplicate_id(e: DuplicateId, before: Option<u64>) -> Status {
+    match before {
+        Some(n) => Status::already_exists(format!("order #{}: {e}", n + e.index as u64)),
+        None => Status::already_exists(e.to_string()),
+    }
+}
+
 #[tonic::async_trait]
 impl Sidecar for EngineApi {
     async fn submit_order(&self, req: Request<SubmitOrderRequest>) -> Result<Response<SubmitOrderResponse>, Status> {
         let order = req.into_inner().order.ok_or_else(|| Status::invalid_argument("order: required"))?;
         self.check(&order, &self.node.markets(), None)?;
-        let receipts = self.node.submit(vec![order], true).await?;
+        let receipts = self.node.submit(vec![order], true).await?.map_err(|e| duplicate_id(e, None))?;
         let r = receipts.first().ok_or_else(|| Status::internal("no receipt"))?;
         Ok(Response::new(SubmitOrderResponse { digest: r.digest.to_vec(), epoch: r.epoch }))
     }
@@ -150,14 +173,14 @@ impl Sidecar for EngineApi {
                     let good = chunk.orders[..i].to_vec();
                     let n = good.len() as u64;
                     if n > 0 {
-                        self.node.submit(good, false).await?;
+                        self.submit_chunk(good, accepted).await?;
                     }
                     return Err(with_accepted(s, accepted + n));
                 }
             }
             let n = chunk.orders.len() as u64;
             if n > 0 {
-                self.node.submit(chunk.orders, false).await?;
+                self.submit_chunk(chunk.orders, accepted).await?;
             }
             accepted += n;
         }

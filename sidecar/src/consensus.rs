@@ -263,7 +263,7 @@ impl Consensus {
     }
 
     /// Whether batch `(market, epoch)` was dropped by pruning (or is older than one that was).
-    fn is_pruned(&self, market: &str, epoch: u64) -> bool {
+    pub(crate) fn is_pruned(&self, market: &str, epoch: u64) -> bool {
         self.pruned.get(market).is_some_and(|p| epoch <= *p)
     }
 

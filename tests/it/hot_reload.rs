@@ -29,7 +29,7 @@ async fn markets_and_rate_limits_reload_and_a_bad_file_changes_nothing() {
         c.limits.rate_limit.burst = rate;
         c.to_yaml()
     };
-    std::fs::write(&file, config(&[BTC], 2000)).unwrap();
+    replace_file(&file, config(&[BTC], 2000)).unwrap();
     let (socket, key, path) = (node.socket.clone(), dir.path().join("node.key"), file.clone());
     node.watch_config(
         file.clone(),
@@ -45,7 +45,7 @@ async fn markets_and_rate_limits_reload_and_a_bad_file_changes_nothing() {
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
 
     // Add ETH-USDT and tighten the rate limit to 1 message/s, burst 1.
-    std::fs::write(&file, config(&[BTC, ETH], 1)).unwrap();
+    replace_file(&file, config(&[BTC, ETH], 1)).unwrap();
     wait_until(
         WAIT,
         "the reload applied",
@@ -76,7 +76,7 @@ async fn markets_and_rate_limits_reload_and_a_bad_file_changes_nothing() {
     .await;
 
     // A bad file: rejected, counted, and the running configuration stays.
-    std::fs::write(&file, "markets: [eth]\nlimits: {maxMessageBytes: nope}\n").unwrap();
+    replace_file(&file, "markets: [eth]\nlimits: {maxMessageBytes: nope}\n").unwrap();
     wait_until(
         WAIT,
         "the bad file rejected",
@@ -87,4 +87,13 @@ async fn markets_and_rate_limits_reload_and_a_bad_file_changes_nothing() {
     client.submit_order(eth(3)).await.expect("still trading ETH-USDT");
     assert_eq!(reloads(&node, "applied"), 1);
     node.shutdown().await;
+}
+
+/// Replaces `path`'s content in one step (write a sibling, rename over), as a ConfigMap
+/// update does: a plain `fs::write` truncates first, and a watcher that reads in between
+/// sees an empty file (which, until issue 13 is done, would apply as all defaults).
+fn replace_file(path: &std::path::Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path)
 }

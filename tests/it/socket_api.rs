@@ -196,3 +196,45 @@ async fn bad_requests_get_the_right_status_and_do_not_disturb_others() {
 
     shutdown_all(nodes).await;
 }
+
+/// `(origin, id)` names one order: an order resubmitted unchanged (a unary call or inside a
+/// stream) is accepted with its first receipt and reaches the peer once; an id reused for
+/// different content is refused with ALREADY_EXISTS naming it, and in a stream the orders
+/// before it stand while it and the rest do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubmission_is_idempotent_and_a_reused_id_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(dir.path(), 2, &[BTC], |_| {}).await;
+    wait_for_mesh(&nodes, WAIT).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut peer_events = b.subscribe().await;
+    let mut client = a.client().await;
+    let submit = |o: Order| SubmitOrderRequest { order: Some(o) };
+
+    let first = client.submit_order(submit(order(BTC, 1))).await.expect("first submission").into_inner();
+    let again = client.submit_order(submit(order(BTC, 1))).await.expect("identical resubmission").into_inner();
+    assert_eq!(again, first, "the first instance's digest and epoch");
+    let changed = Order { price_ticks: 1, ..order(BTC, 1) };
+    assert_status(client.submit_order(submit(changed)).await, Code::AlreadyExists, &["id 1 ", "different order"]);
+
+    let stream = vec![SubmitOrdersRequest { orders: vec![order(BTC, 2), order(BTC, 1), order(BTC, 3)] }];
+    let accepted = client.submit_orders(tokio_stream::iter(stream)).await.expect("stream with a resubmission");
+    assert_eq!(accepted.into_inner().accepted, 3);
+    let stream = vec![
+        SubmitOrdersRequest { orders: vec![order(BTC, 4)] },
+        SubmitOrdersRequest { orders: vec![order(BTC, 5), Order { quantity_lots: 9, ..order(BTC, 2) }, order(BTC, 6)] },
+    ];
+    assert_status(
+        client.submit_orders(tokio_stream::iter(stream)).await,
+        Code::AlreadyExists,
+        &["order #2", "id 2 ", "2 orders accepted"],
+    );
+
+    let got = collect_orders(&mut peer_events, 5, WAIT).await;
+    assert_eq!(got.iter().map(|o| o.id).collect::<BTreeSet<_>>(), BTreeSet::from([1, 2, 3, 4, 5]));
+    distinct_identities(&got);
+    expect_no_orders(&mut peer_events, Duration::from_millis(200)).await;
+    assert_eq!(metric::api(a, SUBMIT_ORDER, Code::AlreadyExists), 1);
+    assert_eq!(metric::api(a, SUBMIT_ORDERS, Code::AlreadyExists), 1);
+    shutdown_all(nodes).await;
+}

@@ -36,6 +36,8 @@ impl Node {
         let live = self.live_peers();
         let actions = self.consensus.tick(now, &live);
         self.run_actions(actions);
+        let consensus = &self.consensus;
+        self.own.forget(|batch| consensus.is_pruned(&batch.market, batch.epoch));
     }
 
     /// `GetBatch`: an agreed batch's orders in canonical order.

@@ -43,6 +43,28 @@ pub(crate) struct Submitted {
     pub(crate) epoch: u64,
 }
 
+/// A submitted order reuses the id of a different order this node accepted (ids are unique
+/// per origin within the retention window); the orders before it were accepted, it and the
+/// ones after it were not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "id {id} was already accepted for a different order (digest {}…); an id names one order within the retention window",
+    hex8(first)
+)]
+pub(crate) struct DuplicateId {
+    /// Position of the refused order in the submission.
+    pub(crate) index: usize,
+    /// Its id.
+    pub(crate) id: u64,
+    /// Digest of the order first accepted under that id.
+    pub(crate) first: Digest,
+}
+
+/// The first 4 bytes of `d` in hex, enough to tell digests apart in a message.
+fn hex8(d: &Digest) -> String {
+    d[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The node has stopped; the request cannot be served.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the gossip node is shutting down")]
@@ -50,7 +72,7 @@ pub struct NodeGone;
 
 /// A request to the node task.
 pub(super) enum Command {
-    Submit { orders: Vec<Order>, reply: Option<oneshot::Sender<Vec<Submitted>>> },
+    Submit { orders: Vec<Order>, want_receipts: bool, reply: oneshot::Sender<Result<Vec<Submitted>, DuplicateId>> },
     Subscribe { markets: Vec<String>, reply: oneshot::Sender<Option<EventStream>> },
     Status { reply: oneshot::Sender<NodeStatus> },
     GetBatch { batch: BatchKey, reply: oneshot::Sender<Result<Vec<Order>, BatchError>> },
@@ -92,22 +114,19 @@ impl NodeHandle {
     }
 
     /// Queues already-validated `orders` (from the engine) for gossip, waiting for outbox
-    /// space first. With `want_receipts`, returns each order's digest and epoch once queued.
-    /// `orders.len()` must not exceed the outbox capacity.
-    pub(crate) async fn submit(&self, orders: Vec<Order>, want_receipts: bool) -> Result<Vec<Submitted>, NodeGone> {
+    /// space first. With `want_receipts`, returns each order's digest and epoch once queued
+    /// (an order resubmitted unchanged gets its first instance's). `orders.len()` must not
+    /// exceed the outbox capacity.
+    ///
+    /// Errors: the inner [`DuplicateId`] for an id already accepted for a different order.
+    pub(crate) async fn submit(
+        &self,
+        orders: Vec<Order>,
+        want_receipts: bool,
+    ) -> Result<Result<Vec<Submitted>, DuplicateId>, NodeGone> {
         let n = u32::try_from(orders.len()).map_err(|_| NodeGone)?;
         self.credits.acquire_many(n).await.map_err(|_| NodeGone)?.forget();
-        let (reply, rx) = if want_receipts {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        self.tx.send(Command::Submit { orders, reply }).map_err(|_| NodeGone)?;
-        match rx {
-            Some(rx) => rx.await.map_err(|_| NodeGone),
-            None => Ok(Vec::new()),
-        }
+        self.ask(|reply| Command::Submit { orders, want_receipts, reply }).await
     }
 
     /// Opens an event subscription for `markets` (empty = all). `NodeGone` while shutting

@@ -4,7 +4,8 @@
 //! The run loop is one `select!` over shutdown, engine commands, swarm events and timers.
 //! Each concern is a file of `impl Node`:
 //! - [`handle`]: the handle, its commands and the market set it reads;
-//! - [`publish`]: the engine's orders out (stamp, batch, outbox, paced publishing);
+//! - [`publish`]: the engine's orders out (stamp, batch, outbox, paced publishing), with
+//!   [`own_orders`] for idempotent resubmission;
 //! - [`inbound`]: gossip in (validation rounds, delivery to the engine);
 //! - [`decide`]: consensus ticks and the actions they return;
 //! - [`repair_io`]: repair requests and responses;
@@ -23,6 +24,7 @@ mod decide;
 mod handle;
 mod health;
 mod inbound;
+mod own_orders;
 mod peers;
 mod publish;
 mod reconfigure;
@@ -46,6 +48,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use behaviour::Behaviour;
 pub use behaviour::TRANSMIT_SLACK_BYTES;
 pub(crate) use behaviour::{BehaviourEvent, build_swarm};
+pub(crate) use handle::DuplicateId;
 pub(crate) use handle::Shutdown;
 use handle::{Command, Markets};
 pub use handle::{NodeGone, NodeHandle, NodeInfo};
@@ -105,6 +108,8 @@ pub(crate) struct Node {
     epochs: EpochClock,
     reputation: Reputation,
     repairs: HashMap<OutboundRequestId, PendingRepair>,
+    /// This node's accepted orders by id (idempotent submission).
+    own: own_orders::OwnOrders,
     /// Last disputed or halted batch, for the health report.
     last_trouble: Option<(Instant, Degradation)>,
     /// Gossip messages received and not validated yet (see [`Node::validate_inbox`]).
@@ -174,6 +179,7 @@ impl Node {
             last_status: HashMap::new(),
             closing: false,
             repairs: HashMap::new(),
+            own: Default::default(),
             last_trouble: None,
             inbox: Vec::new(),
         };
@@ -268,7 +274,9 @@ impl Node {
 
     fn handle_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Submit { orders, reply } => self.submit(orders, reply),
+            Command::Submit { orders, want_receipts, reply } => {
+                let _ = reply.send(self.submit(orders, want_receipts));
+            }
             Command::Subscribe { markets, reply } => {
                 let stream = (!self.closing).then(|| self.subscribers.add(markets));
                 let _ = reply.send(stream);

@@ -5,17 +5,16 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use libp2p::gossipsub::PublishError;
-use tokio::sync::oneshot;
-
 use super::Node;
-use super::handle::Submitted;
+use super::handle::{DuplicateId, Submitted};
+use super::own_orders::Seen;
 use crate::consensus::AddOutcome;
 use crate::epoch::unix_now_ns;
 use crate::metrics::{KindMarket, MarketLabel, MarketReason};
 use crate::proto::Order;
 use crate::topics::{Topic, TopicKind};
 use crate::wire;
+use libp2p::gossipsub::PublishError;
 
 /// A market whose publish found no subscribed peer is retried after this long (or as soon
 /// as a peer subscribes).
@@ -47,29 +46,50 @@ impl Deferral {
 impl Node {
     /// Stamps the engine's `orders` (origin = this node, the epoch of their market now, the
     /// submit time if the engine left it 0), adds each to its batch and queues it in the
-    /// outbox. An order for a batch that engine sealing already closed is refused and
-    /// counted as late. With `reply`, answers each order's digest and epoch.
-    pub(super) fn submit(&mut self, orders: Vec<Order>, reply: Option<oneshot::Sender<Vec<Submitted>>>) {
+    /// outbox. An order resubmitted unchanged is not queued again: it gets its first
+    /// receipt. An order for a batch that engine sealing already closed is refused and
+    /// counted as late. With `want_receipts`, answers each order's digest and epoch.
+    ///
+    /// Errors: [`DuplicateId`] at the first order whose id was accepted for a different
+    /// order; the orders before it stand, it and the rest are dropped. Every order not
+    /// queued hands its credit back at once.
+    pub(super) fn submit(&mut self, orders: Vec<Order>, want_receipts: bool) -> Result<Vec<Submitted>, DuplicateId> {
         let origin = bytes::Bytes::from(self.info.peer_id.to_bytes());
-        let mut receipts = Vec::with_capacity(if reply.is_some() { orders.len() } else { 0 });
+        let total = orders.len();
+        let mut receipts = Vec::with_capacity(if want_receipts { total } else { 0 });
         let stamp = unix_now_ns();
         let now_ms = stamp / 1_000_000;
         let mut per_market: HashMap<String, u64> = HashMap::new();
-        for mut o in orders {
+        let mut not_queued = 0;
+        let mut outcome = Ok(());
+        for (index, mut o) in orders.into_iter().enumerate() {
             o.epoch = self.epochs.epoch_for(&o.market, now_ms);
             if o.submitted_at_ns == 0 {
                 o.submitted_at_ns = stamp;
             }
             o.origin = origin.clone();
-            let digest = wire::order_digest(&o);
-            if reply.is_some() {
-                receipts.push(Submitted { digest, epoch: o.epoch });
+            match self.own.check(&mut o) {
+                Seen::New => {}
+                Seen::Again(first) => {
+                    receipts.extend(want_receipts.then_some(first));
+                    not_queued += 1;
+                    continue;
+                }
+                Seen::Conflict(first) => {
+                    not_queued += total - index;
+                    outcome = Err(DuplicateId { index, id: o.id, first });
+                    break;
+                }
             }
-            if self.consensus.add_order(&o, digest) == AddOutcome::Late {
+            let receipt = Submitted { digest: wire::order_digest(&o), epoch: o.epoch };
+            receipts.extend(want_receipts.then_some(receipt));
+            if self.consensus.add_order(&o, receipt.digest) == AddOutcome::Late {
                 // Engine sealing closed this epoch already: the order is refused.
                 self.metrics.late_orders.get_or_create(&MarketLabel { market: o.market.clone() }).inc();
+                not_queued += 1;
                 continue;
             }
+            self.own.insert(&o.market, o.id, receipt);
             match per_market.get_mut(&o.market) {
                 Some(n) => *n += 1,
                 None => {
@@ -78,13 +98,12 @@ impl Node {
             }
             self.outbox.push(o);
         }
+        self.credits.add_permits(not_queued);
         for (market, n) in per_market {
             self.metrics.orders_submitted.get_or_create(&MarketLabel { market }).inc_by(n);
         }
         self.metrics.outbox_orders.set(self.outbox.len() as i64);
-        if let Some(reply) = reply {
-            let _ = reply.send(receipts);
-        }
+        outcome.map(|()| receipts)
     }
 
     /// When the loop must wake to publish again: the pacer's next token or the earliest

@@ -1,0 +1,127 @@
+//! This node's own accepted orders by id, for idempotent submission (issue 11, item 5):
+//! `(origin, id)` is unique within the retention window, so an engine that resubmits an
+//! order it is unsure about (after a reconnect, or its own restart) gets the first
+//! instance's receipt instead of a second order, and an id reused for different content is
+//! refused.
+//!
+//! The window: an id is remembered until its batch is pruned (`retainedBatches` decided
+//! batches per market), and only while this sidecar runs.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::handle::Submitted;
+use crate::proto::Order;
+use crate::wire::{self, BatchKey};
+
+/// What an engine's order is, against the orders already accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Seen {
+    /// Its id is new.
+    New,
+    /// The same order was accepted before: its receipt.
+    Again(Submitted),
+    /// Its id was accepted before for a different order, whose digest this is.
+    Conflict(wire::Digest),
+}
+
+/// Accepted own orders: id → receipt, and the ids of each batch for pruning.
+#[derive(Debug, Default)]
+pub(super) struct OwnOrders {
+    by_id: HashMap<u64, Submitted>,
+    by_batch: BTreeMap<BatchKey, Vec<u64>>,
+}
+
+impl OwnOrders {
+    /// Classifies `order` (origin set, epoch stamped for now): identical means equal in
+    /// every field the digest covers but the epoch (which the sidecar stamps).
+    pub(super) fn check(&self, order: &mut Order) -> Seen {
+        let Some(first) = self.by_id.get(&order.id) else { return Seen::New };
+        let stamped = std::mem::replace(&mut order.epoch, first.epoch);
+        let same = wire::order_digest(order) == first.digest;
+        order.epoch = stamped;
+        if same { Seen::Again(*first) } else { Seen::Conflict(first.digest) }
+    }
+
+    /// Remembers an accepted order of `market`.
+    pub(super) fn insert(&mut self, market: &str, id: u64, receipt: Submitted) {
+        self.by_id.insert(id, receipt);
+        let key = BatchKey { market: market.to_owned(), epoch: receipt.epoch };
+        match self.by_batch.get_mut(&key) {
+            Some(ids) => ids.push(id),
+            None => {
+                self.by_batch.insert(key, vec![id]);
+            }
+        }
+    }
+
+    /// Forgets the orders of every batch for which `pruned(batch)` says it was pruned.
+    pub(super) fn forget(&mut self, pruned: impl Fn(&BatchKey) -> bool) {
+        let gone: Vec<BatchKey> = self.by_batch.keys().filter(|k| pruned(k)).cloned().collect();
+        for key in gone {
+            for id in self.by_batch.remove(&key).unwrap_or_default() {
+                self.by_id.remove(&id);
+            }
+        }
+    }
+
+    /// Orders remembered.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{OrderKind, Side};
+
+    fn stamped(id: u64, price: u64, epoch: u64) -> Order {
+        Order {
+            id,
+            market: "M".into(),
+            side: Side::Buy as i32,
+            kind: OrderKind::Limit as i32,
+            price_ticks: price,
+            quantity_lots: 1,
+            origin: vec![0, 1, 2].into(),
+            epoch,
+            ..Default::default()
+        }
+    }
+
+    fn accept(own: &mut OwnOrders, o: &Order) -> Submitted {
+        let receipt = Submitted { digest: wire::order_digest(o), epoch: o.epoch };
+        own.insert(&o.market, o.id, receipt);
+        receipt
+    }
+
+    #[test]
+    fn a_resubmission_gets_the_first_receipt_and_a_reused_id_is_a_conflict() {
+        let mut own = OwnOrders::default();
+        let first = stamped(7, 100, 3);
+        assert_eq!(own.check(&mut first.clone()), Seen::New);
+        let receipt = accept(&mut own, &first);
+        // The same order, resubmitted two epochs later (the sidecar stamps the new epoch).
+        let mut again = stamped(7, 100, 5);
+        assert_eq!(own.check(&mut again), Seen::Again(receipt));
+        assert_eq!(again.epoch, 5, "the check leaves the order as it was");
+        let Order { submitted_at_ns, .. } = &mut again;
+        *submitted_at_ns = 99; // a measurement, not part of the order
+        assert_eq!(own.check(&mut again), Seen::Again(receipt));
+        assert_eq!(own.check(&mut stamped(7, 101, 5)), Seen::Conflict(receipt.digest));
+        assert_eq!(own.check(&mut stamped(8, 100, 5)), Seen::New);
+    }
+
+    #[test]
+    fn ids_are_forgotten_with_their_batch() {
+        let mut own = OwnOrders::default();
+        for (id, epoch) in [(1, 1), (2, 1), (3, 2)] {
+            accept(&mut own, &stamped(id, 100, epoch));
+        }
+        own.forget(|k| k.epoch <= 1);
+        assert_eq!(own.len(), 1);
+        assert_eq!(own.check(&mut stamped(1, 555, 9)), Seen::New, "id 1 is free again");
+        assert!(matches!(own.check(&mut stamped(3, 555, 9)), Seen::Conflict(_)));
+    }
+}
