@@ -37,7 +37,7 @@ impl Node {
         let actions = self.consensus.tick(now, &live);
         self.run_actions(actions);
         let consensus = &self.consensus;
-        self.own.forget(|batch| consensus.is_pruned(&batch.market, batch.epoch));
+        self.own.forget(|market, epoch| consensus.is_pruned(market, epoch));
     }
 
     /// `GetBatch`: an agreed batch's orders in canonical order.

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::handle::Submitted;
 use crate::proto::Order;
-use crate::wire::{self, BatchKey};
+use crate::wire;
 
 /// What an engine's order is, against the orders already accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,11 +24,11 @@ pub(super) enum Seen {
     Conflict(wire::Digest),
 }
 
-/// Accepted own orders: id → receipt, and the ids of each batch for pruning.
+/// Accepted own orders: id → receipt, and per market the ids of each epoch, for pruning.
 #[derive(Debug, Default)]
 pub(super) struct OwnOrders {
     by_id: HashMap<u64, Submitted>,
-    by_batch: BTreeMap<BatchKey, Vec<u64>>,
+    by_market: HashMap<String, BTreeMap<u64, Vec<u64>>>,
 }
 
 impl OwnOrders {
@@ -45,21 +45,24 @@ impl OwnOrders {
     /// Remembers an accepted order of `market`.
     pub(super) fn insert(&mut self, market: &str, id: u64, receipt: Submitted) {
         self.by_id.insert(id, receipt);
-        let key = BatchKey { market: market.to_owned(), epoch: receipt.epoch };
-        match self.by_batch.get_mut(&key) {
-            Some(ids) => ids.push(id),
-            None => {
-                self.by_batch.insert(key, vec![id]);
-            }
-        }
+        let epochs = match self.by_market.get_mut(market) {
+            Some(e) => e,
+            None => self.by_market.entry(market.to_owned()).or_default(),
+        };
+        epochs.entry(receipt.epoch).or_default().push(id);
     }
 
-    /// Forgets the orders of every batch for which `pruned(batch)` says it was pruned.
-    pub(super) fn forget(&mut self, pruned: impl Fn(&BatchKey) -> bool) {
-        let gone: Vec<BatchKey> = self.by_batch.keys().filter(|k| pruned(k)).cloned().collect();
-        for key in gone {
-            for id in self.by_batch.remove(&key).unwrap_or_default() {
-                self.by_id.remove(&id);
+    /// Forgets the orders of the batches `(market, epoch)` that `pruned` says were pruned;
+    /// pruning goes oldest first, so each market stops at its first batch still kept.
+    pub(super) fn forget(&mut self, pruned: impl Fn(&str, u64) -> bool) {
+        for (market, epochs) in &mut self.by_market {
+            while let Some(entry) = epochs.first_entry() {
+                if !pruned(market, *entry.key()) {
+                    break;
+                }
+                for id in entry.remove() {
+                    self.by_id.remove(&id);
+                }
             }
         }
     }
@@ -119,7 +122,7 @@ mod tests {
         for (id, epoch) in [(1, 1), (2, 1), (3, 2)] {
             accept(&mut own, &stamped(id, 100, epoch));
         }
-        own.forget(|k| k.epoch <= 1);
+        own.forget(|market, epoch| market == "M" && epoch <= 1);
         assert_eq!(own.len(), 1);
         assert_eq!(own.check(&mut stamped(1, 555, 9)), Seen::New, "id 1 is free again");
         assert!(matches!(own.check(&mut stamped(3, 555, 9)), Seen::Conflict(_)));
