@@ -85,8 +85,10 @@ pub struct Metrics {
     pub orders_submitted: Family<MarketLabel, Counter>,
     /// `openmatch_gossip_orders_published_total`: local orders published to gossip.
     pub orders_published: Family<MarketLabel, Counter>,
-    /// `openmatch_gossip_orders_delivered_total`: peers' orders delivered to subscribers
-    /// (each order once).
+    /// `openmatch_gossip_orders_delivered_total`: peers' orders (from gossip or repair)
+    /// handed to at least one engine subscription, each order once. Orders that arrive
+    /// while no engine is subscribed are not counted (nor, until subscriptions resume from
+    /// a cursor, kept).
     pub orders_delivered: Family<MarketLabel, Counter>,
     /// `openmatch_gossip_orders_duplicate_total`: peers' orders dropped by the seen-cache.
     pub orders_duplicate: Family<MarketLabel, Counter>,

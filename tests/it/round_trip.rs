@@ -64,3 +64,23 @@ async fn orders_cross_intact_and_not_echoed() {
 
     shutdown_all(nodes).await;
 }
+
+/// `orders_delivered` counts what reached an engine: an order that arrives while nobody is
+/// subscribed is received and validated but not counted as delivered; once an engine
+/// subscribes, the next order is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_nobody_listens_for_are_not_counted_as_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(dir.path(), 2, &[BTC], |_| {}).await;
+    wait_for_mesh(&nodes, WAIT).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut engine_a = a.client().await;
+    engine_a.submit_order(SubmitOrderRequest { order: Some(order(BTC, 1)) }).await.expect("SubmitOrder");
+    wait_until(WAIT, "B received the order", || metric::received(b, BTC) == 1, || "not yet".into()).await;
+    assert_eq!(metric::delivered(b, BTC), 0, "no engine was subscribed at B");
+    let mut b_events = b.subscribe().await;
+    engine_a.submit_order(SubmitOrderRequest { order: Some(order(BTC, 2)) }).await.expect("SubmitOrder");
+    assert_eq!(ids(&collect_orders(&mut b_events, 1, WAIT).await), vec![2]);
+    assert_eq!(metric::delivered(b, BTC), 1);
+    shutdown_all(nodes).await;
+}

@@ -162,10 +162,15 @@ impl Node {
             tracing::warn!(market, late, "orders arrived after their batch was agreed; not delivered");
             self.metrics.late_orders.get_or_create(&MarketLabel { market: market.clone() }).inc_by(late);
         }
-        if fresh.is_empty() {
-            return;
+        self.hand_to_engine(&market, fresh);
+    }
+
+    /// Gives peers' orders of `market` (new to their batch, from gossip or repair) to the
+    /// engine's subscriptions; they count as delivered only if one was listening.
+    pub(super) fn hand_to_engine(&mut self, market: &str, orders: Vec<crate::proto::Order>) {
+        let n = orders.len() as u64;
+        if n > 0 && self.subscribers.deliver_orders(market, orders) > 0 {
+            self.metrics.orders_delivered.get_or_create(&MarketLabel { market: market.to_owned() }).inc_by(n);
         }
-        self.metrics.orders_delivered.get_or_create(&MarketLabel { market: market.clone() }).inc_by(fresh.len() as u64);
-        self.subscribers.deliver_orders(&market, fresh);
     }
 }

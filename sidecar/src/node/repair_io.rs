@@ -147,7 +147,7 @@ impl Node {
             tracing::info!(batch = %batch, orders = added.len(), %origin, "repaired missing orders");
             let m = MarketLabel { market: batch.market.clone() };
             self.metrics.repaired_orders.get_or_create(&m).inc_by(added.len() as u64);
-            self.subscribers.deliver_orders(&batch.market, added);
+            self.hand_to_engine(&batch.market, added);
         }
     }
 }

@@ -76,8 +76,9 @@ impl Subscribers {
         self.list.len()
     }
 
-    /// Delivers peers' orders of `market` to every subscriber of that market.
-    pub(super) fn deliver_orders(&mut self, market: &str, orders: Vec<Order>) {
+    /// Delivers peers' orders of `market` to every subscriber of that market; returns how
+    /// many subscribers that was (0: nobody was listening, and the orders are gone).
+    pub(super) fn deliver_orders(&mut self, market: &str, orders: Vec<Order>) -> usize {
         let mut pending = Some(orders);
         let interested: Vec<usize> = (0..self.list.len())
             .filter(|&i| self.list[i].markets.as_ref().is_none_or(|m| m.contains(market)))
@@ -93,6 +94,7 @@ impl Subscribers {
             self.send(i, Ok(ev));
         }
         self.prune();
+        interested.len()
     }
 
     /// Sends `event` to every subscriber.
