@@ -322,6 +322,26 @@ pub struct EngineReport {
     pub agreement: LatencySummary,
     /// Agreement latency histogram (µs value, count), for merging.
     pub agreement_buckets: Vec<(u64, u64)>,
+    /// Own orders committed: distinct ids told `OrdersCommitted` (sidecar transport).
+    #[serde(default)]
+    pub committed: u64,
+    /// Content checksum of the committed own orders (hex), to compare with the other
+    /// engines' `by_origin` entry for this origin.
+    #[serde(default)]
+    pub committed_checksum: String,
+    /// `OrdersExcluded` outcomes received for own orders (an order excluded twice counts twice).
+    #[serde(default)]
+    pub excluded: u64,
+    /// Excluded orders resubmitted under their id.
+    #[serde(default)]
+    pub resubmitted: u64,
+    /// Own orders accepted but with no committed outcome at the end (0 when nothing was lost).
+    #[serde(default)]
+    pub unresolved: u64,
+    /// Every batch agreed at this engine's sidecar: `"MARKET#EPOCH"` → batch hash (hex), to
+    /// compare across engines.
+    #[serde(default)]
+    pub agreed_batches: BTreeMap<String, String>,
 }
 
 /// The engine's two ends: chunks out, chunks in.
@@ -749,6 +769,7 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
         batches,
         agreement: agreement.0,
         agreement_buckets: agreement.1,
+        ..Default::default()
     })
 }
 
