@@ -247,14 +247,23 @@ pub struct ConsensusConfig {
     /// Wait after an epoch ends before sealing it, ms, so orders in flight arrive.
     /// Default 200.
     pub grace_ms: u32,
-    /// Seals that must agree, this node included. 0 (default) = a strict majority of the
-    /// live members (this node plus peers whose `PeerStatus` is within the liveness window).
+    /// Members of the network, this node included: the set whose strict majority is the
+    /// quorum. 0 (default) = this node, its bootstrap peers and every peer whose
+    /// `PeerStatus` it ever heard (the operator renders the GossipNetwork's selected pods
+    /// as bootstrap peers). Reachability never shrinks it: a cut-off node is not a
+    /// majority of one.
+    pub members: u32,
+    /// Seals that decide a batch, this node included. 0 (default) = a strict majority of
+    /// the members. Set it only to a majority or more: two smaller quorums could decide
+    /// different batches.
     pub quorum: u32,
-    /// After sealing, how long to wait for every live peer's seal before deciding with a
-    /// quorum, ms. Default 1,000.
+    /// After sealing, how long to wait for members' seals on gossip before pulling them
+    /// (asking each silent live member for its digest set, seal and result), and how often
+    /// pulls and adoption requests are repeated, ms. Default 1,000.
     pub seal_timeout_ms: u32,
-    /// From the first seal, how long repair may take before an unagreed batch is reported
-    /// `BatchDisputed`, ms. Default 5,000.
+    /// How long a sealed batch may stay undecided (waiting for members' seals) before the
+    /// node reports itself degraded, ms. Default 5,000. Batches are never disputed for
+    /// time alone: only when no hash can reach the quorum any more.
     pub repair_window_ms: u32,
     /// From this node's result, how long to wait for peers' results, ms. Default 5,000.
     pub result_timeout_ms: u32,
@@ -268,6 +277,7 @@ impl Default for ConsensusConfig {
             sealing: SealingMode::Clock,
             epoch_ms: 1_000,
             grace_ms: 200,
+            members: 0,
             quorum: 0,
             seal_timeout_ms: 1_000,
             repair_window_ms: 5_000,
@@ -429,6 +439,15 @@ impl SidecarConfig {
         }
         if c.result_timeout_ms == 0 {
             return Err(invalid("consensus.resultTimeoutMs", "must be at least 1 ms"));
+        }
+        if c.members > 0 && c.quorum > c.members {
+            return Err(invalid("consensus.quorum", "must not exceed consensus.members"));
+        }
+        if c.members > 0 && c.quorum > 0 && c.quorum <= c.members / 2 {
+            return Err(invalid(
+                "consensus.quorum",
+                "must be a strict majority of consensus.members (smaller quorums could decide different batches)",
+            ));
         }
         if c.retained_batches == 0 {
             return Err(invalid("consensus.retainedBatches", "must be at least 1"));

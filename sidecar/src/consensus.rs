@@ -1,30 +1,41 @@
-//! Batch and result consensus (DESIGN §4): the state machine behind BatchAgreed,
-//! BatchDisputed, ResultAgreed and ResultMismatch.
+//! Batch and result consensus (DESIGN §4, docs/PROTOCOL.md §Consensus): the state
+//! machine behind BatchAgreed, BatchDisputed, ResultAgreed and ResultMismatch.
 //!
-//! Pure logic: the node feeds it orders, peers' seals and results, repair replies and the
-//! time; it answers with [`Action`]s (publish, request repair, notify the engine, penalise
-//! a peer). Per batch `(market, epoch)`:
+//! Pure logic: the node feeds it orders, peers' seals, digest sets and results, repair
+//! replies and the time; it answers with [`Action`]s (publish, pull, fetch, notify the
+//! engine, penalise a peer). Per batch `(market, epoch)`:
 //!
 //! 1. **Collect**: orders (local and peers') join the batch's set, keyed by order digest:
 //!    the authoritative dedup of delivery ([`crate::dedup`] says how it and the seen-cache
-//!    forget).
-//! 2. **Seal**: `batch_hash` = SHA-256 over the sorted digests ([`crate::batch_hash`]);
-//!    `BatchSealed { hash, count, revision }` is broadcast.
-//! 3. **Compare**: peers' latest seals are compared with ours. Every live peer agreeing →
-//!    agreed at once; otherwise after `sealTimeoutMs`, a quorum agreeing and no repair in
-//!    flight → agreed, and the disagreeing peers are penalised as the minority.
-//! 4. **Repair**: for each peer whose hash differs, request its digest set, fetch the
-//!    orders we miss from their origins, add them (they reach the engine before the
-//!    batch's `BatchAgreed`), re-seal with `revision + 1`. Batches converge to the union.
-//!    Still unagreed `repairWindowMs` after the first seal → `BatchDisputed`.
+//!    forget). With clock sealing every node opens a batch for every epoch of its markets,
+//!    empty or not, so every member votes on every batch.
+//! 2. **Seal = vote**: `batch_hash` = SHA-256 over the sorted digests ([`crate::batch_hash`]);
+//!    `BatchSealed { hash, count, revision 0 }` is broadcast. A seal is final: orders that
+//!    arrive later are late for this batch (their origin learns they were excluded). A node
+//!    seals a batch again (revision + 1) only to adopt a hash a quorum certified.
+//! 3. **Decide**: the quorum is a strict majority of the *known members* (the configured
+//!    member count, or this node, its bootstrap peers and every peer ever heard;
+//!    `consensus.quorum` overrides), never of whoever is reachable. Once a quorum of
+//!    members' latest seals carry our hash, the batch is **agreed**. Because seals are final
+//!    and a node re-seals only to a quorum-certified hash, two different hashes can never
+//!    both reach a quorum: every node that decides, decides the same batch.
+//! 4. **Converge**: if a quorum carries another hash, or a member reports it agreed one,
+//!    this node **adopts** it: it gets that hash's digest set from a member holding it
+//!    (checked to hash to the certified hash), fetches the orders it lacks from that member
+//!    (any holder: content addressing plus the certified set prove them), drops the orders
+//!    the set does not contain, re-seals and agrees. A node that is missing seals (it was
+//!    partitioned, or they were lost) **pulls** them: after `sealTimeoutMs` it asks each live
+//!    member without a seal for its digest set, which carries the member's seal and result.
+//!    A batch is **disputed** only when no hash can reach a quorum any more (the best hash's
+//!    votes plus the members not heard from fall short).
 //! 5. **Settle**: the engine submits its result; `TradeResult` is broadcast and compared.
 //!    Any differing result halts the batch (`ResultMismatch { halt: true }`, logged at
 //!    error level with `severity=critical`); all live peers agreeing → `ResultAgreed`;
 //!    when every live peer answered (or the timeout passed) the peers outside the majority
 //!    result are penalised.
 //!
-//! Quorum: `consensus.quorum` seals (this node included), or by default a strict majority
-//! of the live members (this node + peers with a recent `PeerStatus`).
+//! Trust: seals and "agreed" reports of members are taken as cast (crash faults, not
+//! Byzantine ones); hostile input is bounded by validation, rate limits and reputation.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -33,7 +44,9 @@ use libp2p::PeerId;
 use openmatch_gossip_crds::sidecar_config::ConsensusConfig;
 
 use crate::batch_hash::batch_hash_sorted;
-use crate::proto::{BatchAgreed, BatchDisputed, DigestSet, Order, OriginDigest, ResultAgreed, ResultMismatch};
+use crate::proto::{
+    BatchAgreed, BatchDisputed, BatchSealed, DigestSet, Order, OriginDigest, ResultAgreed, ResultMismatch, TradeResult,
+};
 use crate::reputation::Offence;
 use crate::wire::{self, BatchKey, BatchResult, Digest, SealedBatch};
 
@@ -42,7 +55,7 @@ use crate::wire::{self, BatchKey, BatchResult, Digest, SealedBatch};
 pub(crate) enum BatchPhase {
     /// Taking orders; not sealed yet.
     Collect,
-    /// Sealed; comparing and repairing.
+    /// Sealed (voted); waiting for a quorum, pulling seals, adopting.
     Sealed,
     /// Agreed; waiting for the engine's result.
     Agreed,
@@ -50,21 +63,27 @@ pub(crate) enum BatchPhase {
     Settling,
     /// Every result matched.
     Settled,
-    /// The repair window closed without agreement.
+    /// No hash can reach a quorum: the batch is not matched anywhere.
     Disputed,
     /// Results differed (or too few arrived): matching halted.
     Halted,
 }
 
 impl BatchPhase {
-    /// Whether orders may still join the batch.
+    /// Whether orders may still join the batch (only before this node's seal: seals are
+    /// final).
     fn open(self) -> bool {
-        matches!(self, BatchPhase::Collect | BatchPhase::Sealed)
+        self == BatchPhase::Collect
     }
 
     /// Whether the batch is finished (nothing more will happen to it).
     fn finished(self) -> bool {
         matches!(self, BatchPhase::Settled | BatchPhase::Disputed | BatchPhase::Halted)
+    }
+
+    /// Whether the batch was agreed (its content is final and served by `GetBatch`).
+    fn agreed(self) -> bool {
+        matches!(self, BatchPhase::Agreed | BatchPhase::Settling | BatchPhase::Settled | BatchPhase::Halted)
     }
 }
 
@@ -105,25 +124,25 @@ pub(crate) enum Action {
     PublishSeal(SealedBatch),
     /// Broadcast this result on the market's results topic.
     PublishResult(BatchResult),
-    /// Ask `peer` for its digest set of `batch`.
+    /// Ask `peer` for its digest set (with its seal and result) of `batch`.
     RequestDigests {
         /// Peer to ask.
         peer: PeerId,
         /// Batch.
         batch: BatchKey,
     },
-    /// Fetch `digests` of `batch` from `peer` (their origin).
+    /// Fetch `digests` of `batch` from `peer` (a member holding the certified set).
     FetchOrders {
-        /// The orders' origin.
+        /// A holder of the orders.
         peer: PeerId,
         /// Batch.
         batch: BatchKey,
         /// Missing order digests.
         digests: Vec<Digest>,
     },
-    /// Tell the engine.
+    /// Tell the engine; the node then tells each of its own orders' fate.
     Agreed(BatchAgreed),
-    /// Tell the engine.
+    /// Tell the engine; every own order of the batch is excluded.
     Disputed(BatchDisputed),
     /// Tell the engine.
     ResultAgreed(ResultAgreed),
@@ -133,7 +152,8 @@ pub(crate) enum Action {
     Penalize {
         /// The peer.
         peer: PeerId,
-        /// Why: [`Offence::BatchMinority`] or [`Offence::ResultMinority`].
+        /// Why: [`Offence::BatchMinority`], [`Offence::ResultMinority`] or
+        /// [`Offence::BadRepair`] (a digest set that does not hash to its seal).
         offence: Offence,
     },
 }
@@ -145,7 +165,7 @@ pub(crate) enum AddOutcome {
     Added,
     /// Already in the batch.
     Duplicate,
-    /// The batch is already agreed or finished: too late.
+    /// This node already sealed the batch (or it is older than the retained ones): too late.
     Late,
 }
 
@@ -153,6 +173,20 @@ pub(crate) enum AddOutcome {
 struct Seal {
     revision: u32,
     hash: Digest,
+}
+
+/// Adopting a hash that a quorum certified.
+#[derive(Debug)]
+struct Adoption {
+    hash: Digest,
+    /// The certified digest set, once a holder sent it.
+    set: Option<HashSet<Digest>>,
+    /// The member that sent the set (asked for the orders we lack).
+    holder: Option<PeerId>,
+    /// When the digest set or the missing orders were last asked for.
+    asked_at: Option<Instant>,
+    /// Holders asked so far (the next request goes to another one).
+    attempts: usize,
 }
 
 #[derive(Debug)]
@@ -163,14 +197,17 @@ struct Batch {
     orders: HashMap<Digest, Order, DigestHasher>,
     phase: BatchPhase,
     revision: u32,
+    /// Our seal's hash, from the first seal on.
     hash: Option<Digest>,
     first_sealed: Option<Instant>,
-    sealed_at: Option<Instant>,
     peer_seals: HashMap<PeerId, Seal>,
-    /// Peers whose digest set we asked for at (their revision, our revision).
-    asked: HashSet<(PeerId, u32, u32)>,
-    /// Outstanding repair requests.
-    in_flight: usize,
+    /// A hash some member reported it agreed (learnt from a digest set).
+    reported_agreed: Option<Digest>,
+    /// Digest sets offered by members whose hash is not ours: hash → (member, digests).
+    offers: HashMap<Digest, (PeerId, Vec<Digest>)>,
+    adoption: Option<Adoption>,
+    /// Last time seals were pulled from the silent live members.
+    pulled_at: Option<Instant>,
     repaired: u64,
     result: Option<(Digest, u64)>,
     result_at: Option<Instant>,
@@ -186,16 +223,21 @@ impl Batch {
             revision: 0,
             hash: None,
             first_sealed: None,
-            sealed_at: None,
             peer_seals: HashMap::new(),
-            asked: HashSet::new(),
-            in_flight: 0,
+            reported_agreed: None,
+            offers: HashMap::new(),
+            adoption: None,
+            pulled_at: None,
             repaired: 0,
             result: None,
             result_at: None,
             peer_results: HashMap::new(),
             results_judged: false,
         }
+    }
+
+    fn results_judged_or_no_result(&self) -> bool {
+        self.results_judged || self.result.is_none()
     }
 }
 
@@ -205,6 +247,9 @@ pub(crate) struct Consensus {
     batches: BTreeMap<BatchKey, Batch>,
     /// Per market, the highest epoch dropped by pruning: anything at or below it is over.
     pruned: HashMap<String, u64>,
+    /// Clock sealing: per market, the first epoch this node opened. It never votes on an
+    /// older batch (a restarted node does not know what it sealed before).
+    floor: HashMap<String, u64>,
     /// Key of the batch the last order joined: consecutive orders of one batch (a pack)
     /// look it up without allocating a key each.
     cursor: Option<BatchKey>,
@@ -221,20 +266,31 @@ fn sorted_digests(b: &Batch) -> Vec<Digest> {
     digests
 }
 
-/// Strict majority of `live` members (this node included).
-pub(crate) fn majority(live: usize) -> usize {
-    live / 2 + 1
+/// Strict majority of `members` (this node included).
+pub(crate) fn majority(members: usize) -> usize {
+    members / 2 + 1
+}
+
+/// Who votes: the known members and the live ones, as the node sees them at a tick.
+#[derive(Debug, Clone)]
+pub(crate) struct Membership<'a> {
+    /// Known members, this node included (≥ 1).
+    pub(crate) members: usize,
+    /// Peers whose `PeerStatus` is within the liveness window (not this node).
+    pub(crate) live: &'a HashSet<PeerId>,
 }
 
 impl Consensus {
     /// No batches yet.
     pub(crate) fn new(config: ConsensusConfig) -> Self {
-        Consensus { config, batches: BTreeMap::new(), pruned: HashMap::new(), cursor: None }
+        Consensus { config, batches: BTreeMap::new(), pruned: HashMap::new(), floor: HashMap::new(), cursor: None }
     }
 
-    fn quorum(&self, live: usize) -> usize {
+    /// Seals that decide a batch among `members` known members: `consensus.quorum` if set,
+    /// else a strict majority.
+    pub(crate) fn quorum(&self, members: usize) -> usize {
         match self.config.quorum {
-            0 => majority(live),
+            0 => majority(members),
             q => q as usize,
         }
     }
@@ -250,6 +306,26 @@ impl Consensus {
         self.batches.iter().filter(|(_, b)| b.phase == BatchPhase::Collect).map(|(k, _)| k.clone()).collect()
     }
 
+    /// Batches sealed but undecided for longer than `age` (health: waiting for a quorum).
+    pub(crate) fn undecided_since(&self, now: Instant, age: Duration) -> usize {
+        self.batches
+            .values()
+            .filter(|b| b.phase == BatchPhase::Sealed && b.first_sealed.is_some_and(|t| now.duration_since(t) >= age))
+            .count()
+    }
+
+    /// Opens batch `key` (empty) if unknown and not pruned: clock sealing opens every
+    /// epoch of every market, so that each member votes on each batch. The first epoch
+    /// opened per market is the floor: older batches are refused like pruned ones.
+    pub(crate) fn open(&mut self, key: &BatchKey) {
+        if !self.floor.contains_key(&key.market) {
+            self.floor.insert(key.market.clone(), key.epoch);
+        }
+        if !self.is_pruned(&key.market, key.epoch) && !self.batches.contains_key(key) {
+            self.batches.insert(key.clone(), Batch::new());
+        }
+    }
+
     /// Highest epoch of `market` that a peer has sealed (or that was pruned, and so was
     /// decided), for engine sealing to catch up to.
     pub(crate) fn highest_peer_sealed(&self, market: &str) -> Option<u64> {
@@ -262,14 +338,21 @@ impl Consensus {
         sealed.max(self.pruned.get(market).copied())
     }
 
-    /// Whether batch `(market, epoch)` was dropped by pruning (or is older than one that was).
+    /// Whether batch `(market, epoch)` was dropped by pruning (or is older than one that
+    /// was, or than the first epoch this node opened).
     pub(crate) fn is_pruned(&self, market: &str, epoch: u64) -> bool {
-        self.pruned.get(market).is_some_and(|p| epoch <= *p)
+        self.pruned.get(market).is_some_and(|p| epoch <= *p) || self.floor.get(market).is_some_and(|f| epoch < *f)
+    }
+
+    /// Whether the agreed batch `batch` contains the order `digest`; `None` while the batch
+    /// is not agreed (or unknown).
+    pub(crate) fn committed(&self, batch: &BatchKey, digest: &Digest) -> Option<bool> {
+        let b = self.batches.get(batch)?;
+        b.phase.agreed().then(|| b.orders.contains_key(digest))
     }
 
     /// Adds a copy of `order` (`origin` and `epoch` set) to its batch, creating the batch
-    /// if needed. An order that joins an already sealed batch makes the node re-seal at the
-    /// next [`Consensus::tick`].
+    /// if needed; [`AddOutcome::Late`] once this node sealed it.
     pub(crate) fn add_order(&mut self, order: &Order, digest: Digest) -> AddOutcome {
         if self.is_pruned(&order.market, order.epoch) {
             return AddOutcome::Late;
@@ -286,26 +369,35 @@ impl Consensus {
             return AddOutcome::Late;
         }
         match batch.orders.entry(digest) {
-            std::collections::hash_map::Entry::Occupied(_) => return AddOutcome::Duplicate,
+            std::collections::hash_map::Entry::Occupied(_) => AddOutcome::Duplicate,
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(wire::strip_market(order));
+                AddOutcome::Added
             }
         }
-        if batch.phase == BatchPhase::Sealed {
-            batch.hash = None; // stale: re-seal
-        }
-        AddOutcome::Added
     }
 
-    /// Seals `batch` now (clock due or the engine asked), creating it empty if unknown.
+    /// Seals `batch` now (clock due or the engine asked), creating it empty if unknown:
+    /// this node's vote, final.
     pub(crate) fn seal(&mut self, batch: &BatchKey, now: Instant) -> Vec<Action> {
+        if self.is_pruned(&batch.market, batch.epoch) {
+            return Vec::new();
+        }
         let b = self.batches.entry(batch.clone()).or_insert_with(Batch::new);
         if b.phase != BatchPhase::Collect {
             return Vec::new();
         }
         b.phase = BatchPhase::Sealed;
         b.first_sealed = Some(now);
-        vec![reseal(batch, b, now)]
+        let digests = sorted_digests(b);
+        let hash = batch_hash_sorted(&digests);
+        b.hash = Some(hash);
+        vec![Action::PublishSeal(SealedBatch {
+            batch: batch.clone(),
+            hash,
+            order_count: digests.len() as u64,
+            revision: 0,
+        })]
     }
 
     /// A peer's seal. Creates the batch (empty) if unknown, so a late joiner takes part in
@@ -322,15 +414,29 @@ impl Consensus {
         true
     }
 
-    /// Our digest set of `batch`, for a repair request.
+    /// Our digest set of `batch` with our seal and result, for a member's pull or repair.
     pub(crate) fn digest_set(&self, batch: &BatchKey) -> Option<DigestSet> {
         let b = self.batches.get(batch)?;
+        let digests = sorted_digests(b);
+        let seal = b.hash.filter(|_| b.phase != BatchPhase::Collect).map(|hash| BatchSealed {
+            batch_id: Some(batch.to_proto()),
+            batch_hash: hash.to_vec(),
+            order_count: digests.len() as u64,
+            revision: b.revision,
+        });
         Some(DigestSet {
             batch_id: Some(batch.to_proto()),
-            entries: sorted_digests(b)
+            entries: digests
                 .iter()
                 .map(|d| OriginDigest { digest: d.to_vec(), origin: b.orders[d].origin.to_vec() })
                 .collect(),
+            seal,
+            result: b.result.map(|(hash, trades)| TradeResult {
+                batch_id: Some(batch.to_proto()),
+                result_hash: hash.to_vec(),
+                trade_count: trades,
+            }),
+            agreed: b.phase.agreed(),
         })
     }
 
@@ -345,68 +451,94 @@ impl Consensus {
     /// Errors: [`BatchError::Unknown`], [`BatchError::NotServed`] (not agreed, or disputed).
     pub(crate) fn agreed_orders(&self, batch: &BatchKey) -> Result<Vec<Order>, BatchError> {
         let b = self.batches.get(batch).ok_or_else(|| BatchError::Unknown(batch.clone()))?;
-        match b.phase {
-            BatchPhase::Agreed | BatchPhase::Settling | BatchPhase::Settled | BatchPhase::Halted => {
-                Ok(sorted_digests(b).iter().map(|d| wire::with_market(&b.orders[d], &batch.market)).collect())
-            }
-            phase => Err(BatchError::NotServed { batch: batch.clone(), phase }),
+        if b.phase.agreed() {
+            Ok(sorted_digests(b).iter().map(|d| wire::with_market(&b.orders[d], &batch.market)).collect())
+        } else {
+            Err(BatchError::NotServed { batch: batch.clone(), phase: b.phase })
         }
     }
 
-    /// A digest set answered our request: fetch what we miss from each order's origin
-    /// (entries whose origin is not a valid peer id are skipped).
-    pub(crate) fn on_digest_set(&mut self, set: &DigestSet) -> Vec<Action> {
+    /// `peer`'s digest set answered a pull or an adoption request: records its seal (a
+    /// vote) and result, keeps the set if its hash is not ours (we may adopt it), and
+    /// notes a reported agreement. A set that does not hash to its seal is refused and
+    /// the peer penalised.
+    pub(crate) fn on_digest_set(&mut self, peer: PeerId, set: &DigestSet) -> Vec<Action> {
         let Some(id) = &set.batch_id else { return Vec::new() };
         let key = BatchKey::from_proto(id);
-        let Some(b) = self.batches.get_mut(&key) else { return Vec::new() };
-        b.in_flight = b.in_flight.saturating_sub(1);
-        if !b.phase.open() {
+        if self.is_pruned(&key.market, key.epoch) {
             return Vec::new();
         }
-        let mut by_origin: BTreeMap<Vec<u8>, Vec<Digest>> = BTreeMap::new();
+        let Some(b) = self.batches.get_mut(&key) else { return Vec::new() };
+        if let Some(a) = b.adoption.as_mut()
+            && a.set.is_none()
+        {
+            a.asked_at = None; // answered: the next tick may ask again if still needed
+        }
+        if let Some(r) = &set.result
+            && let Ok(hash) = Digest::try_from(r.result_hash.as_slice())
+        {
+            b.peer_results.insert(peer, (hash, r.trade_count));
+        }
+        let Some(seal) = &set.seal else { return Vec::new() };
+        let Ok(hash) = Digest::try_from(seal.batch_hash.as_slice()) else {
+            return vec![Action::Penalize { peer, offence: Offence::BadRepair }];
+        };
+        let mut digests = Vec::with_capacity(set.entries.len());
         for e in &set.entries {
-            if let Ok(d) = <Digest>::try_from(e.digest.as_slice())
-                && !b.orders.contains_key(&d)
-            {
-                by_origin.entry(e.origin.clone()).or_default().push(d);
+            match Digest::try_from(e.digest.as_slice()) {
+                Ok(d) => digests.push(d),
+                Err(_) => return vec![Action::Penalize { peer, offence: Offence::BadRepair }],
             }
         }
-        let mut actions = Vec::new();
-        for (origin, digests) in by_origin {
-            if let Ok(peer) = PeerId::from_bytes(&origin) {
-                b.in_flight += 1;
-                actions.push(Action::FetchOrders { peer, batch: key.clone(), digests });
-            }
+        digests.sort_unstable();
+        digests.dedup();
+        if batch_hash_sorted(&digests) != hash {
+            tracing::warn!(batch = %key, %peer, "digest set does not hash to the peer's seal");
+            return vec![Action::Penalize { peer, offence: Offence::BadRepair }];
         }
-        actions
+        let newer = b.peer_seals.get(&peer).is_none_or(|s| seal.revision >= s.revision);
+        if newer {
+            b.peer_seals.insert(peer, Seal { revision: seal.revision, hash });
+        }
+        if set.agreed {
+            b.reported_agreed = Some(hash);
+        }
+        if b.hash != Some(hash) {
+            b.offers.entry(hash).or_insert((peer, digests));
+        }
+        Vec::new()
     }
 
-    /// A repair request failed or was refused.
+    /// A repair request failed or was refused: the adoption (if any) asks another holder.
     pub(crate) fn on_repair_failure(&mut self, batch: &BatchKey) {
-        if let Some(b) = self.batches.get_mut(batch) {
-            b.in_flight = b.in_flight.saturating_sub(1);
+        if let Some(a) = self.batches.get_mut(batch).and_then(|b| b.adoption.as_mut()) {
+            a.asked_at = None;
+            a.set = None;
+            a.holder = None;
         }
     }
 
-    /// Orders fetched from `peer` (already checked: origin = `peer`, digest as asked, batch
-    /// as asked). They join the batch; the caller delivers them to the engine.
+    /// Orders fetched for an adoption (already checked: digest among those asked, batch as
+    /// asked). They join the batch; the caller delivers them to the engine (before the
+    /// batch's `BatchAgreed`, which the next tick sends once nothing is missing).
     pub(crate) fn on_fetched(&mut self, batch: &BatchKey, orders: Vec<(Digest, Order)>) -> Vec<Order> {
         let Some(b) = self.batches.get_mut(batch) else { return Vec::new() };
-        b.in_flight = b.in_flight.saturating_sub(1);
-        if !b.phase.open() {
+        let Some(set) = b.adoption.as_mut().and_then(|a| {
+            a.asked_at = None;
+            a.set.as_ref()
+        }) else {
             return Vec::new();
-        }
+        };
         let mut added = Vec::new();
         for (d, o) in orders {
-            if let std::collections::hash_map::Entry::Vacant(v) = b.orders.entry(d) {
+            if set.contains(&d)
+                && let std::collections::hash_map::Entry::Vacant(v) = b.orders.entry(d)
+            {
                 v.insert(wire::strip_market(&o));
                 added.push(o);
             }
         }
-        if !added.is_empty() {
-            b.repaired += added.len() as u64;
-            b.hash = None; // re-seal at the next tick
-        }
+        b.repaired += added.len() as u64;
         added
     }
 
@@ -440,24 +572,21 @@ impl Consensus {
         b.peer_results.insert(peer, (r.hash, r.trades));
     }
 
-    /// Advances every batch: re-seals stale ones, starts repairs, decides agreement,
-    /// disputes, results, and drops old decided batches. `live` = live peers (not this
-    /// node).
-    pub(crate) fn tick(&mut self, now: Instant, live: &HashSet<PeerId>) -> Vec<Action> {
-        let members = live.len() + 1;
+    /// Advances every batch: decides, pulls missing seals, adopts certified hashes,
+    /// disputes, settles results, and drops old decided batches.
+    pub(crate) fn tick(&mut self, now: Instant, membership: &Membership<'_>) -> Vec<Action> {
         let ctx = TickContext {
             now,
-            live,
-            members,
-            quorum: self.quorum(members),
+            live: membership.live,
+            members: membership.members.max(1),
+            quorum: self.quorum(membership.members.max(1)),
             seal_timeout: Duration::from_millis(self.config.seal_timeout_ms as u64),
-            repair_window: Duration::from_millis(self.config.repair_window_ms as u64),
             result_timeout: Duration::from_millis(self.config.result_timeout_ms as u64),
         };
         let mut actions = Vec::new();
         for (key, b) in self.batches.iter_mut() {
             match b.phase {
-                BatchPhase::Sealed => compare_seals(&ctx, key, b, &mut actions),
+                BatchPhase::Sealed => decide(&ctx, key, b, &mut actions),
                 BatchPhase::Settling => compare_results(&ctx, key, b, &mut actions),
                 _ => {}
             }
@@ -492,86 +621,127 @@ impl Consensus {
     }
 }
 
-impl Batch {
-    fn results_judged_or_no_result(&self) -> bool {
-        self.results_judged || self.result.is_none()
-    }
-}
-
 /// What one [`Consensus::tick`] judges by.
 struct TickContext<'a> {
     now: Instant,
     /// Live peers (not this node).
     live: &'a HashSet<PeerId>,
-    /// Live members: the live peers and this node.
+    /// Known members, this node included.
     members: usize,
     quorum: usize,
     seal_timeout: Duration,
-    repair_window: Duration,
     result_timeout: Duration,
 }
 
-/// Seals `b` (again) with its current orders; returns the seal to broadcast.
-fn reseal(key: &BatchKey, b: &mut Batch, now: Instant) -> Action {
-    let digests = sorted_digests(b);
-    let hash = batch_hash_sorted(&digests);
-    if b.sealed_at.is_some() {
-        b.revision += 1;
+/// A sealed batch: agree once a quorum carries our hash; adopt a hash a quorum carries (or
+/// a member reports agreed); otherwise pull the seals of silent live members, and dispute
+/// once no hash can reach a quorum.
+fn decide(ctx: &TickContext<'_>, key: &BatchKey, b: &mut Batch, actions: &mut Vec<Action>) {
+    let ours = b.hash.expect("a sealed batch has our hash");
+    let mut votes: HashMap<Digest, usize> = HashMap::from([(ours, 1)]);
+    for s in b.peer_seals.values() {
+        *votes.entry(s.hash).or_default() += 1;
     }
-    b.hash = Some(hash);
-    b.sealed_at = Some(now);
-    Action::PublishSeal(SealedBatch {
-        batch: key.clone(),
-        hash,
-        order_count: digests.len() as u64,
-        revision: b.revision,
-    })
-}
-
-/// A sealed batch: re-seal if orders joined, ask each differing peer for its digest set
-/// (once per pair of revisions), then agree (every live peer agrees, or after the seal
-/// timeout a quorum with no repair in flight) or, past the repair window, dispute.
-fn compare_seals(ctx: &TickContext<'_>, key: &BatchKey, b: &mut Batch, actions: &mut Vec<Action>) {
-    if b.hash.is_none() {
-        actions.push(reseal(key, b, ctx.now));
+    if votes[&ours] >= ctx.quorum || b.reported_agreed == Some(ours) {
+        agree(ctx, key, b, ours, actions);
+        return;
     }
-    let ours = b.hash.expect("sealed above");
-    let agreeing: Vec<PeerId> = b.peer_seals.iter().filter(|(_, s)| s.hash == ours).map(|(p, _)| *p).collect();
-    let differing: Vec<(PeerId, u32)> =
-        b.peer_seals.iter().filter(|(_, s)| s.hash != ours).map(|(p, s)| (*p, s.revision)).collect();
-    for &(peer, rev) in &differing {
-        if b.asked.insert((peer, rev, b.revision)) {
-            tracing::warn!(batch = %key, %peer, revision = b.revision, peer_revision = rev, "batch hash mismatch; repairing");
-            b.in_flight += 1;
+    let certified = b.reported_agreed.or_else(|| votes.iter().find(|(_, n)| **n >= ctx.quorum).map(|(h, _)| *h));
+    if let Some(hash) = certified {
+        adopt(ctx, key, b, hash, actions);
+        return;
+    }
+    let waited = b.first_sealed.is_some_and(|t| ctx.now.duration_since(t) >= ctx.seal_timeout);
+    if waited && b.pulled_at.is_none_or(|t| ctx.now.duration_since(t) >= ctx.seal_timeout) {
+        b.pulled_at = Some(ctx.now);
+        let mut silent: Vec<PeerId> = ctx.live.iter().filter(|p| !b.peer_seals.contains_key(p)).copied().collect();
+        silent.sort_unstable();
+        for peer in silent {
             actions.push(Action::RequestDigests { peer, batch: key.clone() });
         }
     }
-    let live_agree = agreeing.iter().filter(|p| ctx.live.contains(p)).count() + 1;
-    let all_live_agree = differing.iter().all(|(p, _)| !ctx.live.contains(p)) && live_agree >= ctx.members;
-    let waited = b.sealed_at.is_some_and(|t| ctx.now.duration_since(t) >= ctx.seal_timeout);
-    if all_live_agree || (waited && live_agree >= ctx.quorum && b.in_flight == 0) {
-        b.phase = BatchPhase::Agreed;
-        for (peer, _) in &differing {
-            actions.push(Action::Penalize { peer: *peer, offence: Offence::BatchMinority });
-        }
-        let agreement_us = b.first_sealed.map_or(0, |t| ctx.now.duration_since(t).as_micros() as u64);
-        actions.push(Action::Agreed(BatchAgreed {
-            batch_id: Some(key.to_proto()),
-            batch_hash: ours.to_vec(),
-            order_count: b.orders.len() as u64,
-            revision: b.revision,
-            agreement_us,
-            repaired_orders: b.repaired,
-        }));
-    } else if b.first_sealed.is_some_and(|t| ctx.now.duration_since(t) >= ctx.repair_window) {
+    let heard = 1 + b.peer_seals.len();
+    let best = votes.values().copied().max().unwrap_or(1);
+    if best + ctx.members.saturating_sub(heard) < ctx.quorum {
         b.phase = BatchPhase::Disputed;
         let reason = format!(
-            "{live_agree} of {} live members agree on revision {} after the {:?} repair window; quorum {}",
-            ctx.members, b.revision, ctx.repair_window, ctx.quorum
+            "no hash can reach the quorum of {}: best {best} of {heard} seals heard among {} members",
+            ctx.quorum, ctx.members
         );
         tracing::warn!(batch = %key, reason, "batch disputed: it will not be matched");
         actions.push(Action::Disputed(BatchDisputed { batch_id: Some(key.to_proto()), reason }));
     }
+}
+
+/// Agrees `b` on our hash `ours`; peers whose seal differs are penalised as the minority.
+fn agree(ctx: &TickContext<'_>, key: &BatchKey, b: &mut Batch, ours: Digest, actions: &mut Vec<Action>) {
+    b.phase = BatchPhase::Agreed;
+    b.offers.clear();
+    b.adoption = None;
+    for (peer, s) in &b.peer_seals {
+        if s.hash != ours {
+            actions.push(Action::Penalize { peer: *peer, offence: Offence::BatchMinority });
+        }
+    }
+    let agreement_us = b.first_sealed.map_or(0, |t| ctx.now.duration_since(t).as_micros() as u64);
+    actions.push(Action::Agreed(BatchAgreed {
+        batch_id: Some(key.to_proto()),
+        batch_hash: ours.to_vec(),
+        order_count: b.orders.len() as u64,
+        revision: b.revision,
+        agreement_us,
+        repaired_orders: b.repaired,
+    }));
+}
+
+/// Converges `b` to the certified `hash`: get its digest set from a holder, fetch what we
+/// lack from that holder, then drop what the set does not contain, re-seal and agree.
+fn adopt(ctx: &TickContext<'_>, key: &BatchKey, b: &mut Batch, hash: Digest, actions: &mut Vec<Action>) {
+    if b.adoption.as_ref().is_none_or(|a| a.hash != hash) {
+        tracing::warn!(batch = %key, "a quorum certified another batch hash; adopting it");
+        b.adoption = Some(Adoption { hash, set: None, holder: None, asked_at: None, attempts: 0 });
+    }
+    let a = b.adoption.as_mut().expect("set above");
+    if a.set.is_none()
+        && let Some((holder, digests)) = b.offers.get(&hash)
+    {
+        a.set = Some(digests.iter().copied().collect());
+        a.holder = Some(*holder);
+        a.asked_at = None;
+    }
+    if a.asked_at.is_some_and(|t| ctx.now.duration_since(t) < ctx.seal_timeout) {
+        return; // a request is out
+    }
+    let Some(set) = &a.set else {
+        // Ask the next member that sealed the hash for its digest set.
+        let mut holders: Vec<PeerId> = b.peer_seals.iter().filter(|(_, s)| s.hash == hash).map(|(p, _)| *p).collect();
+        holders.sort_unstable_by_key(|p| (!ctx.live.contains(p), *p));
+        if let Some(peer) = holders.get(a.attempts % holders.len().max(1)).copied() {
+            a.attempts += 1;
+            a.asked_at = Some(ctx.now);
+            actions.push(Action::RequestDigests { peer, batch: key.clone() });
+        }
+        return;
+    };
+    let missing: Vec<Digest> = set.iter().filter(|d| !b.orders.contains_key(*d)).copied().collect();
+    if !missing.is_empty() {
+        let holder = a.holder.expect("a set comes with its holder");
+        a.asked_at = Some(ctx.now);
+        actions.push(Action::FetchOrders { peer: holder, batch: key.clone(), digests: missing });
+        return;
+    }
+    let set = a.set.take().expect("checked above");
+    b.orders.retain(|d, _| set.contains(d));
+    debug_assert_eq!(batch_hash_sorted(&sorted_digests(b)), hash);
+    b.hash = Some(hash);
+    b.revision += 1;
+    actions.push(Action::PublishSeal(SealedBatch {
+        batch: key.clone(),
+        hash,
+        order_count: b.orders.len() as u64,
+        revision: b.revision,
+    }));
+    agree(ctx, key, b, hash, actions);
 }
 
 /// A batch whose engine submitted its result: halt on the first differing peer result;
@@ -580,7 +750,8 @@ fn compare_seals(ctx: &TickContext<'_>, key: &BatchKey, b: &mut Batch, actions: 
 fn compare_results(ctx: &TickContext<'_>, key: &BatchKey, b: &mut Batch, actions: &mut Vec<Action>) {
     let (ours, _) = b.result.expect("settling has a result");
     let differing = b.peer_results.values().filter(|r| r.0 != ours).count();
-    let answered = b.peer_results.keys().filter(|p| ctx.live.contains(p)).count();
+    let have = b.peer_results.len() + 1;
+    let all_live_answered = ctx.live.iter().all(|p| b.peer_results.contains_key(p));
     let timed_out = b.result_at.is_some_and(|t| ctx.now.duration_since(t) >= ctx.result_timeout);
     let halt = |b: &mut Batch, reason: String, actions: &mut Vec<Action>| {
         b.phase = BatchPhase::Halted;
@@ -590,16 +761,13 @@ fn compare_results(ctx: &TickContext<'_>, key: &BatchKey, b: &mut Batch, actions
         let reason = format!("{differing} peer(s) computed a different result hash");
         tracing::error!(severity = "critical", batch = %key, reason, "RESULT MISMATCH: determinism violation; matching halted for this batch");
         halt(b, reason, actions);
-    } else if answered >= ctx.live.len() || (timed_out && answered + 1 >= ctx.quorum) {
+    } else if have >= ctx.quorum && (all_live_answered || timed_out) {
         b.phase = BatchPhase::Settled;
         actions.push(Action::ResultAgreed(ResultAgreed { batch_id: Some(key.to_proto()), result_hash: ours.to_vec() }));
     } else if timed_out {
         let reason = format!(
-            "only {} of {} results within {:?}; quorum {}",
-            answered + 1,
-            ctx.members,
-            ctx.result_timeout,
-            ctx.quorum
+            "only {} of {} members' results within {:?}; quorum {}",
+            have, ctx.members, ctx.result_timeout, ctx.quorum
         );
         tracing::error!(severity = "critical", batch = %key, reason, "results unconfirmed; matching halted for this batch");
         halt(b, reason, actions);
@@ -682,9 +850,25 @@ mod tests {
         actions.iter().any(f)
     }
 
-    /// Three nodes with the same orders agree as soon as both peers' seals are in.
+    /// A tick where the known members are this node and `live`.
+    fn tick(c: &mut Consensus, now: Instant, live: &HashSet<PeerId>) -> Vec<Action> {
+        c.tick(now, &Membership { members: live.len() + 1, live })
+    }
+
+    fn agreed_of(actions: &[Action]) -> BatchAgreed {
+        actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Agreed(x) => Some(x.clone()),
+                _ => None,
+            })
+            .expect("agreed")
+    }
+
+    /// Three nodes with the same orders: each agrees as soon as one peer's seal matches its
+    /// own (2 of 3 members, a quorum).
     #[test]
-    fn identical_batches_agree_immediately() {
+    fn identical_batches_agree_once_a_quorum_sealed_them() {
         let (me, p1, p2) = (PeerId::random(), PeerId::random(), PeerId::random());
         let live = HashSet::from([p1, p2]);
         let mut nodes: Vec<Consensus> = (0..3).map(|_| Consensus::new(cfg())).collect();
@@ -699,20 +883,14 @@ mod tests {
         }
         assert!(seals.windows(2).all(|w| w[0] == w[1]), "same orders, same hash");
         let c = &mut nodes[0];
-        assert!(!has(&c.tick(t0, &live), |a| matches!(a, Action::Agreed(_))), "peers' seals not in yet");
+        assert!(!has(&tick(c, t0, &live), |a| matches!(a, Action::Agreed(_))), "peers' seals not in yet");
         c.on_peer_seal(p1, &seals[1]);
-        c.on_peer_seal(p2, &seals[2]);
-        let acts = c.tick(t0, &live);
-        let agreed = acts
-            .iter()
-            .find_map(|a| match a {
-                Action::Agreed(x) => Some(x.clone()),
-                _ => None,
-            })
-            .unwrap();
+        let agreed = agreed_of(&tick(c, t0, &live));
         assert_eq!(agreed.order_count, 5);
         assert_eq!(agreed.batch_hash, seals[0].hash.to_vec());
         assert_eq!(c.agreed_orders(&key()).unwrap().len(), 5);
+        let (o, d) = order(&me, 9);
+        assert_eq!(c.add_order(&o, d), AddOutcome::Late, "a sealed batch takes no more orders");
     }
 
     /// However orders arrive, the seal hashes the digests in ascending order, and an agreed
@@ -734,7 +912,7 @@ mod tests {
         let seal = seal_of(&c.seal(&key(), t0));
         assert_eq!(seal.hash, batch_hash_sorted(&digests));
         c.on_peer_seal(p1, &seal);
-        c.tick(t0, &HashSet::from([p1]));
+        tick(&mut c, t0, &HashSet::from([p1]));
         let served = c.agreed_orders(&key()).unwrap();
         let want: Vec<Order> = by_digest.iter().map(|(o, _)| o.clone()).collect();
         assert_eq!(served, want);
@@ -745,12 +923,14 @@ mod tests {
         assert_eq!(c.orders_for(&key(), &digests[..2]).unwrap(), want[..2].to_vec());
     }
 
-    /// A node missing an order learns the digest, fetches it from its origin, re-seals with
-    /// revision 1 and agrees on the union.
+    /// A node whose seal lost to a quorum adopts the quorum's batch: it gets the certified
+    /// digest set from a member holding it (not the orders' origin), fetches the order it
+    /// lacks from that member, drops the one the quorum does not have, re-seals with
+    /// revision 1 and agrees.
     #[test]
-    fn missing_order_is_repaired_from_its_origin() {
-        let (origin, other) = (PeerId::random(), PeerId::random());
-        let live = HashSet::from([origin, other]);
+    fn the_minority_adopts_the_quorum_batch_from_any_holder() {
+        let (origin, holder) = (PeerId::random(), PeerId::random());
+        let live = HashSet::from([origin, holder]);
         let t0 = Instant::now();
         let (mut full, mut short) = (Consensus::new(cfg()), Consensus::new(cfg()));
         let orders: Vec<(Order, Digest)> = (0..4).map(|i| order(&origin, i)).collect();
@@ -760,21 +940,28 @@ mod tests {
         for (o, d) in &orders[..3] {
             short.add_order(o, *d);
         }
+        let (extra, extra_digest) = order(&PeerId::random(), 99);
+        short.add_order(&extra, extra_digest);
         let full_seal = seal_of(&full.seal(&key(), t0));
         let short_seal = seal_of(&short.seal(&key(), t0));
         assert_ne!(full_seal.hash, short_seal.hash);
+        short.on_peer_seal(holder, &full_seal);
         short.on_peer_seal(origin, &full_seal);
-        short.on_peer_seal(other, &full_seal);
-        let acts = short.tick(t0, &live);
-        assert!(has(&acts, |a| matches!(a, Action::RequestDigests { .. })));
+        let acts = tick(&mut short, t0, &live);
+        let asked = acts.iter().find_map(|a| match a {
+            Action::RequestDigests { peer, .. } => Some(*peer),
+            _ => None,
+        });
+        assert!(asked.is_some_and(|p| live.contains(&p)), "{acts:?}");
         assert!(!has(&acts, |a| matches!(a, Action::Agreed(_))));
-        // The digest set names the missing order and its origin.
-        let set = full.digest_set(&key()).unwrap();
-        let fetch = short.on_digest_set(&set);
+        // The holder's digest set carries its seal; the missing order is fetched from it.
+        let mut set = full.digest_set(&key()).unwrap();
+        assert_eq!(set.seal.as_ref().map(|s| s.batch_hash.clone()), Some(full_seal.hash.to_vec()));
+        assert!(short.on_digest_set(holder, &set).is_empty());
         let missing = orders[3].1;
-        match &fetch[..] {
+        match &tick(&mut short, t0, &live)[..] {
             [Action::FetchOrders { peer, digests, .. }] => {
-                assert_eq!(*peer, origin);
+                assert_eq!(*peer, holder, "any holder, not only the origin");
                 assert_eq!(digests, &vec![missing]);
             }
             other => panic!("{other:?}"),
@@ -782,23 +969,66 @@ mod tests {
         let served = full.orders_for(&key(), &[missing]).unwrap();
         let added = short.on_fetched(&key(), served.into_iter().map(|o| (crate::wire::order_digest(&o), o)).collect());
         assert_eq!(added.len(), 1);
-        let acts = short.tick(t0, &live);
+        let acts = tick(&mut short, t0, &live);
         let reseal = seal_of(&acts);
-        assert_eq!(reseal.revision, 1);
-        assert_eq!(reseal.hash, full_seal.hash);
-        // Every live peer now agrees with the re-seal: agreed in the same tick.
-        let agreed = acts
-            .iter()
-            .find_map(|a| match a {
-                Action::Agreed(x) => Some(x.clone()),
-                _ => None,
-            })
-            .unwrap();
+        assert_eq!((reseal.revision, reseal.hash), (1, full_seal.hash));
+        let agreed = agreed_of(&acts);
         assert_eq!((agreed.order_count, agreed.revision, agreed.repaired_orders), (4, 1, 1));
+        assert_eq!(short.committed(&key(), &missing), Some(true));
+        assert_eq!(short.committed(&key(), &extra_digest), Some(false), "dropped: not in the agreed batch");
+        // A digest set that does not hash to its seal is refused and its sender penalised.
+        set.entries.pop();
+        let mut other = Consensus::new(cfg());
+        other.seal(&key(), t0);
+        let acts = other.on_digest_set(holder, &set);
+        assert!(matches!(&acts[..], [Action::Penalize { offence: Offence::BadRepair, .. }]), "{acts:?}");
     }
 
+    /// A node cut off from every other member decides nothing and disputes nothing; once
+    /// members are live again it pulls their seals, and a member's report that it agreed
+    /// makes it adopt that batch.
     #[test]
-    fn no_agreement_within_the_repair_window_is_a_dispute() {
+    fn a_cut_off_node_waits_then_pulls_seals_and_adopts() {
+        let (p1, p2) = (PeerId::random(), PeerId::random());
+        let t0 = Instant::now();
+        let mut c = Consensus::new(cfg());
+        let (o, d) = order(&p1, 1);
+        c.add_order(&o, d);
+        c.seal(&key(), t0);
+        let nobody = HashSet::new();
+        let members = |live| Membership { members: 3, live };
+        for ms in [0, 100, 5_000, 60_000] {
+            let acts = c.tick(t0 + Duration::from_millis(ms), &members(&nobody));
+            assert!(acts.is_empty(), "no quorum, no decision, nobody to pull from: {acts:?}");
+        }
+        assert_eq!(c.undecided_since(t0 + Duration::from_secs(60), Duration::from_secs(5)), 1);
+        let live = HashSet::from([p1, p2]);
+        let t1 = t0 + Duration::from_secs(61);
+        let acts = c.tick(t1, &members(&live));
+        let pulled: HashSet<PeerId> = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::RequestDigests { peer, .. } => Some(*peer),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pulled, live, "every silent live member is asked");
+        assert!(c.tick(t1, &members(&live)).is_empty(), "pulled once per seal timeout");
+        // p1 answers: it agreed an empty batch (the quorum never saw our order).
+        let mut empty = Consensus::new(cfg());
+        empty.seal(&key(), t0);
+        tick(&mut empty, t0, &HashSet::new());
+        let set = empty.digest_set(&key()).unwrap();
+        assert!(set.agreed);
+        c.on_digest_set(p1, &set);
+        let acts = c.tick(t1, &members(&live));
+        assert_eq!(agreed_of(&acts).order_count, 0);
+        assert_eq!(c.committed(&key(), &d), Some(false), "our order is excluded");
+    }
+
+    /// A batch is disputed only when no hash can reach a quorum any more.
+    #[test]
+    fn a_batch_is_disputed_when_no_hash_can_reach_the_quorum() {
         let (p1, p2) = (PeerId::random(), PeerId::random());
         let live = HashSet::from([p1, p2]);
         let t0 = Instant::now();
@@ -806,50 +1036,34 @@ mod tests {
         let (o, d) = order(&p1, 1);
         c.add_order(&o, d);
         c.seal(&key(), t0);
-        let other = SealedBatch { batch: key(), hash: [7; 32], order_count: 9, revision: 0 };
-        c.on_peer_seal(p1, &other);
-        c.on_peer_seal(p2, &other);
-        c.tick(t0, &live);
-        for _ in 0..2 {
-            c.on_repair_failure(&key());
-        }
-        let acts = c.tick(t0 + Duration::from_millis(1000), &live);
+        c.on_peer_seal(p1, &SealedBatch { batch: key(), hash: [7; 32], order_count: 9, revision: 0 });
+        let acts = tick(&mut c, t0 + Duration::from_secs(60), &live);
+        assert!(!has(&acts, |a| matches!(a, Action::Disputed(_))), "p2 may still side with either: {acts:?}");
+        c.on_peer_seal(p2, &SealedBatch { batch: key(), hash: [8; 32], order_count: 9, revision: 0 });
+        let acts = tick(&mut c, t0 + Duration::from_secs(60), &live);
         assert!(has(&acts, |a| matches!(a, Action::Disputed(_))), "{acts:?}");
         assert_eq!(c.phase(&key()), Some(BatchPhase::Disputed));
         assert!(c.agreed_orders(&key()).is_err(), "a disputed batch is not served for matching");
+        assert_eq!(c.committed(&key(), &d), None);
     }
 
     #[test]
-    fn quorum_agrees_after_the_timeout_and_penalises_the_minority() {
+    fn a_quorum_agrees_at_once_and_penalises_the_minority() {
         let (p1, p2, liar) = (PeerId::random(), PeerId::random(), PeerId::random());
         let live = HashSet::from([p1, p2, liar]);
         let t0 = Instant::now();
         let mut c = Consensus::new(cfg());
         let ours = seal_of(&c.seal(&key(), t0));
         c.on_peer_seal(p1, &ours);
-        c.on_peer_seal(p2, &ours);
         c.on_peer_seal(liar, &SealedBatch { hash: [1; 32], ..ours.clone() });
-        let acts = c.tick(t0, &live);
-        assert!(!has(&acts, |a| matches!(a, Action::Agreed(_))), "waits for repair and the timeout");
-        c.on_digest_set(&DigestSet { batch_id: Some(key().to_proto()), entries: vec![] });
-        let acts = c.tick(t0 + Duration::from_millis(100), &live);
+        assert!(!has(&tick(&mut c, t0, &live), |a| matches!(a, Action::Agreed(_))), "2 of 4: no quorum yet");
+        c.on_peer_seal(p2, &ours);
+        let acts = tick(&mut c, t0, &live);
         assert!(has(&acts, |a| matches!(a, Action::Agreed(_))), "{acts:?}");
         assert!(has(
             &acts,
             |a| matches!(a, Action::Penalize { peer, offence: Offence::BatchMinority } if *peer == liar)
         ));
-    }
-
-    #[test]
-    fn late_orders_are_refused_after_agreement() {
-        let p = PeerId::random();
-        let t0 = Instant::now();
-        let mut c = Consensus::new(cfg());
-        c.seal(&key(), t0);
-        c.tick(t0, &HashSet::new()); // alone: agreed at once
-        assert_eq!(c.phase(&key()), Some(BatchPhase::Agreed));
-        let (o, d) = order(&p, 1);
-        assert_eq!(c.add_order(&o, d), AddOutcome::Late);
     }
 
     fn agreed_pair() -> (Consensus, PeerId, PeerId, HashSet<PeerId>, Instant) {
@@ -860,7 +1074,7 @@ mod tests {
         let s = seal_of(&c.seal(&key(), t0));
         c.on_peer_seal(p1, &s);
         c.on_peer_seal(p2, &s);
-        c.tick(t0, &live);
+        tick(&mut c, t0, &live);
         assert_eq!(c.phase(&key()), Some(BatchPhase::Agreed));
         (c, p1, p2, live, t0)
     }
@@ -877,7 +1091,7 @@ mod tests {
         assert!(c.submit_result(&key(), [5; 32], 3, t0).is_err(), "one result per batch");
         c.on_peer_result(p1, &result(5));
         c.on_peer_result(p2, &result(5));
-        let acts = c.tick(t0, &live);
+        let acts = tick(&mut c, t0, &live);
         assert!(has(&acts, |a| matches!(a, Action::ResultAgreed(_))));
         assert!(!has(&acts, |a| matches!(a, Action::Penalize { .. })));
     }
@@ -887,24 +1101,24 @@ mod tests {
         let (mut c, p1, bad, live, t0) = agreed_pair();
         c.submit_result(&key(), [5; 32], 3, t0).unwrap();
         c.on_peer_result(bad, &result(6));
-        let acts = c.tick(t0, &live);
+        let acts = tick(&mut c, t0, &live);
         assert!(has(&acts, |a| matches!(a, Action::ResultMismatch(m) if m.halt)), "halts on the first mismatch");
         assert!(!has(&acts, |a| matches!(a, Action::Penalize { .. })), "no majority known yet");
         c.on_peer_result(p1, &result(5));
-        let acts = c.tick(t0, &live);
+        let acts = tick(&mut c, t0, &live);
         assert!(
             has(&acts, |a| matches!(a, Action::Penalize { peer, offence: Offence::ResultMinority } if *peer == bad)),
             "{acts:?}"
         );
         assert_eq!(c.phase(&key()), Some(BatchPhase::Halted));
-        assert!(c.tick(t0, &live).is_empty(), "judged once");
+        assert!(tick(&mut c, t0, &live).is_empty(), "judged once");
     }
 
     #[test]
     fn too_few_results_halt_after_the_timeout() {
         let (mut c, _, _, live, t0) = agreed_pair();
         c.submit_result(&key(), [5; 32], 3, t0).unwrap();
-        let acts = c.tick(t0 + Duration::from_millis(100), &live);
+        let acts = tick(&mut c, t0 + Duration::from_millis(100), &live);
         assert!(
             has(&acts, |a| matches!(a, Action::ResultMismatch(m) if m.halt && m.reason.contains("only 1 of 3"))),
             "{acts:?}"
@@ -919,10 +1133,10 @@ mod tests {
         for e in 0..5 {
             let k = BatchKey { market: "M".into(), epoch: e };
             c.seal(&k, t0);
-            c.tick(t0, &HashSet::new());
+            tick(&mut c, t0, &HashSet::new());
             if settle {
                 c.submit_result(&k, [1; 32], 0, t0).unwrap();
-                c.tick(t0, &HashSet::new());
+                tick(&mut c, t0, &HashSet::new());
             }
         }
         c

@@ -127,8 +127,12 @@ pub struct Metrics {
     pub result_mismatches: Family<MarketLabel, Counter>,
     /// `openmatch_gossip_repaired_orders_total`: orders fetched by repair.
     pub repaired_orders: Family<MarketLabel, Counter>,
-    /// `openmatch_gossip_late_orders_total`: orders for a batch already agreed (dropped).
+    /// `openmatch_gossip_late_orders_total`: orders that arrived after this node sealed
+    /// their batch (not delivered; their origin learns whether the quorum has them).
     pub late_orders: Family<MarketLabel, Counter>,
+    /// `openmatch_gossip_order_outcomes_total`: this node's own orders by fate, outcome
+    /// `committed` (in the agreed batch) or `excluded` (not in it, or the batch disputed).
+    pub order_outcomes: Family<MarketOutcome, Counter>,
     /// `openmatch_gossip_batch_agreement_latency_seconds`: first seal → agreement.
     pub agreement_latency: Histogram,
     /// `openmatch_gossip_peer_penalties_total`: reputation penalties by reason.
@@ -231,6 +235,7 @@ impl Metrics {
             result_mismatches: Family::default(),
             repaired_orders: Family::default(),
             late_orders: Family::default(),
+            order_outcomes: Family::default(),
             // 100 µs .. ~100 s
             agreement_latency: Histogram::new(exponential_buckets(1e-4, 2.0, 20)),
             penalties: Family::default(),
@@ -289,7 +294,8 @@ impl Metrics {
             m.result_mismatches.clone(),
         );
         r.register("repaired_orders", "Orders fetched by batch repair", m.repaired_orders.clone());
-        r.register("late_orders", "Orders that arrived after their batch was agreed", m.late_orders.clone());
+        r.register("late_orders", "Orders that arrived after this node sealed their batch", m.late_orders.clone());
+        r.register("order_outcomes", "Own orders by fate: committed or excluded", m.order_outcomes.clone());
         r.register_with_unit(
             "batch_agreement_latency",
             "First seal of a batch to its agreement",

@@ -11,9 +11,9 @@ use openmatch_gossip_crds::sidecar_config::SealingMode;
 
 use super::Node;
 use super::health::Degradation;
-use crate::consensus::{Action, BatchError};
+use crate::consensus::{Action, BatchError, Membership};
 use crate::epoch::unix_now_ns;
-use crate::metrics::{BatchOutcome, KindMarket, MarketLabel, ReasonLabel};
+use crate::metrics::{BatchOutcome, KindMarket, MarketLabel, MarketOutcome, ReasonLabel};
 use crate::proto::{self, Order, event::Kind};
 use crate::reputation::Offence;
 use crate::topics::{Topic, TopicKind};
@@ -26,6 +26,7 @@ impl Node {
         let now_ms = unix_now_ns() / 1_000_000;
         let now = Instant::now();
         if self.epochs.mode() == SealingMode::Clock {
+            self.open_epochs(now_ms);
             for key in self.consensus.collecting() {
                 if self.epochs.seal_due(key.epoch, now_ms) {
                     let actions = self.consensus.seal(&key, now);
@@ -34,10 +35,68 @@ impl Node {
             }
         }
         let live = self.live_peers();
-        let actions = self.consensus.tick(now, &live);
+        let membership = Membership { members: self.members(), live: &live };
+        let actions = self.consensus.tick(now, &membership);
         self.run_actions(actions);
         let consensus = &self.consensus;
         self.own.forget(|market, epoch| consensus.is_pruned(market, epoch));
+    }
+
+    /// Clock sealing: opens the batch of every epoch of every market up to the current one,
+    /// empty or not, so that every member votes on every batch (a member that missed a
+    /// batch's orders, e.g. while partitioned, learns of it from its own empty seal and
+    /// adopts the quorum's content). The first epoch opened is the current one: a started
+    /// node does not vote on batches from before it ran.
+    fn open_epochs(&mut self, now_ms: u64) {
+        /// Most epochs opened at once per market (after a stall of the node task).
+        const MAX_CATCH_UP: u64 = 16;
+        let markets = self.markets.borrow().clone();
+        for market in markets.iter() {
+            let current = self.epochs.epoch_for(market, now_ms);
+            let from = match self.opened.get(market) {
+                Some(&last) if last >= current => continue,
+                Some(&last) => (last + 1).max(current.saturating_sub(MAX_CATCH_UP)),
+                None => current,
+            };
+            for epoch in from..=current {
+                self.consensus.open(&BatchKey { market: market.clone(), epoch });
+            }
+            self.opened.insert(market.clone(), current);
+        }
+    }
+
+    /// Tells the engine the fate of its own orders in the decided batch `batch`: those in
+    /// the agreed batch are committed, the others (all of them if the batch was disputed)
+    /// excluded, and their ids freed for resubmission.
+    fn tell_outcomes(&mut self, batch: &BatchKey, reason: proto::ExclusionReason) {
+        let (mut committed, mut excluded) = (Vec::new(), Vec::new());
+        for (id, digest) in self.own.of_batch(&batch.market, batch.epoch) {
+            if self.consensus.committed(batch, &digest) == Some(true) {
+                committed.push(id);
+            } else {
+                excluded.push(id);
+            }
+        }
+        for id in &excluded {
+            self.own.release(*id, batch.epoch);
+        }
+        let count = |outcome: &'static str, n: usize| {
+            if n > 0 {
+                let l = MarketOutcome { market: batch.market.clone(), outcome };
+                self.metrics.order_outcomes.get_or_create(&l).inc_by(n as u64);
+            }
+        };
+        count("committed", committed.len());
+        count("excluded", excluded.len());
+        if !committed.is_empty() {
+            let ev = proto::OrdersCommitted { batch_id: Some(batch.to_proto()), ids: committed };
+            self.subscribers.broadcast(Kind::OrdersCommitted(ev));
+        }
+        if !excluded.is_empty() {
+            tracing::warn!(batch = %batch, excluded = excluded.len(), reason = reason.as_str_name(), "own orders excluded from their batch; the engine may resubmit them");
+            let ev = proto::OrdersExcluded { batch_id: Some(batch.to_proto()), ids: excluded, reason: reason as i32 };
+            self.subscribers.broadcast(Kind::OrdersExcluded(ev));
+        }
     }
 
     /// `GetBatch`: an agreed batch's orders in canonical order.
@@ -86,16 +145,28 @@ impl Node {
                 Action::Agreed(a) => {
                     let market = market_of(a.batch_id.as_ref());
                     self.metrics.count_batch(&market, BatchOutcome::Agreed);
+                    if a.revision > 0 {
+                        // Our seal differed from the quorum's: we adopted its batch.
+                        self.metrics.batch_mismatches.get_or_create(&MarketLabel { market: market.clone() }).inc();
+                    }
                     if a.repaired_orders > 0 {
                         self.metrics.count_batch(&market, BatchOutcome::Repaired);
                     }
                     self.metrics.agreement_latency.observe(a.agreement_us as f64 * 1e-6);
+                    let key = a.batch_id.as_ref().map(BatchKey::from_proto);
                     self.subscribers.broadcast(Kind::BatchAgreed(a));
+                    if let Some(key) = key {
+                        self.tell_outcomes(&key, proto::ExclusionReason::NotInAgreedBatch);
+                    }
                 }
                 Action::Disputed(d) => {
                     self.metrics.count_batch(&market_of(d.batch_id.as_ref()), BatchOutcome::Disputed);
                     let trouble = Degradation::BatchDisputed(d.reason.clone());
+                    let key = d.batch_id.as_ref().map(BatchKey::from_proto);
                     self.subscribers.broadcast(Kind::BatchDisputed(d));
+                    if let Some(key) = key {
+                        self.tell_outcomes(&key, proto::ExclusionReason::BatchDisputed);
+                    }
                     self.record_trouble(trouble);
                 }
                 Action::ResultAgreed(r) => {

@@ -15,30 +15,39 @@ use crate::topics::Topic;
 const TROUBLE_MEMORY: Duration = Duration::from_secs(60);
 
 /// The node's health: `healthy`, `degraded` (it works, with a reason an operator should
-/// look at) or `isolated` (it reaches no peer).
+/// look at) or `isolated` (it hears no other member, and so decides nothing).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Health {
-    /// Connected to a quorum of live members, no recent trouble.
+    /// A quorum of members is live, no recent trouble.
     #[default]
     Healthy,
     /// Working, but something needs attention.
     Degraded(Degradation),
-    /// No connected peer although bootstrap peers are configured.
+    /// No other member's `PeerStatus` heartbeat within the liveness window although the
+    /// network has other members: the node decides no batch until it hears a quorum.
     Isolated {
-        /// Bootstrap peers configured (other than this node).
-        bootstrap_peers: usize,
+        /// Known members, this node included.
+        members: usize,
     },
 }
 
 /// Why a node is [`Health::Degraded`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Degradation {
-    /// Fewer live members (this node included) than the quorum.
+    /// Fewer live members (this node included) than the quorum: no batch is decided.
     BelowQuorum {
-        /// Live members.
+        /// Live members, this node included.
         live: usize,
+        /// Known members, this node included.
+        members: usize,
         /// Quorum in force.
         quorum: usize,
+    },
+    /// Batches sealed longer than `repairWindowMs` ago are still undecided (waiting for
+    /// members' seals).
+    AwaitingQuorum {
+        /// How many.
+        batches: usize,
     },
     /// A batch was disputed within the last minute; the dispute's reason.
     BatchDisputed(String),
@@ -71,11 +80,14 @@ impl Health {
     pub fn reason(&self) -> String {
         match self {
             Health::Healthy => String::new(),
-            Health::Isolated { bootstrap_peers } => {
-                format!("no connected peers (bootstrap peers: {bootstrap_peers})")
+            Health::Isolated { members } => {
+                format!("no other member heard within the liveness window ({members} members); deciding nothing")
             }
-            Health::Degraded(Degradation::BelowQuorum { live, quorum }) => {
-                format!("{live} live members, below the quorum of {quorum}")
+            Health::Degraded(Degradation::BelowQuorum { live, members, quorum }) => {
+                format!("{live} of {members} members live, below the quorum of {quorum}; deciding nothing")
+            }
+            Health::Degraded(Degradation::AwaitingQuorum { batches }) => {
+                format!("{batches} batch(es) sealed longer than the repair window still wait for a quorum")
             }
             Health::Degraded(Degradation::BatchDisputed(r)) => format!("batch disputed: {r}"),
             Health::Degraded(Degradation::BatchHalted(r)) => format!("batch halted: {r}"),
@@ -87,27 +99,29 @@ impl Health {
 /// What health is judged by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Observed<'a> {
-    /// Connected peers.
-    connected: usize,
-    /// Bootstrap peers configured, other than this node.
-    bootstrap_peers: usize,
-    /// Live members, this node included.
+    /// Known members, this node included.
+    members: usize,
+    /// Live members (heartbeat within the liveness window), this node included.
     live: usize,
     /// Quorum in force.
     quorum: usize,
+    /// Batches undecided for longer than the repair window.
+    undecided: usize,
     /// A batch disputed or halted within [`TROUBLE_MEMORY`].
     recent_trouble: Option<&'a Degradation>,
     /// Peers banned now.
     banned: usize,
 }
 
-/// The first that applies: isolated, below quorum, recent batch trouble, a banned peer,
-/// healthy.
+/// The first that applies: isolated, below quorum, batches awaiting a quorum, recent batch
+/// trouble, a banned peer, healthy.
 fn assess(o: Observed<'_>) -> Health {
-    if o.connected == 0 && o.bootstrap_peers > 0 {
-        Health::Isolated { bootstrap_peers: o.bootstrap_peers }
+    if o.live <= 1 && o.members > 1 {
+        Health::Isolated { members: o.members }
     } else if o.live < o.quorum {
-        Health::Degraded(Degradation::BelowQuorum { live: o.live, quorum: o.quorum })
+        Health::Degraded(Degradation::BelowQuorum { live: o.live, members: o.members, quorum: o.quorum })
+    } else if o.undecided > 0 {
+        Health::Degraded(Degradation::AwaitingQuorum { batches: o.undecided })
     } else if let Some(t) = o.recent_trouble {
         Health::Degraded(t.clone())
     } else if o.banned > 0 {
@@ -120,18 +134,16 @@ fn assess(o: Observed<'_>) -> Health {
 impl Node {
     /// Reassesses health and publishes it if it changed.
     pub(super) fn update_health(&mut self) {
-        let live = self.live_peers().len() + 1;
-        let quorum = match self.settings.config.consensus.quorum {
-            0 => crate::consensus::majority(live),
-            q => q as usize,
-        };
+        let members = self.members();
+        let now = Instant::now();
+        let repair_window = Duration::from_millis(self.settings.config.consensus.repair_window_ms as u64);
         let health = assess(Observed {
-            connected: self.swarm.connected_peers().count(),
-            bootstrap_peers: self.settings.bootstrap_peers.iter().filter(|p| p.peer_id != self.info.peer_id).count(),
-            live,
-            quorum,
+            members,
+            live: self.live_peers().len() + 1,
+            quorum: self.consensus.quorum(members),
+            undecided: self.consensus.undecided_since(now, repair_window),
             recent_trouble: self.last_trouble.as_ref().filter(|(at, _)| at.elapsed() < TROUBLE_MEMORY).map(|(_, t)| t),
-            banned: self.reputation.summary(Instant::now()).banned,
+            banned: self.reputation.summary(now).banned,
         });
         self.metrics.health.set(health.code());
         self.health.send_if_modified(|h| {
@@ -190,34 +202,30 @@ mod tests {
     use super::*;
 
     fn calm() -> Observed<'static> {
-        Observed { connected: 2, bootstrap_peers: 2, live: 3, quorum: 2, recent_trouble: None, banned: 0 }
+        Observed { members: 3, live: 3, quorum: 2, undecided: 0, recent_trouble: None, banned: 0 }
     }
 
     #[test]
-    fn a_connected_quorum_without_trouble_is_healthy() {
+    fn a_live_quorum_without_trouble_is_healthy() {
         assert_eq!(assess(calm()), Health::Healthy);
-        let alone = Observed { connected: 0, bootstrap_peers: 0, live: 1, quorum: 1, ..calm() };
+        let alone = Observed { members: 1, live: 1, quorum: 1, ..calm() };
         assert_eq!(assess(alone), Health::Healthy, "a node configured alone is not isolated");
     }
 
     #[test]
-    fn isolation_comes_first_then_quorum_then_trouble_then_bans() {
+    fn isolation_comes_first_then_quorum_then_waiting_batches_then_trouble_then_bans() {
         let trouble = Degradation::BatchHalted("1 peer(s) computed a different result hash".into());
-        let all_bad = Observed {
-            connected: 0,
-            bootstrap_peers: 2,
-            live: 1,
-            quorum: 2,
-            recent_trouble: Some(&trouble),
-            banned: 1,
-        };
+        let all_bad =
+            Observed { members: 5, live: 1, quorum: 3, undecided: 4, recent_trouble: Some(&trouble), banned: 1 };
         let h = assess(all_bad);
-        assert_eq!(h, Health::Isolated { bootstrap_peers: 2 });
+        assert_eq!(h, Health::Isolated { members: 5 });
         assert_eq!((h.as_str(), h.code()), ("isolated", 2));
-        assert_eq!(h.reason(), "no connected peers (bootstrap peers: 2)");
-        let h = assess(Observed { connected: 1, ..all_bad });
-        assert_eq!(h.reason(), "1 live members, below the quorum of 2");
-        let h = assess(Observed { connected: 2, live: 3, ..all_bad });
+        assert_eq!(h.reason(), "no other member heard within the liveness window (5 members); deciding nothing");
+        let h = assess(Observed { live: 2, ..all_bad });
+        assert_eq!(h.reason(), "2 of 5 members live, below the quorum of 3; deciding nothing");
+        let h = assess(Observed { live: 3, ..all_bad });
+        assert_eq!(h.reason(), "4 batch(es) sealed longer than the repair window still wait for a quorum");
+        let h = assess(Observed { live: 3, undecided: 0, ..all_bad });
         assert_eq!(h, Health::Degraded(trouble.clone()));
         assert_eq!(h.reason(), "batch halted: 1 peer(s) computed a different result hash");
         let h = assess(Observed { recent_trouble: None, ..calm() }.with_banned(1));

@@ -121,6 +121,7 @@ impl Node {
             Payload::PeerStatus(_) => {
                 if let Some(peer) = author {
                     self.last_status.insert(peer, Instant::now());
+                    self.heard.insert(peer);
                 }
             }
             Payload::Seal(seal) => {

@@ -31,7 +31,7 @@ mod reconfigure;
 mod repair_io;
 mod subscribers;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -103,6 +103,10 @@ pub(crate) struct Node {
     pace_at: Option<Instant>,
     /// Last `PeerStatus` seen per peer.
     last_status: HashMap<PeerId, Instant>,
+    /// Every peer whose `PeerStatus` was ever heard: known members (see [`Node::members`]).
+    heard: HashSet<PeerId>,
+    /// Clock sealing: per market, the newest epoch whose batch is open.
+    opened: HashMap<String, u64>,
     closing: bool,
     consensus: Consensus,
     epochs: EpochClock,
@@ -177,6 +181,8 @@ impl Node {
             retry_at: HashMap::new(),
             pace_at: None,
             last_status: HashMap::new(),
+            heard: HashSet::new(),
+            opened: HashMap::new(),
             closing: false,
             repairs: HashMap::new(),
             own: Default::default(),

@@ -60,10 +60,27 @@ impl OwnOrders {
                 if !pruned(market, *entry.key()) {
                     break;
                 }
+                let epoch = *entry.key();
                 for id in entry.remove() {
-                    self.by_id.remove(&id);
+                    if self.by_id.get(&id).is_some_and(|r| r.epoch == epoch) {
+                        self.by_id.remove(&id);
+                    }
                 }
             }
+        }
+    }
+
+    /// The orders accepted into batch `(market, epoch)`: (id, digest). An id excluded from
+    /// it and resubmitted into a later epoch belongs to that later batch.
+    pub(super) fn of_batch<'a>(&'a self, market: &str, epoch: u64) -> impl Iterator<Item = (u64, wire::Digest)> + 'a {
+        let ids = self.by_market.get(market).and_then(|e| e.get(&epoch)).map_or(&[][..], Vec::as_slice);
+        ids.iter().filter_map(move |id| self.by_id.get(id).filter(|r| r.epoch == epoch).map(|r| (*id, r.digest)))
+    }
+
+    /// Frees `id` (excluded from batch `epoch`): the engine may resubmit it.
+    pub(super) fn release(&mut self, id: u64, epoch: u64) {
+        if self.by_id.get(&id).is_some_and(|r| r.epoch == epoch) {
+            self.by_id.remove(&id);
         }
     }
 
@@ -126,5 +143,24 @@ mod tests {
         assert_eq!(own.len(), 1);
         assert_eq!(own.check(&mut stamped(1, 555, 9)), Seen::New, "id 1 is free again");
         assert!(matches!(own.check(&mut stamped(3, 555, 9)), Seen::Conflict(_)));
+    }
+
+    #[test]
+    fn an_excluded_id_is_free_and_its_resubmission_belongs_to_the_new_batch() {
+        let mut own = OwnOrders::default();
+        let first = accept(&mut own, &stamped(1, 100, 3));
+        accept(&mut own, &stamped(2, 100, 3));
+        assert_eq!(own.of_batch("M", 3).collect::<Vec<_>>().len(), 2);
+        own.release(1, 3);
+        assert_eq!(own.check(&mut stamped(1, 100, 5)), Seen::New, "excluded: free again");
+        let again = accept(&mut own, &stamped(1, 100, 5));
+        assert_ne!(again.digest, first.digest, "the new instance carries its new epoch");
+        let ids = |own: &OwnOrders, e| own.of_batch("M", e).map(|(id, _)| id).collect::<Vec<_>>();
+        assert_eq!(ids(&own, 3), vec![2], "id 1 left batch 3");
+        assert_eq!(ids(&own, 5), vec![1]);
+        own.release(1, 3);
+        assert_eq!(ids(&own, 5), vec![1], "releasing the old instance does not touch the new one");
+        own.forget(|_, epoch| epoch <= 3);
+        assert_eq!(ids(&own, 5), vec![1], "forgetting batch 3 keeps the resubmitted id");
     }
 }

@@ -142,18 +142,28 @@ impl Node {
         self.validator.rate_limiter().retain_recent();
     }
 
-    /// Live members besides this node: peers whose `PeerStatus` is within the liveness
-    /// window, plus peers connected and subscribed to this network's control topic (so a
-    /// node that just started, before any heartbeat arrived, does not believe itself alone
-    /// and agree with itself). Banned peers are not members.
+    /// Live members besides this node: peers whose `PeerStatus` heartbeat arrived within
+    /// the liveness window and that are not banned. An open TCP connection is not
+    /// liveness: drop rules or a stalled process keep connections up while nothing flows.
     pub(super) fn live_peers(&self) -> HashSet<PeerId> {
-        let control = Topic::control().ident(&self.info.network).hash();
-        let mut live: HashSet<PeerId> = self.last_status.keys().copied().collect();
-        for (peer, topics) in self.swarm.behaviour().gossipsub.all_peers() {
-            if topics.contains(&&control) && !self.reputation.is_banned(peer, Instant::now()) {
-                live.insert(*peer);
+        let now = Instant::now();
+        self.last_status.keys().filter(|p| !self.reputation.is_banned(p, now)).copied().collect()
+    }
+
+    /// Known members, this node included: `consensus.members` if set; otherwise this node,
+    /// its bootstrap peers and every peer whose `PeerStatus` it ever heard (membership
+    /// grows, it never shrinks with reachability, so a cut-off node never becomes a
+    /// majority of one).
+    pub(super) fn members(&self) -> usize {
+        match self.settings.config.consensus.members {
+            0 => {
+                let me = self.info.peer_id;
+                let bootstrap = self.settings.bootstrap_peers.iter().map(|p| p.peer_id).filter(|p| *p != me);
+                let mut known: HashSet<PeerId> = bootstrap.collect();
+                known.extend(self.heard.iter().copied());
+                known.len() + 1
             }
+            n => n as usize,
         }
-        live
     }
 }

@@ -1,6 +1,7 @@
-//! Repair I/O over the request-response protocol ([`crate::repair`]): asking peers for
-//! digest sets and missing orders, serving their requests from our batches, and admitting
-//! fetched orders only from their origin, only as asked.
+//! Repair I/O over the request-response protocol ([`crate::repair`]): pulling members'
+//! digest sets (with their seals and results), fetching the orders an adopted batch lacks
+//! from a member holding them, serving such requests from our batches, and admitting
+//! fetched orders only as asked (each digest in the quorum-certified set).
 
 use std::collections::HashSet;
 
@@ -16,7 +17,7 @@ use crate::wire::{self, BatchKey, Digest};
 /// An outstanding repair request.
 pub(super) enum PendingRepair {
     Digests(BatchKey),
-    Fetch { batch: BatchKey, origin: PeerId, digests: HashSet<Digest> },
+    Fetch { batch: BatchKey, digests: HashSet<Digest> },
 }
 
 impl PendingRepair {
@@ -28,15 +29,14 @@ impl PendingRepair {
 }
 
 impl Node {
-    /// Our hash differs from `peer`'s: ask it for its digest set of `batch`.
+    /// Ask `peer` for its digest set of `batch` (with its seal and result).
     pub(super) fn request_digests(&mut self, peer: PeerId, batch: BatchKey) {
-        self.metrics.batch_mismatches.get_or_create(&MarketLabel { market: batch.market.clone() }).inc();
         let req = RepairRequest { kind: Some(repair_request::Kind::Digests(batch.to_proto())) };
         let id: OutboundRequestId = self.swarm.behaviour_mut().repair.send_request(&peer, req);
         self.repairs.insert(id, PendingRepair::Digests(batch));
     }
 
-    /// Fetch the orders of `batch` we lack from `peer`, their origin.
+    /// Fetch the orders of `batch` we lack from `peer`, a member holding them.
     pub(super) fn fetch_orders(&mut self, peer: PeerId, batch: BatchKey, digests: Vec<Digest>) {
         let req = RepairRequest {
             kind: Some(repair_request::Kind::Fetch(proto::FetchOrders {
@@ -45,7 +45,7 @@ impl Node {
             })),
         };
         let id = self.swarm.behaviour_mut().repair.send_request(&peer, req);
-        self.repairs.insert(id, PendingRepair::Fetch { batch, origin: peer, digests: digests.into_iter().collect() });
+        self.repairs.insert(id, PendingRepair::Fetch { batch, digests: digests.into_iter().collect() });
     }
 
     pub(super) fn on_repair(&mut self, ev: request_response::Event<RepairRequest, RepairResponse>) {
@@ -64,11 +64,11 @@ impl Node {
                 ..
             } => match (self.repairs.remove(&request_id), response.kind) {
                 (Some(PendingRepair::Digests(_)), Some(repair_response::Kind::Digests(set))) => {
-                    let actions = self.consensus.on_digest_set(&set);
+                    let actions = self.consensus.on_digest_set(peer, &set);
                     self.run_actions(actions);
                 }
-                (Some(PendingRepair::Fetch { batch, origin, digests }), Some(repair_response::Kind::Orders(g))) => {
-                    self.on_fetched(peer, batch, origin, digests, g.orders);
+                (Some(PendingRepair::Fetch { batch, digests }), Some(repair_response::Kind::Orders(g))) => {
+                    self.on_fetched(peer, batch, digests, g.orders);
                 }
                 (Some(pending), other) => {
                     tracing::warn!(%peer, batch = %pending.batch(), response = ?other, "repair request refused");
@@ -107,25 +107,16 @@ impl Node {
         RepairResponse { kind: Some(kind) }
     }
 
-    /// Orders fetched by repair: accepted only from their origin, only as asked, only for
-    /// the batch asked about, and only if well-formed; they join the batch and reach the
-    /// engine before its `BatchAgreed`.
-    fn on_fetched(
-        &mut self,
-        peer: PeerId,
-        batch: BatchKey,
-        origin: PeerId,
-        asked: HashSet<Digest>,
-        orders: Vec<Order>,
-    ) {
-        let origin_bytes = origin.to_bytes();
+    /// Orders fetched by repair from `peer`: accepted only as asked (each digest in the
+    /// quorum-certified set, so content addressing proves it whoever sends it), for the
+    /// batch asked about, and only if well-formed; they join the batch and reach the engine
+    /// before its `BatchAgreed`.
+    fn on_fetched(&mut self, peer: PeerId, batch: BatchKey, asked: HashSet<Digest>, orders: Vec<Order>) {
         let mut good = Vec::new();
         let mut bad = 0;
         for o in orders {
             let d = wire::order_digest(&o);
-            let ok = peer == origin
-                && o.origin == origin_bytes
-                && asked.contains(&d)
+            let ok = asked.contains(&d)
                 && o.market == batch.market
                 && o.epoch == batch.epoch
                 && wire::check_order_fields(&o, self.info.max_freeze_proof_bytes).is_ok();
@@ -136,7 +127,7 @@ impl Node {
             }
         }
         if bad > 0 {
-            tracing::warn!(%peer, batch = %batch, bad, "repair response carried orders that were not asked for or not the peer's own");
+            tracing::warn!(%peer, batch = %batch, bad, "repair response carried orders that were not asked for");
             self.penalize(peer, Offence::BadRepair);
         }
         for (d, _) in &good {
@@ -144,7 +135,7 @@ impl Node {
         }
         let added = self.consensus.on_fetched(&batch, good);
         if !added.is_empty() {
-            tracing::info!(batch = %batch, orders = added.len(), %origin, "repaired missing orders");
+            tracing::info!(batch = %batch, orders = added.len(), holder = %peer, "repaired missing orders");
             let m = MarketLabel { market: batch.market.clone() };
             self.metrics.repaired_orders.get_or_create(&m).inc_by(added.len() as u64);
             self.hand_to_engine(&batch.market, added);

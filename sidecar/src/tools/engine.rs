@@ -486,12 +486,11 @@ fn origin_label(origin: &[u8]) -> String {
         .unwrap_or_else(|_| String::from_utf8_lossy(origin).into_owned())
 }
 
-/// Receives peers' orders until `expected` distinct ones arrived or nothing arrived for
-/// `idle`; returns the tallies.
+/// Tallies peers' orders: distinct (origin, id), per-origin counts and checksums,
+/// duplicates, and (for orders as they arrive) propagation latency.
+#[derive(Default)]
 struct Receiver {
     seen: HashSet<(u32, u64)>,
-    /// Highest epoch of the received orders, per market.
-    max_epoch: HashMap<String, u64>,
     origins: HashMap<bytes::Bytes, (u32, OriginTally, Checksum)>,
     duplicates: u64,
     latency: Latency,
@@ -501,8 +500,8 @@ struct Receiver {
 impl Receiver {
     fn take(&mut self, orders: Vec<Order>) {
         let now = crate::epoch::unix_now_ns();
-        let next = self.origins.len() as u32;
         for o in orders {
+            let next = self.origins.len() as u32;
             let entry = self
                 .origins
                 .entry(o.origin.clone())
@@ -513,12 +512,6 @@ impl Receiver {
             }
             entry.1.orders += 1;
             entry.2.add(&o);
-            match self.max_epoch.get_mut(&o.market) {
-                Some(e) => *e = (*e).max(o.epoch),
-                None => {
-                    self.max_epoch.insert(o.market.clone(), o.epoch);
-                }
-            }
             if o.submitted_at_ns > 0 {
                 self.latency.record(now.saturating_sub(o.submitted_at_ns) / 1_000);
             }
@@ -536,26 +529,46 @@ struct MatcherState {
     unsettled: HashSet<(String, u64)>,
     /// Batches agreed or disputed.
     decided: HashSet<(String, u64)>,
+    /// Agreed batches: "MARKET#EPOCH" → hash (hex).
+    agreed_batches: BTreeMap<String, String>,
+    /// This engine's submitted orders by id, to resubmit the excluded ones.
+    own: HashMap<u64, Order>,
+    /// Own orders committed, and their content checksum.
+    committed: HashSet<u64>,
+    committed_checksum: Checksum,
+    /// `OrdersExcluded` ids received, and excluded orders resubmitted.
+    excluded: u64,
+    resubmitted: u64,
+    /// Peers' orders in agreed batches (the committed truth), per origin.
+    received: Receiver,
+    /// Last time a batch was decided or an outcome arrived.
+    last_progress: Option<Instant>,
 }
 
 /// The engine's matcher: for every `BatchAgreed`, fetches the batch in canonical order,
-/// runs the reference auction ([`crate::tools::auction`]) and submits the result hash; tallies
-/// every batch outcome. Shares its state so the engine can tell when all is settled.
+/// tallies its peers' orders, runs the reference auction ([`crate::tools::auction`]) and
+/// submits the result hash; resubmits its own orders that come back excluded (same id,
+/// same content); tallies every batch outcome. Shares its state so the engine can tell
+/// when all is committed and settled.
 async fn run_matcher(
     mut events: mpsc::UnboundedReceiver<Kind>,
     mut client: crate::proto::sidecar_client::SidecarClient<tonic::transport::Channel>,
+    own_origin: Bytes,
     state: std::sync::Arc<std::sync::Mutex<MatcherState>>,
 ) {
     use crate::proto::{GetBatchRequest, SubmitResultRequest};
     while let Some(kind) = events.recv().await {
         let market =
             |id: &Option<crate::proto::BatchId>| id.as_ref().map(|b| (b.market.clone(), b.epoch)).unwrap_or_default();
+        state.lock().expect("matcher state").last_progress = Some(Instant::now());
         match kind {
             Kind::BatchAgreed(a) => {
                 let (m, epoch) = market(&a.batch_id);
                 {
                     let mut st = state.lock().expect("matcher state");
                     st.decided.insert((m.clone(), epoch));
+                    st.agreed_batches
+                        .insert(format!("{m}#{epoch}"), a.batch_hash.iter().map(|b| format!("{b:02x}")).collect());
                     st.agreement.record(a.agreement_us);
                     let t = st.batches.entry(m.clone()).or_default();
                     t.agreed += 1;
@@ -578,6 +591,8 @@ async fn run_matcher(
                         continue;
                     }
                 }
+                let peers: Vec<Order> = orders.iter().filter(|o| o.origin != own_origin).cloned().collect();
+                state.lock().expect("matcher state").received.take(peers);
                 let trades = crate::tools::auction::run_auction(&orders);
                 let hash = <[u8; 32]>::try_from(a.batch_hash.as_slice()).unwrap_or_default();
                 let result_hash = crate::tools::auction::result_hash(&hash, &trades);
@@ -590,6 +605,42 @@ async fn run_matcher(
                 };
                 if let Err(s) = client.submit_result(req).await {
                     tracing::error!(market = m, epoch, status = %s, "SubmitResult failed");
+                }
+            }
+            Kind::OrdersCommitted(c) => {
+                let mut st = state.lock().expect("matcher state");
+                for id in c.ids {
+                    if st.committed.insert(id)
+                        && let Some(o) = st.own.get(&id).cloned()
+                    {
+                        st.committed_checksum.add(&o);
+                    }
+                }
+            }
+            Kind::OrdersExcluded(x) => {
+                let (m, epoch) = market(&x.batch_id);
+                let again: Vec<Order> = {
+                    let mut st = state.lock().expect("matcher state");
+                    st.excluded += x.ids.len() as u64;
+                    x.ids.iter().filter_map(|id| st.own.get(id).cloned()).collect()
+                };
+                tracing::info!(
+                    market = m,
+                    epoch,
+                    orders = again.len(),
+                    reason = x.reason,
+                    "own orders excluded; resubmitting them"
+                );
+                let n = again.len() as u64;
+                let stamp = crate::epoch::unix_now_ns();
+                let again = again.into_iter().map(|mut o| {
+                    o.submitted_at_ns = stamp;
+                    o
+                });
+                let req = SubmitOrdersRequest { orders: again.collect() };
+                match client.submit_orders(futures::stream::iter([req])).await {
+                    Ok(_) => state.lock().expect("matcher state").resubmitted += n,
+                    Err(s) => tracing::error!(market = m, epoch, status = %s, "resubmitting excluded orders failed"),
                 }
             }
             Kind::BatchDisputed(d) => {
@@ -651,19 +702,14 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
         }
     }
     let matcher = std::sync::Arc::new(std::sync::Mutex::new(MatcherState::default()));
+    let consensus = link.consensus.is_some();
     if let Some((events, client)) = link.consensus.take() {
-        tokio::spawn(run_matcher(events, client, matcher.clone()));
+        let own_origin = libp2p::PeerId::from_str(&link.origin_label).map(|p| Bytes::from(p.to_bytes()))?;
+        tokio::spawn(run_matcher(events, client, own_origin, matcher.clone()));
     }
     let start = Instant::now();
     let expected = workload.expected_from_peers;
-    let mut rx = Receiver {
-        seen: HashSet::new(),
-        max_epoch: HashMap::new(),
-        origins: HashMap::new(),
-        duplicates: 0,
-        latency: Latency::default(),
-        last_rx: None,
-    };
+    let mut rx = Receiver::default();
     let mut inbound = std::mem::replace(&mut link.inbound, mpsc::channel(1).1);
     let idle = Duration::from_millis(args.idle_timeout_ms);
     let receiver = tokio::spawn(async move {
@@ -693,6 +739,10 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
             tokio::time::sleep_until(due.into()).await;
         }
         sent += orders.len() as u64;
+        if consensus {
+            let mut st = matcher.lock().expect("matcher state");
+            st.own.extend(orders.iter().map(|o| (o.id, o.clone())));
+        }
         chunk.extend(orders);
         if replay.pace == Pace::Real || chunk.len() >= args.chunk_orders {
             let stamp = crate::epoch::unix_now_ns();
@@ -719,35 +769,38 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
     tracing::info!(sent, secs = send_secs, "replay submitted");
 
     let rx = receiver.await.context("receiver task panicked")?;
-    if args.transport == TransportKind::Sidecar {
-        // Wait until the batch of the last epoch seen in each market is decided and every
-        // agreed batch has its result verdict.
+    if consensus {
+        // Wait until every own order is committed, every peer order is in an agreed batch,
+        // and every agreed batch has its result verdict; give up after `settle_timeout_ms`,
+        // or `idle_timeout_ms` without any batch event.
         let deadline = Instant::now() + Duration::from_millis(args.settle_timeout_ms);
         loop {
-            let pending = {
+            let (pending, idle_for) = {
                 let st = matcher.lock().expect("matcher state");
-                let undecided = rx.max_epoch.iter().filter(|(m, e)| !st.decided.contains(&((*m).clone(), **e))).count();
-                undecided + st.unsettled.len()
+                let pending = (sent - st.committed.len() as u64)
+                    + expected.saturating_sub(st.received.seen.len() as u64)
+                    + st.unsettled.len() as u64;
+                (pending, st.last_progress.map_or(Duration::ZERO, |t| t.elapsed()))
             };
             if pending == 0 {
                 break;
             }
-            if Instant::now() > deadline {
-                tracing::warn!(pending, "batches still undecided or unsettled; reporting anyway");
+            if Instant::now() > deadline || idle_for > idle {
+                tracing::warn!(pending, "orders uncommitted or batches unsettled; reporting anyway");
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let (batches, agreement) = {
-        let st = matcher.lock().expect("matcher state");
-        (st.batches.clone(), (st.agreement.summary(), st.agreement.buckets()))
-    };
     let mut peer_events = 0;
     while link.peer_events.try_recv().is_ok() {
         peer_events += 1;
     }
-    let by_origin = rx
+    let st = std::mem::take(&mut *matcher.lock().expect("matcher state"));
+    // With consensus, what was received is what the agreed batches hold (the stream's
+    // early deliveries may include orders later excluded); without it, the stream.
+    let counted = if consensus { &st.received } else { &rx };
+    let by_origin = counted
         .origins
         .iter()
         .map(|(o, (_, tally, sum))| (origin_label(o), OriginTally { orders: tally.orders, checksum: sum.hex() }))
@@ -758,18 +811,23 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
         sent,
         sent_checksum: sent_checksum.hex(),
         expected,
-        received: rx.seen.len() as u64,
-        duplicates: rx.duplicates,
+        received: counted.seen.len() as u64,
+        duplicates: counted.duplicates,
         by_origin,
         send_secs,
         receive_secs: rx.last_rx.map_or(0.0, |t| t.duration_since(start).as_secs_f64()),
         latency: rx.latency.summary(),
         latency_buckets: rx.latency.buckets(),
         peer_events,
-        batches,
-        agreement: agreement.0,
-        agreement_buckets: agreement.1,
-        ..Default::default()
+        batches: st.batches,
+        agreement: st.agreement.summary(),
+        agreement_buckets: st.agreement.buckets(),
+        committed: st.committed.len() as u64,
+        committed_checksum: st.committed_checksum.hex(),
+        excluded: st.excluded,
+        resubmitted: st.resubmitted,
+        unresolved: if consensus { sent - st.committed.len() as u64 } else { 0 },
+        agreed_batches: st.agreed_batches,
     })
 }
 
