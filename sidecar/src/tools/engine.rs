@@ -531,8 +531,6 @@ struct MatcherState {
     decided: HashSet<(String, u64)>,
     /// Agreed batches: "MARKET#EPOCH" → hash (hex).
     agreed_batches: BTreeMap<String, String>,
-    /// This engine's submitted orders by id, to resubmit the excluded ones.
-    own: HashMap<u64, Order>,
     /// Own orders committed, and their content checksum.
     committed: HashSet<u64>,
     committed_checksum: Checksum,
@@ -554,8 +552,11 @@ async fn run_matcher(
     mut events: mpsc::UnboundedReceiver<Kind>,
     mut client: crate::proto::sidecar_client::SidecarClient<tonic::transport::Channel>,
     own_origin: Bytes,
+    own: std::sync::Arc<Vec<Order>>,
     state: std::sync::Arc<std::sync::Mutex<MatcherState>>,
 ) {
+    // Ids count up from 0 ([`load_workload`]): an own order's id is its index.
+    let own_order = |id: u64| own.get(id as usize).filter(|o| o.id == id);
     use crate::proto::{GetBatchRequest, SubmitResultRequest};
     while let Some(kind) = events.recv().await {
         let market =
@@ -591,9 +592,9 @@ async fn run_matcher(
                         continue;
                     }
                 }
-                let peers: Vec<Order> = orders.iter().filter(|o| o.origin != own_origin).cloned().collect();
-                state.lock().expect("matcher state").received.take(peers);
                 let trades = crate::tools::auction::run_auction(&orders);
+                orders.retain(|o| o.origin != own_origin);
+                state.lock().expect("matcher state").received.take(orders);
                 let hash = <[u8; 32]>::try_from(a.batch_hash.as_slice()).unwrap_or_default();
                 let result_hash = crate::tools::auction::result_hash(&hash, &trades);
                 state.lock().expect("matcher state").batches.entry(m.clone()).or_default().trades +=
@@ -611,9 +612,9 @@ async fn run_matcher(
                 let mut st = state.lock().expect("matcher state");
                 for id in c.ids {
                     if st.committed.insert(id)
-                        && let Some(o) = st.own.get(&id).cloned()
+                        && let Some(o) = own_order(id)
                     {
-                        st.committed_checksum.add(&o);
+                        st.committed_checksum.add(o);
                     }
                 }
             }
@@ -622,7 +623,7 @@ async fn run_matcher(
                 let again: Vec<Order> = {
                     let mut st = state.lock().expect("matcher state");
                     st.excluded += x.ids.len() as u64;
-                    x.ids.iter().filter_map(|id| st.own.get(id).cloned()).collect()
+                    x.ids.iter().filter_map(|id| own_order(*id).cloned()).collect()
                 };
                 tracing::info!(
                     market = m,
@@ -705,7 +706,8 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
     let consensus = link.consensus.is_some();
     if let Some((events, client)) = link.consensus.take() {
         let own_origin = libp2p::PeerId::from_str(&link.origin_label).map(|p| Bytes::from(p.to_bytes()))?;
-        tokio::spawn(run_matcher(events, client, own_origin, matcher.clone()));
+        let own = std::sync::Arc::new(workload.events.iter().flat_map(|(_, o)| o.iter().cloned()).collect());
+        tokio::spawn(run_matcher(events, client, own_origin, own, matcher.clone()));
     }
     let start = Instant::now();
     let expected = workload.expected_from_peers;
@@ -739,10 +741,6 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
             tokio::time::sleep_until(due.into()).await;
         }
         sent += orders.len() as u64;
-        if consensus {
-            let mut st = matcher.lock().expect("matcher state");
-            st.own.extend(orders.iter().map(|o| (o.id, o.clone())));
-        }
         chunk.extend(orders);
         if replay.pace == Pace::Real || chunk.len() >= args.chunk_orders {
             let stamp = crate::epoch::unix_now_ns();
