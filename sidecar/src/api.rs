@@ -26,7 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::consensus::BatchError;
 use crate::metrics::{MethodCode, Metrics};
-use crate::node::{DuplicateId, EventStream, NodeGone, NodeHandle};
+use crate::node::{DuplicateId, EventStream, NodeGone, NodeHandle, ResumeError};
 use crate::proto::sidecar_client::SidecarClient;
 use crate::proto::sidecar_server::{Sidecar, SidecarServer};
 use crate::proto::{
@@ -48,6 +48,18 @@ impl From<BatchError> for Status {
             BatchError::NotServed { .. } | BatchError::NotAgreed { .. } | BatchError::ClockSealing => {
                 tonic::Code::FailedPrecondition
             }
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+/// A cursor the event log cannot continue from: OUT_OF_RANGE (events dropped or from
+/// another run), INVALID_ARGUMENT (ahead of the last event).
+impl From<ResumeError> for Status {
+    fn from(e: ResumeError) -> Self {
+        let code = match e {
+            ResumeError::OtherIncarnation { .. } | ResumeError::Evicted { .. } => tonic::Code::OutOfRange,
+            ResumeError::Ahead { .. } => tonic::Code::InvalidArgument,
         };
         Status::new(code, e.to_string())
     }
@@ -190,12 +202,12 @@ impl Sidecar for EngineApi {
     type SubscribeStream = EventStream;
 
     async fn subscribe(&self, req: Request<SubscribeRequest>) -> Result<Response<EventStream>, Status> {
-        let markets = req.into_inner().markets;
+        let SubscribeRequest { markets, resume_after } = req.into_inner();
         let traded = self.node.markets();
         if let Some(m) = markets.iter().find(|m| !traded.contains(*m)) {
             return Err(Status::failed_precondition(format!("market {m:?} is not traded by this node")));
         }
-        Ok(Response::new(self.node.subscribe(markets).await?))
+        Ok(Response::new(self.node.subscribe(markets, resume_after).await??))
     }
 
     async fn get_status(&self, _: Request<GetStatusRequest>) -> Result<Response<NodeStatus>, Status> {

@@ -87,6 +87,13 @@ pub struct NodeArgs {
     #[arg(long, env = "OPENMATCH_GOSSIP_SUBSCRIBER_BUFFER", default_value_t = 1_000_000)]
     pub subscriber_buffer: usize,
 
+    /// Events kept for engines that resume a subscription (`Subscribe.resume_after`),
+    /// counted in orders (an OrdersReceived weighs its orders, other events 1). ~100 bytes
+    /// of memory per order; 262,144 keeps about 2.5 minutes of the bundled recording at
+    /// its real pace.
+    #[arg(long, env = "OPENMATCH_GOSSIP_EVENT_RETENTION", default_value_t = 262_144)]
+    pub event_retention: usize,
+
     /// Log format: pretty (local) or json (clusters).
     #[arg(long, env = "OPENMATCH_GOSSIP_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
@@ -148,6 +155,8 @@ pub struct NodeSettings {
     pub metrics_addr: SocketAddr,
     /// Subscriber backlog limit, orders.
     pub subscriber_buffer: usize,
+    /// Event log retention for resumable subscriptions, orders.
+    pub event_retention: usize,
 }
 
 /// Parses a multiaddr, naming `field` in the error.
@@ -205,8 +214,14 @@ impl NodeSettings {
         if args.subscriber_buffer == 0 {
             return Err(anyhow!("--subscriber-buffer: must be at least 1"));
         }
-        Self::new(config, args.socket.clone(), args.identity_key.clone(), args.metrics_addr)
-            .map(|s| NodeSettings { subscriber_buffer: args.subscriber_buffer, ..s })
+        if args.event_retention == 0 {
+            return Err(anyhow!("--event-retention: must be at least 1"));
+        }
+        Self::new(config, args.socket.clone(), args.identity_key.clone(), args.metrics_addr).map(|s| NodeSettings {
+            subscriber_buffer: args.subscriber_buffer,
+            event_retention: args.event_retention,
+            ..s
+        })
     }
 
     /// Validates `config` and parses its addresses.
@@ -241,6 +256,7 @@ impl NodeSettings {
             identity_key,
             metrics_addr,
             subscriber_buffer: 1_000_000,
+            event_retention: 262_144,
         })
     }
 }

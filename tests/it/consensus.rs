@@ -32,7 +32,7 @@ async fn wait_event<T>(events: &mut Events, what: &str, mut pick: impl FnMut(&Ki
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match next_event(events, left).await {
             None => panic!("no {what} within {WAIT:?}"),
-            Some(Event { kind: Some(k) }) => {
+            Some(Event { kind: Some(k), .. }) => {
                 if let Some(v) = pick(&k) {
                     return v;
                 }
@@ -111,8 +111,8 @@ async fn five_nodes_repair_the_node_that_missed_orders() {
     let mut repaired = Vec::new();
     let verdict = loop {
         match next_event(lossy_events, WAIT).await.expect("repair and agreement in time") {
-            Event { kind: Some(Kind::Orders(o)) } => repaired.extend(o.orders),
-            Event { kind: Some(Kind::BatchAgreed(a)) } => break a,
+            Event { kind: Some(Kind::Orders(o)), .. } => repaired.extend(o.orders),
+            Event { kind: Some(Kind::BatchAgreed(a)), .. } => break a,
             _ => {}
         }
     };

@@ -39,7 +39,7 @@ async fn engine(node_socket: std::path::PathBuf, shard: Arc<Workload>, ready: Ar
     let client = connect(&node_socket).await;
     let mut events = client
         .clone()
-        .subscribe(openmatch_gossip_sidecar::proto::SubscribeRequest { markets: vec![] })
+        .subscribe(openmatch_gossip_sidecar::proto::SubscribeRequest { markets: vec![], resume_after: None })
         .await
         .expect("Subscribe")
         .into_inner();

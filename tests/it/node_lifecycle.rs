@@ -12,7 +12,7 @@ async fn next_peer_event(events: &mut Events) -> Kind {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match next_event(events, left).await {
             None => panic!("no peer event within {WAIT:?}"),
-            Some(Event { kind: Some(k @ (Kind::PeerJoined(_) | Kind::PeerLeft(_))) }) => return k,
+            Some(Event { kind: Some(k @ (Kind::PeerJoined(_) | Kind::PeerLeft(_))), .. }) => return k,
             Some(_) => {}
         }
     }

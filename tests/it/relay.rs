@@ -70,8 +70,11 @@ async fn relay_carries_orders_between_engines_and_has_no_consensus() {
         })
         .await;
     }
-    let mut events =
-        b.subscribe(openmatch_gossip_sidecar::proto::SubscribeRequest { markets: vec![] }).await.unwrap().into_inner();
+    let mut events = b
+        .subscribe(openmatch_gossip_sidecar::proto::SubscribeRequest { markets: vec![], resume_after: None })
+        .await
+        .unwrap()
+        .into_inner();
 
     let sent = vec![order(BTC, 1), order(ETH, 2), order(BTC, 3)];
     let chunks = vec![SubmitOrdersRequest { orders: sent.clone() }];

@@ -134,7 +134,7 @@ impl TestNode {
     /// Opens a `Subscribe` stream for all of its markets on a new connection.
     pub async fn subscribe(&self) -> Events {
         let mut c = self.client().await;
-        c.subscribe(SubscribeRequest { markets: vec![] }).await.expect("Subscribe").into_inner()
+        c.subscribe(SubscribeRequest { markets: vec![], resume_after: None }).await.expect("Subscribe").into_inner()
     }
 
     /// Its status (panics if the node is gone).
@@ -342,7 +342,7 @@ pub async fn collect_orders(events: &mut Events, n: usize, timeout: Duration) ->
     while got.len() < n {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match next_event(events, left).await {
-            Some(Event { kind: Some(Kind::Orders(o)) }) => got.extend(o.orders),
+            Some(Event { kind: Some(Kind::Orders(o)), .. }) => got.extend(o.orders),
             Some(_) => {}
             None => panic!("timed out after {timeout:?}: received {} of {n} orders: {:?}", got.len(), ids(&got)),
         }
@@ -359,7 +359,7 @@ pub async fn expect_no_orders(events: &mut Events, quiet: Duration) {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match next_event(events, left).await {
             None => return,
-            Some(Event { kind: Some(Kind::Orders(o)) }) => panic!("unexpected orders: {:?}", o.orders),
+            Some(Event { kind: Some(Kind::Orders(o)), .. }) => panic!("unexpected orders: {:?}", o.orders),
             Some(_) => {}
         }
     }

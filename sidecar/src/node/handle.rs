@@ -9,7 +9,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::health::Health;
-use super::subscribers::EventStream;
+use super::subscribers::{EventStream, ResumeError};
 use crate::config::NodeSettings;
 use crate::consensus::BatchError;
 use crate::proto::{NodeStatus, Order};
@@ -72,13 +72,37 @@ pub struct NodeGone;
 
 /// A request to the node task.
 pub(super) enum Command {
-    Submit { orders: Vec<Order>, want_receipts: bool, reply: oneshot::Sender<Result<Vec<Submitted>, DuplicateId>> },
-    Subscribe { markets: Vec<String>, reply: oneshot::Sender<Option<EventStream>> },
-    Status { reply: oneshot::Sender<NodeStatus> },
-    GetBatch { batch: BatchKey, reply: oneshot::Sender<Result<Vec<Order>, BatchError>> },
-    SubmitResult { batch: BatchKey, hash: Digest, trades: u64, reply: oneshot::Sender<Result<(), BatchError>> },
-    Seal { market: String, reply: oneshot::Sender<Result<BatchKey, BatchError>> },
-    Reload { settings: Box<NodeSettings>, reply: oneshot::Sender<Vec<String>> },
+    Submit {
+        orders: Vec<Order>,
+        want_receipts: bool,
+        reply: oneshot::Sender<Result<Vec<Submitted>, DuplicateId>>,
+    },
+    Subscribe {
+        markets: Vec<String>,
+        resume_after: Option<crate::proto::Cursor>,
+        reply: oneshot::Sender<Option<Result<EventStream, ResumeError>>>,
+    },
+    Status {
+        reply: oneshot::Sender<NodeStatus>,
+    },
+    GetBatch {
+        batch: BatchKey,
+        reply: oneshot::Sender<Result<Vec<Order>, BatchError>>,
+    },
+    SubmitResult {
+        batch: BatchKey,
+        hash: Digest,
+        trades: u64,
+        reply: oneshot::Sender<Result<(), BatchError>>,
+    },
+    Seal {
+        market: String,
+        reply: oneshot::Sender<Result<BatchKey, BatchError>>,
+    },
+    Reload {
+        settings: Box<NodeSettings>,
+        reply: oneshot::Sender<Vec<String>>,
+    },
 }
 
 /// A cheap, cloneable handle to a running node.
@@ -129,11 +153,16 @@ impl NodeHandle {
         self.ask(|reply| Command::Submit { orders, want_receipts, reply }).await
     }
 
-    /// Opens an event subscription for `markets` (empty = all). `NodeGone` while shutting
-    /// down.
-    pub(crate) async fn subscribe(&self, markets: Vec<String>) -> Result<EventStream, NodeGone> {
+    /// Opens an event subscription for `markets` (empty = all), replaying the retained
+    /// events after `resume_after` first. `NodeGone` while shutting down; the inner
+    /// [`ResumeError`] when the cursor cannot be continued exactly.
+    pub(crate) async fn subscribe(
+        &self,
+        markets: Vec<String>,
+        resume_after: Option<crate::proto::Cursor>,
+    ) -> Result<Result<EventStream, ResumeError>, NodeGone> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Subscribe { markets, reply }).map_err(|_| NodeGone)?;
+        self.tx.send(Command::Subscribe { markets, resume_after, reply }).map_err(|_| NodeGone)?;
         rx.await.map_err(|_| NodeGone)?.ok_or(NodeGone)
     }
 

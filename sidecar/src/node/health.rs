@@ -193,6 +193,7 @@ impl Node {
             version: crate::VERSION.to_owned(),
             health: health.as_str().to_owned(),
             health_reason: health.reason(),
+            incarnation: self.subscribers.incarnation(),
         }
     }
 }

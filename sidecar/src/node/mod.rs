@@ -53,8 +53,8 @@ pub(crate) use handle::Shutdown;
 use handle::{Command, Markets};
 pub use handle::{NodeGone, NodeHandle, NodeInfo};
 pub use health::{Degradation, Health};
-pub(crate) use subscribers::EventStream;
 use subscribers::Subscribers;
+pub(crate) use subscribers::{EventStream, ResumeError};
 
 use crate::config::NodeSettings;
 use crate::consensus::Consensus;
@@ -78,6 +78,15 @@ const KAD_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(60);
 /// Most commands handled before the outbox is flushed (bounds latency under load while
 /// letting a backlog pack densely).
 const COMMANDS_PER_TURN: usize = 256;
+
+/// A random name for this run of the node (the incarnation in event cursors): SipHash
+/// with the process's random keys over the start time.
+fn new_incarnation() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(crate::epoch::unix_now_ns());
+    h.finish()
+}
 
 /// The node task's state.
 pub(crate) struct Node {
@@ -165,7 +174,12 @@ impl Node {
             validator: Validator::new(&c.network, limits.clone(), metrics.clone()),
             outbox: Outbox::new(c.publish.max_orders_per_message as usize, limits.max_message_bytes),
             pacer: Pacer::new(c.limits.rate_limit),
-            subscribers: Subscribers::new(settings.subscriber_buffer, metrics.clone()),
+            subscribers: Subscribers::new(
+                settings.subscriber_buffer,
+                settings.event_retention,
+                new_incarnation(),
+                metrics.clone(),
+            ),
             consensus: Consensus::new(c.consensus.clone()),
             epochs: EpochClock::new(&c.consensus),
             reputation: Reputation::new(c.reputation.clone()),
@@ -283,8 +297,8 @@ impl Node {
             Command::Submit { orders, want_receipts, reply } => {
                 let _ = reply.send(self.submit(orders, want_receipts));
             }
-            Command::Subscribe { markets, reply } => {
-                let stream = (!self.closing).then(|| self.subscribers.add(markets));
+            Command::Subscribe { markets, resume_after, reply } => {
+                let stream = (!self.closing).then(|| self.subscribers.add(markets, resume_after));
                 let _ = reply.send(stream);
             }
             Command::Status { reply } => {

@@ -1,9 +1,19 @@
-//! Engine event subscriptions: each gets its own unbounded queue whose backlog (in orders)
-//! is tracked. A subscriber that falls more than the buffer limit behind is ended with
-//! RESOURCE_EXHAUSTED and counted — never left silently missing events — and the node is
+//! Engine event subscriptions and the event log they resume from (docs/PROTOCOL.md
+//! §Cursors).
+//!
+//! Every event gets a [`Cursor`]: this sidecar run's incarnation (random at start) and a
+//! sequence number (1, 2, … within the run). The log keeps the newest events up to
+//! `retention` orders (an `OrdersReceived` weighs its orders, every other event 1), whether
+//! or not an engine is subscribed, so an engine that reconnects with `resume_after` gets
+//! exactly the events it missed, then the live ones, each once. A cursor the log cannot
+//! continue from exactly is refused ([`ResumeError`]) rather than answered with a gap.
+//!
+//! Each subscription has its own unbounded queue whose backlog (in orders) is tracked: a
+//! subscriber that falls more than the buffer limit behind is ended with
+//! RESOURCE_EXHAUSTED and counted — it may resume from its last cursor — and the node is
 //! never blocked by a slow engine.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,8 +23,8 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::metrics::Metrics;
-use crate::proto::{Event, Order, OrdersReceived, event::Kind};
+use crate::metrics::{MarketLabel, Metrics};
+use crate::proto::{Cursor, Event, Order, OrdersReceived, event::Kind};
 
 struct Subscriber {
     markets: Option<HashSet<String>>,
@@ -22,10 +32,67 @@ struct Subscriber {
     backlog: Arc<AtomicUsize>,
 }
 
-/// The node's subscribers.
+impl Subscriber {
+    fn wants(&self, market: Option<&str>) -> bool {
+        match (market, &self.markets) {
+            (Some(m), Some(set)) => set.contains(m),
+            _ => true,
+        }
+    }
+}
+
+/// A retained event: orders events keep their market (for subscribers' market filters)
+/// and whether any subscriber got them (for the delivered counter).
+struct Logged {
+    event: Event,
+    market: Option<String>,
+    weight: usize,
+    delivered: bool,
+}
+
+/// Why `Subscribe(resume_after)` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ResumeError {
+    /// The cursor is from another run of this sidecar: nothing from before this run is kept.
+    #[error(
+        "cursor is from another run of this sidecar (incarnation {theirs:016x}, this run {ours:016x}); events from before this run are not kept: subscribe without resume_after and reconcile (GetBatch, resubmit orders whose fate is unknown)"
+    )]
+    OtherIncarnation {
+        /// The cursor's incarnation.
+        theirs: u64,
+        /// This run's.
+        ours: u64,
+    },
+    /// Events after the cursor were already dropped from the log.
+    #[error(
+        "cursor {cursor} is older than the retention window (oldest event kept: {oldest}); subscribe without resume_after and reconcile"
+    )]
+    Evicted {
+        /// The cursor's sequence number.
+        cursor: u64,
+        /// The oldest retained sequence number.
+        oldest: u64,
+    },
+    /// The cursor names an event this run has not sent yet.
+    #[error("cursor {cursor} is ahead of the last event sent ({last})")]
+    Ahead {
+        /// The cursor's sequence number.
+        cursor: u64,
+        /// The newest sequence number.
+        last: u64,
+    },
+}
+
+/// The node's subscribers and event log.
 pub(super) struct Subscribers {
     list: Vec<Subscriber>,
     buffer_limit: usize,
+    incarnation: u64,
+    /// Sequence number of the newest event (0: none yet).
+    last: u64,
+    log: VecDeque<Logged>,
+    log_weight: usize,
+    retention: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -35,9 +102,9 @@ pub(crate) struct EventStream {
     backlog: Arc<AtomicUsize>,
 }
 
-fn weight(event: &Result<Event, Status>) -> usize {
+fn weight(event: &Event) -> usize {
     match event {
-        Ok(Event { kind: Some(Kind::Orders(o)) }) => o.orders.len().max(1),
+        Event { kind: Some(Kind::Orders(o)), .. } => o.orders.len().max(1),
         _ => 1,
     }
 }
@@ -48,26 +115,87 @@ impl Stream for EventStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let item = self.rx.poll_recv(cx);
         if let Poll::Ready(Some(ev)) = &item {
-            self.backlog.fetch_sub(weight(ev), Ordering::Relaxed);
+            let w = ev.as_ref().map_or(1, weight);
+            self.backlog.fetch_sub(w, Ordering::Relaxed);
         }
         item
     }
 }
 
 impl Subscribers {
-    /// No subscribers yet; each may fall `buffer_limit` orders behind.
-    pub(super) fn new(buffer_limit: usize, metrics: Arc<Metrics>) -> Self {
-        Subscribers { list: Vec::new(), buffer_limit, metrics }
+    /// No subscribers yet; each may fall `buffer_limit` orders behind; the log keeps the
+    /// newest `retention` orders' worth of events. `incarnation` names this run in cursors.
+    pub(super) fn new(buffer_limit: usize, retention: usize, incarnation: u64, metrics: Arc<Metrics>) -> Self {
+        Subscribers {
+            list: Vec::new(),
+            buffer_limit,
+            incarnation,
+            last: 0,
+            log: VecDeque::new(),
+            log_weight: 0,
+            retention,
+            metrics,
+        }
     }
 
-    /// Adds a subscriber for `markets` (empty = all).
-    pub(super) fn add(&mut self, markets: Vec<String>) -> EventStream {
+    /// This run's incarnation (in every cursor and in `NodeStatus`).
+    pub(super) fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Adds a subscriber for `markets` (empty = all): live events only, or, with
+    /// `resume_after`, first every retained event after that cursor.
+    ///
+    /// Errors: [`ResumeError`] when the log cannot continue exactly after the cursor.
+    pub(super) fn add(
+        &mut self,
+        markets: Vec<String>,
+        resume_after: Option<Cursor>,
+    ) -> Result<EventStream, ResumeError> {
+        let replay_from = match resume_after {
+            None => None,
+            Some(c) => Some(self.check(c)?),
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let backlog = Arc::new(AtomicUsize::new(0));
         let markets = (!markets.is_empty()).then(|| markets.into_iter().collect());
         self.list.push(Subscriber { markets, tx, backlog: backlog.clone() });
+        let i = self.list.len() - 1;
+        if let Some(from) = replay_from {
+            let skip = self.log.len() - self.log.iter().filter(|l| seq_of(&l.event) >= from).count();
+            for k in skip..self.log.len() {
+                let l = &self.log[k];
+                if !self.list[i].wants(l.market.as_deref()) {
+                    continue;
+                }
+                let (event, w, market) = (l.event.clone(), l.weight, l.market.clone());
+                if !l.delivered
+                    && let Some(m) = market
+                {
+                    let n = w as u64;
+                    self.metrics.orders_delivered.get_or_create(&MarketLabel { market: m }).inc_by(n);
+                    self.log[k].delivered = true;
+                }
+                self.send(i, event, w);
+            }
+        }
         self.metrics.subscribers.set(self.list.len() as i64);
-        EventStream { rx, backlog }
+        Ok(EventStream { rx, backlog })
+    }
+
+    /// The sequence number replay starts from, if the log continues exactly after `c`.
+    fn check(&self, c: Cursor) -> Result<u64, ResumeError> {
+        if c.incarnation != self.incarnation {
+            return Err(ResumeError::OtherIncarnation { theirs: c.incarnation, ours: self.incarnation });
+        }
+        if c.sequence > self.last {
+            return Err(ResumeError::Ahead { cursor: c.sequence, last: self.last });
+        }
+        let oldest = self.log.front().map_or(self.last + 1, |l| seq_of(&l.event));
+        if c.sequence + 1 < oldest {
+            return Err(ResumeError::Evicted { cursor: c.sequence, oldest });
+        }
+        Ok(c.sequence + 1)
     }
 
     /// Open subscriptions.
@@ -76,33 +204,41 @@ impl Subscribers {
         self.list.len()
     }
 
-    /// Delivers peers' orders of `market` to every subscriber of that market; returns how
-    /// many subscribers that was (0: nobody was listening, and the orders are gone).
+    /// Logs peers' orders of `market` and delivers them to every subscriber of that
+    /// market; returns how many subscribers that was (0: nobody is listening now; the
+    /// orders wait in the log for a subscriber resuming from an earlier cursor).
     pub(super) fn deliver_orders(&mut self, market: &str, orders: Vec<Order>) -> usize {
-        let mut pending = Some(orders);
-        let interested: Vec<usize> = (0..self.list.len())
-            .filter(|&i| self.list[i].markets.as_ref().is_none_or(|m| m.contains(market)))
-            .collect();
-        for (k, &i) in interested.iter().enumerate() {
-            // The last interested subscriber takes the orders without a copy.
-            let orders = if k + 1 == interested.len() {
-                pending.take().unwrap_or_default()
-            } else {
-                pending.clone().unwrap_or_default()
-            };
-            let ev = Event { kind: Some(Kind::Orders(OrdersReceived { orders })) };
-            self.send(i, Ok(ev));
+        let event = Event { kind: Some(Kind::Orders(OrdersReceived { orders })), cursor: None };
+        self.publish(event, Some(market))
+    }
+
+    /// Logs `kind` and sends it to every subscriber.
+    pub(super) fn broadcast(&mut self, kind: Kind) {
+        self.publish(Event { kind: Some(kind), cursor: None }, None);
+    }
+
+    fn publish(&mut self, mut event: Event, market: Option<&str>) -> usize {
+        self.prune(); // a subscriber whose engine went away is not listening
+        self.last += 1;
+        event.cursor = Some(Cursor { incarnation: self.incarnation, sequence: self.last });
+        let w = weight(&event);
+        let interested: Vec<usize> = (0..self.list.len()).filter(|&i| self.list[i].wants(market)).collect();
+        for &i in &interested {
+            self.send(i, event.clone(), w);
+        }
+        self.log.push_back(Logged {
+            event,
+            market: market.map(str::to_owned),
+            weight: w,
+            delivered: !interested.is_empty(),
+        });
+        self.log_weight += w;
+        while self.log_weight > self.retention && self.log.len() > 1 {
+            let old = self.log.pop_front().expect("len > 1");
+            self.log_weight -= old.weight;
         }
         self.prune();
         interested.len()
-    }
-
-    /// Sends `event` to every subscriber.
-    pub(super) fn broadcast(&mut self, kind: Kind) {
-        for i in 0..self.list.len() {
-            self.send(i, Ok(Event { kind: Some(kind.clone()) }));
-        }
-        self.prune();
     }
 
     /// Ends every subscription with `status` (e.g. UNAVAILABLE on shutdown).
@@ -113,15 +249,14 @@ impl Subscribers {
         self.metrics.subscribers.set(0);
     }
 
-    fn send(&mut self, i: usize, ev: Result<Event, Status>) {
+    fn send(&mut self, i: usize, ev: Event, w: usize) {
         let s = &self.list[i];
-        let w = weight(&ev);
         let backlog = s.backlog.fetch_add(w, Ordering::Relaxed) + w;
         if backlog > self.buffer_limit {
             tracing::warn!(backlog, limit = self.buffer_limit, "subscriber fell behind; ending its stream");
             self.metrics.subscribers_dropped.inc();
             let _ = s.tx.send(Err(Status::resource_exhausted(format!(
-                "subscriber fell {backlog} orders behind (limit {}); resubscribe",
+                "subscriber fell {backlog} orders behind (limit {}); resubscribe with resume_after = the last cursor read",
                 self.buffer_limit
             ))));
             // Closing the sender ends the stream after the error; prune() removes it.
@@ -129,7 +264,7 @@ impl Subscribers {
             self.list[i].backlog.store(usize::MAX / 2, Ordering::Relaxed);
             return;
         }
-        let _ = s.tx.send(ev);
+        let _ = s.tx.send(Ok(ev));
     }
 
     /// Removes subscribers whose stream was dropped or that were ended.
@@ -142,41 +277,62 @@ impl Subscribers {
     }
 }
 
+fn seq_of(event: &Event) -> u64 {
+    event.cursor.as_ref().map_or(0, |c| c.sequence)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures::StreamExt as _;
     use prometheus_client::registry::Registry;
 
-    fn subs(limit: usize) -> (Subscribers, Arc<Metrics>) {
+    const RUN: u64 = 0xfeed;
+
+    fn subs(limit: usize, retention: usize) -> (Subscribers, Arc<Metrics>) {
         let m = Arc::new(Metrics::register(&mut Registry::default()));
-        (Subscribers::new(limit, m.clone()), m)
+        (Subscribers::new(limit, retention, RUN, m.clone()), m)
     }
 
     fn orders(n: u64) -> Vec<Order> {
         (0..n).map(|id| Order { id, ..Default::default() }).collect()
     }
 
+    fn at(sequence: u64) -> Option<Cursor> {
+        Some(Cursor { incarnation: RUN, sequence })
+    }
+
+    /// (sequence, orders) of the next event.
+    async fn next(s: &mut EventStream) -> (u64, usize) {
+        let ev = s.next().await.unwrap().unwrap();
+        let n = match &ev.kind {
+            Some(Kind::Orders(o)) => o.orders.len(),
+            _ => 0,
+        };
+        (seq_of(&ev), n)
+    }
+
+    fn delivered(m: &Metrics, market: &str) -> u64 {
+        m.orders_delivered.get_or_create(&MarketLabel { market: market.into() }).get()
+    }
+
     #[tokio::test]
     async fn market_filter_and_fan_out() {
-        let (mut s, _) = subs(100);
-        let mut all = s.add(vec![]);
-        let mut btc = s.add(vec!["BTC".into()]);
+        let (mut s, _) = subs(100, 100);
+        let mut all = s.add(vec![], None).unwrap();
+        let mut btc = s.add(vec!["BTC".into()], None).unwrap();
         s.deliver_orders("ETH", orders(2));
         s.deliver_orders("BTC", orders(3));
-        let first = all.next().await.unwrap().unwrap();
-        assert!(matches!(first.kind, Some(Kind::Orders(ref o)) if o.orders.len() == 2));
-        let second = all.next().await.unwrap().unwrap();
-        assert!(matches!(second.kind, Some(Kind::Orders(ref o)) if o.orders.len() == 3));
-        let only = btc.next().await.unwrap().unwrap();
-        assert!(matches!(only.kind, Some(Kind::Orders(ref o)) if o.orders.len() == 3));
+        assert_eq!(next(&mut all).await, (1, 2));
+        assert_eq!(next(&mut all).await, (2, 3));
+        assert_eq!(next(&mut btc).await, (2, 3), "the ETH event is filtered out, its cursor skipped");
     }
 
     #[tokio::test]
     async fn slow_subscriber_is_ended_with_resource_exhausted_fast_one_keeps_going() {
-        let (mut s, m) = subs(10);
-        let mut slow = s.add(vec![]);
-        let mut fast = s.add(vec![]);
+        let (mut s, m) = subs(10, 100);
+        let mut slow = s.add(vec![], None).unwrap();
+        let mut fast = s.add(vec![], None).unwrap();
         for _ in 0..3 {
             s.deliver_orders("BTC", orders(4));
             assert!(fast.next().await.unwrap().is_ok());
@@ -189,5 +345,49 @@ mod tests {
         assert!(slow.next().await.is_none());
         assert_eq!(s.len(), 1);
         assert_eq!(m.subscribers_dropped.get(), 1);
+    }
+
+    /// An engine that goes away and resumes from its last cursor gets exactly the events
+    /// it missed (kept while nobody listened), then the live ones; orders count as
+    /// delivered once, when a subscriber got them.
+    #[tokio::test]
+    async fn a_resumed_subscription_replays_exactly_what_was_missed() {
+        let (mut s, m) = subs(100, 100);
+        let mut first = s.add(vec![], None).unwrap();
+        s.deliver_orders("BTC", orders(1));
+        s.broadcast(Kind::PeerJoined(crate::proto::PeerJoined { peer_id: "p".into() }));
+        assert_eq!(next(&mut first).await, (1, 1));
+        assert_eq!(next(&mut first).await, (2, 0));
+        drop(first);
+        assert_eq!(s.deliver_orders("BTC", orders(2)), 0, "nobody listening");
+        s.deliver_orders("ETH", orders(3));
+        assert_eq!(delivered(&m, "BTC"), 0, "kept, not delivered yet");
+        let mut again = s.add(vec!["BTC".into()], at(2)).unwrap();
+        s.deliver_orders("BTC", orders(4));
+        assert_eq!(next(&mut again).await, (3, 2), "missed while away");
+        assert_eq!(next(&mut again).await, (5, 4), "then live (ETH filtered out)");
+        assert_eq!(delivered(&m, "BTC"), 2, "the replayed event counts once; the live one is counted by the caller");
+        let mut all = s.add(vec![], at(0)).unwrap();
+        let seqs: Vec<u64> =
+            [next(&mut all).await, next(&mut all).await, next(&mut all).await].iter().map(|(q, _)| *q).collect();
+        assert_eq!(seqs, vec![1, 2, 3], "{{incarnation, 0}} replays everything retained");
+        assert_eq!(delivered(&m, "ETH"), 3, "the ETH event reached a subscriber now");
+    }
+
+    /// A cursor the log cannot continue exactly is refused, naming why.
+    #[tokio::test]
+    async fn cursors_outside_the_log_are_refused() {
+        let (mut s, _) = subs(100, 5);
+        for _ in 0..4 {
+            s.deliver_orders("BTC", orders(2)); // retention 5 orders: events 3 and 4 stay
+        }
+        assert_eq!(s.add(vec![], at(2)).map(|_| ()), Ok(()), "event 3 is the oldest kept");
+        assert_eq!(s.add(vec![], at(1)).err(), Some(ResumeError::Evicted { cursor: 1, oldest: 3 }));
+        assert_eq!(s.add(vec![], at(9)).err(), Some(ResumeError::Ahead { cursor: 9, last: 4 }));
+        let other = Some(Cursor { incarnation: 7, sequence: 4 });
+        assert_eq!(s.add(vec![], other).err(), Some(ResumeError::OtherIncarnation { theirs: 7, ours: RUN }));
+        let status = Status::from(ResumeError::Evicted { cursor: 1, oldest: 3 });
+        assert_eq!(status.code(), tonic::Code::OutOfRange);
+        assert!(status.message().contains("retention window"), "{}", status.message());
     }
 }

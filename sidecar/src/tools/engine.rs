@@ -371,7 +371,7 @@ async fn connect_sidecar(socket: &Path) -> anyhow::Result<Link> {
     };
     let status = client.get_status(crate::proto::GetStatusRequest {}).await?.into_inner();
     let peer_id = libp2p::PeerId::from_str(&status.peer_id).context("sidecar reported a bad peer id")?;
-    let mut events = client.subscribe(SubscribeRequest { markets: vec![] }).await?.into_inner();
+    let mut events = client.subscribe(SubscribeRequest { markets: vec![], resume_after: None }).await?.into_inner();
     let (in_tx, inbound) = mpsc::channel(1024);
     let (pe_tx, peer_events) = mpsc::unbounded_channel();
     let (batch_tx, batch_events) = mpsc::unbounded_channel();

@@ -242,9 +242,10 @@ fn deliver(
     subscribers.retain(|s| !s.is_closed());
     if let Some((last, rest)) = subscribers.split_last() {
         for s in rest {
-            let _ = s.send(Ok(Event { kind: Some(Kind::Orders(OrdersReceived { orders: orders.clone() })) }));
+            let _ =
+                s.send(Ok(Event { kind: Some(Kind::Orders(OrdersReceived { orders: orders.clone() })), cursor: None }));
         }
-        let _ = last.send(Ok(Event { kind: Some(Kind::Orders(OrdersReceived { orders })) }));
+        let _ = last.send(Ok(Event { kind: Some(Kind::Orders(OrdersReceived { orders })), cursor: None }));
     }
     n
 }
