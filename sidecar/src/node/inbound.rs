@@ -14,7 +14,7 @@ use crate::consensus::AddOutcome;
 use crate::epoch::unix_now_ns;
 use crate::metrics::{MarketLabel, QueueLabel};
 use crate::reputation::Offence;
-use crate::topics::Topic;
+use crate::topics::{Topic, TopicKind};
 use crate::validation::{Admission, Payload, Verdict};
 
 impl Node {
@@ -28,6 +28,9 @@ impl Node {
                 tracing::debug!(peer = %peer_id, topic = %topic, "peer subscribed");
                 // A market waiting for peers can try again right away.
                 if let Some(t) = Topic::parse(&self.info.network, topic.as_str()) {
+                    if t.kind == TopicKind::Control {
+                        self.publish_status();
+                    }
                     self.retry_at.remove(&t.market);
                 }
             }

@@ -110,12 +110,31 @@ impl Node {
         }
         self.report_reputation(now);
         self.update_health();
+        self.publish_status();
+        let window = Duration::from_millis(self.settings.config.heartbeat.liveness_window_ms as u64);
+        self.last_status.retain(|_, seen| seen.elapsed() <= window);
+        self.metrics.live_peers.set(self.last_status.len() as i64);
         let markets = self.markets.borrow().clone();
+        let gs = &self.swarm.behaviour().gossipsub;
+        for t in Topic::all_for(markets.iter()) {
+            let n = gs.mesh_peers(&t.ident(&self.info.network).hash()).count();
+            self.metrics
+                .mesh_peers
+                .get_or_create(&KindMarket { kind: t.kind.as_str(), market: t.market })
+                .set(n as i64);
+        }
+        self.validator.rate_limiter().retain_recent();
+    }
+
+    /// Publishes this node's `PeerStatus` heartbeat on the control topic: every
+    /// `heartbeat.intervalMs`, and at once when a peer subscribes to the control topic, so
+    /// that a new peer counts this node as live without waiting for the next beat.
+    pub(super) fn publish_status(&mut self) {
         let status = PeerStatus {
             node_id: self.info.peer_id.to_bytes(),
             epoch_id: self.epochs.epoch_for("", unix_now_ns() / 1_000_000),
             phase: proto::Phase::Collect as i32,
-            markets: markets.iter().cloned().collect(),
+            markets: self.markets.borrow().iter().cloned().collect(),
             version: crate::VERSION.to_owned(),
             sent_at_ns: unix_now_ns(),
         };
@@ -128,18 +147,6 @@ impl Node {
             Err(PublishError::NoPeersSubscribedToTopic) => {}
             Err(e) => tracing::debug!(error = %e, "PeerStatus not published"),
         }
-        let window = Duration::from_millis(self.settings.config.heartbeat.liveness_window_ms as u64);
-        self.last_status.retain(|_, seen| seen.elapsed() <= window);
-        self.metrics.live_peers.set(self.last_status.len() as i64);
-        let gs = &self.swarm.behaviour().gossipsub;
-        for t in Topic::all_for(markets.iter()) {
-            let n = gs.mesh_peers(&t.ident(&self.info.network).hash()).count();
-            self.metrics
-                .mesh_peers
-                .get_or_create(&KindMarket { kind: t.kind.as_str(), market: t.market })
-                .set(n as i64);
-        }
-        self.validator.rate_limiter().retain_recent();
     }
 
     /// Live members besides this node: peers whose `PeerStatus` heartbeat arrived within
