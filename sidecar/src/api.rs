@@ -72,12 +72,13 @@ impl From<NodeGone> for Status {
 }
 
 /// The conventional code for what tonic reports at the transport level: an oversized
-/// message (OUT_OF_RANGE) is RESOURCE_EXHAUSTED, an undecodable one (INTERNAL, "failed to
-/// decode…") is INVALID_ARGUMENT; every other code stands. Used for calls that fail before
+/// message (OUT_OF_RANGE, "…too large…") is RESOURCE_EXHAUSTED, an undecodable one
+/// (INTERNAL, "failed to decode…") is INVALID_ARGUMENT; every other code stands (the
+/// service's own OUT_OF_RANGE for a cursor it cannot resume from included). Used for calls that fail before
 /// the service sees them ([`StatusCounter`]) and for stream errors mid-call.
 fn conventional_code(code: tonic::Code, message: &str) -> tonic::Code {
     match code {
-        tonic::Code::OutOfRange => tonic::Code::ResourceExhausted,
+        tonic::Code::OutOfRange if message.contains("too large") => tonic::Code::ResourceExhausted,
         tonic::Code::Internal if message.contains("decode") => tonic::Code::InvalidArgument,
         c => c,
     }
@@ -152,7 +153,9 @@ impl Sidecar for EngineApi {
         let order = req.into_inner().order.ok_or_else(|| Status::invalid_argument("order: required"))?;
         self.check(&order, &self.node.markets(), None)?;
         let receipts = self.node.submit(vec![order], true).await?.map_err(|e| duplicate_id(e, None))?;
-        let r = receipts.first().ok_or_else(|| Status::internal("no receipt"))?;
+        let r = receipts.first().ok_or_else(|| {
+            Status::failed_precondition("the order's epoch is already sealed at this node; submit it again")
+        })?;
         Ok(Response::new(SubmitOrderResponse { digest: r.digest.to_vec(), epoch: r.epoch }))
     }
 
@@ -332,9 +335,9 @@ where
             let mut resp = fut.await?;
             // Errors before any response message are "trailers-only": the status is in the
             // headers. Streams that opened fine are counted as OK here.
-            let code = tonic::Status::from_header_map(resp.headers()).map(|s| s.code()).unwrap_or(tonic::Code::Ok);
-            let message = resp.headers().get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or("");
-            let mapped = conventional_code(code, message);
+            let status = tonic::Status::from_header_map(resp.headers());
+            let code = status.as_ref().map_or(tonic::Code::Ok, |s| s.code());
+            let mapped = conventional_code(code, status.as_ref().map_or("", |s| s.message()));
             if mapped != code {
                 resp.headers_mut().insert("grpc-status", http::HeaderValue::from(mapped as i32));
             }
@@ -403,10 +406,15 @@ mod tests {
     fn transport_codes_for_bad_input_become_the_conventional_ones() {
         use tonic::Code;
         assert_eq!(conventional_code(Code::OutOfRange, "message too large"), Code::ResourceExhausted);
+        let evicted = ResumeError::Evicted { cursor: 1, oldest: 3 }.to_string();
+        assert_eq!(conventional_code(Code::OutOfRange, &evicted), Code::OutOfRange, "a cursor refusal stands");
         assert_eq!(conventional_code(Code::Internal, "failed to decode Protobuf message"), Code::InvalidArgument);
         assert_eq!(conventional_code(Code::Internal, "h2 protocol error"), Code::Internal);
-        let s = with_accepted(Status::out_of_range("too big"), 7);
-        assert_eq!((s.code(), s.message()), (Code::ResourceExhausted, "too big (7 orders accepted before this error)"));
+        let s = with_accepted(Status::out_of_range("message length too large"), 7);
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::ResourceExhausted, "message length too large (7 orders accepted before this error)")
+        );
     }
 
     #[test]

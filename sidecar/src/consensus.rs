@@ -45,7 +45,8 @@ use openmatch_gossip_crds::sidecar_config::ConsensusConfig;
 
 use crate::batch_hash::batch_hash_sorted;
 use crate::proto::{
-    BatchAgreed, BatchDisputed, BatchSealed, DigestSet, Order, OriginDigest, ResultAgreed, ResultMismatch, TradeResult,
+    BatchAgreed, BatchDecision, BatchDisputed, BatchSealed, DigestSet, Order, OriginDigest, ResultAgreed,
+    ResultMismatch, TradeResult,
 };
 use crate::reputation::Offence;
 use crate::wire::{self, BatchKey, BatchResult, Digest, SealedBatch};
@@ -339,6 +340,18 @@ impl Consensus {
     }
 
     /// Whether batch `(market, epoch)` was dropped by pruning (or is older than one that
+    /// was), not counting the floor: what this node learnt of older batches (its own
+    /// orders recovered after a restart) is kept until then.
+    pub(crate) fn is_dropped(&self, market: &str, epoch: u64) -> bool {
+        self.pruned.get(market).is_some_and(|p| epoch <= *p)
+    }
+
+    /// The first epoch of `market` this node votes on (clock sealing), once opened.
+    pub(crate) fn floor(&self, market: &str) -> Option<u64> {
+        self.floor.get(market).copied()
+    }
+
+    /// Whether batch `(market, epoch)` was dropped by pruning (or is older than one that
     /// was, or than the first epoch this node opened).
     pub(crate) fn is_pruned(&self, market: &str, epoch: u64) -> bool {
         self.pruned.get(market).is_some_and(|p| epoch <= *p) || self.floor.get(market).is_some_and(|f| epoch < *f)
@@ -438,6 +451,20 @@ impl Consensus {
             }),
             agreed: b.phase.agreed(),
         })
+    }
+
+    /// Whether `batch` was decided here, and `origin`'s orders in it if it was agreed: a
+    /// restarted node (`origin`) recovering which of its orders were committed.
+    pub(crate) fn decision_for(&self, batch: &BatchKey, origin: &[u8]) -> (BatchDecision, Vec<Order>) {
+        let Some(b) = self.batches.get(batch) else { return (BatchDecision::Unknown, Vec::new()) };
+        match b.phase {
+            BatchPhase::Collect | BatchPhase::Sealed => (BatchDecision::Undecided, Vec::new()),
+            BatchPhase::Disputed => (BatchDecision::Disputed, Vec::new()),
+            _ => {
+                let mine = b.orders.values().filter(|o| o.origin == origin);
+                (BatchDecision::Agreed, mine.map(|o| wire::with_market(o, &batch.market)).collect())
+            }
+        }
     }
 
     /// The orders of `batch` among `digests` that we hold, for a fetch request.

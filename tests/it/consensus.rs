@@ -383,3 +383,124 @@ async fn seals_and_results_outside_the_epoch_window_create_no_batch() {
     assert_eq!(metric::batches(&node, BTC, "sealed"), 0, "no batch was sealed for them");
     node.shutdown().await;
 }
+
+/// The origin's engine learns each order's fate right after its batch's `BatchAgreed`; an
+/// engine that resumes from its last cursor gets exactly the events it missed (orders that
+/// arrived while it was away, then the agreement); a cursor from another run of the sidecar
+/// is refused with OUT_OF_RANGE rather than answered with a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_reach_the_origin_and_a_resumed_subscription_misses_nothing() {
+    use openmatch_gossip_sidecar::proto::{Cursor, SubscribeRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, mut events) = meshed_cluster(dir.path(), 3).await;
+    submit(&nodes[0], (0..3).map(|i| order(BTC, i)).collect()).await;
+    // Node 1's engine reads the three orders, keeps its cursor and goes away.
+    let mut away = events.remove(1);
+    let (mut seen, mut cursor) = (0, None);
+    while seen < 3 {
+        let ev = next_event(&mut away, WAIT).await.expect("the three orders");
+        if let Some(Kind::Orders(o)) = &ev.kind {
+            seen += o.orders.len();
+        }
+        cursor = ev.cursor;
+    }
+    drop(away);
+    let cursor = cursor.expect("every event carries a cursor");
+    submit(&nodes[0], (3..5).map(|i| order(BTC, i)).collect()).await;
+    collect_orders(&mut events[1], 5, WAIT).await; // node 2 has all five
+    for n in &nodes {
+        seal(n).await;
+    }
+    let agreement = agreed(&mut events[0]).await;
+    let outcome = wait_event(&mut events[0], "OrdersCommitted", |k| match k {
+        Kind::OrdersCommitted(c) => Some(c.clone()),
+        Kind::OrdersExcluded(x) => panic!("nothing is excluded on a calm network: {x:?}"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(outcome.batch_id, agreement.batch_id);
+    let mut committed = outcome.ids.clone();
+    committed.sort_unstable();
+    assert_eq!(committed, (0..5).collect::<Vec<_>>());
+
+    let resume = |resume_after| SubscribeRequest { markets: vec![], resume_after: Some(resume_after) };
+    let mut resumed = nodes[1].client().await.subscribe(resume(cursor)).await.unwrap().into_inner();
+    let mut replayed = Vec::new();
+    let mut sequences = vec![cursor.sequence];
+    loop {
+        let ev = next_event(&mut resumed, WAIT).await.expect("the missed events");
+        sequences.push(ev.cursor.expect("cursor").sequence);
+        match ev.kind {
+            Some(Kind::Orders(o)) => replayed.extend(ids(&o.orders)),
+            Some(Kind::BatchAgreed(a)) => {
+                assert_eq!(a.batch_hash, agreement.batch_hash);
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(replayed, vec![3, 4], "exactly the orders that arrived while the engine was away");
+    assert!(sequences.windows(2).all(|w| w[1] == w[0] + 1), "no gap, no repeat: {sequences:?}");
+    assert_eq!(nodes[1].status().await.incarnation, cursor.incarnation);
+    let other_run = Cursor { incarnation: cursor.incarnation ^ 1, ..cursor };
+    let refused = nodes[1].client().await.subscribe(resume(other_run)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    shutdown_all(nodes).await;
+}
+
+/// Two of three nodes miss one of the origin's orders: the quorum agrees the batch without
+/// it, the origin adopts that batch and tells its engine the order was excluded; resubmitted
+/// under the same id, the order joins the next batch and is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_the_quorum_missed_is_excluded_then_committed_when_resubmitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = start_node(dir.path(), "origin", &[BTC], vec![], engine_sealing).await;
+    let mut lossy = Vec::new();
+    for name in ["l1", "l2"] {
+        let bootstrap = [&origin].into_iter().chain(lossy.iter()).map(|n| n.bootstrap_addr()).collect();
+        // Each loses order 9 of epoch 0 on the way in, not its resubmission.
+        lossy.push(
+            start_node_with_fault(dir.path(), name, &[BTC], bootstrap, engine_sealing, |o| o.id == 9 && o.epoch == 0)
+                .await,
+        );
+    }
+    let all: Vec<&TestNode> = [&origin].into_iter().chain(lossy.iter()).collect();
+    wait_for_mesh(all.iter().copied(), WAIT).await;
+    let mut events = Vec::new();
+    for n in &all {
+        events.push(n.subscribe().await);
+    }
+    submit(&origin, vec![order(BTC, 8), order(BTC, 9)]).await;
+    for ev in events.iter_mut().skip(1) {
+        assert_eq!(ids(&collect_orders(ev, 1, WAIT).await), vec![8]);
+    }
+    for n in &all {
+        assert_eq!(seal(n).await.epoch, 0);
+    }
+    let first = agreed(&mut events[0]).await;
+    assert_eq!((first.order_count, first.revision), (1, 1), "the origin adopted the quorum's batch");
+    let fate = |k: &Kind| match k {
+        Kind::OrdersCommitted(c) => Some((c.ids.clone(), true)),
+        Kind::OrdersExcluded(x) => Some((x.ids.clone(), false)),
+        _ => None,
+    };
+    let mut fates = vec![wait_event(&mut events[0], "an outcome", fate).await];
+    fates.push(wait_event(&mut events[0], "an outcome", fate).await);
+    fates.sort();
+    assert_eq!(fates, vec![(vec![8], true), (vec![9], false)]);
+    assert_eq!(metric::order_outcomes(&origin, BTC, "excluded"), 1);
+
+    submit(&origin, vec![order(BTC, 9)]).await; // same id, same content: joins epoch 1
+    for ev in events.iter_mut().skip(1) {
+        assert_eq!(ids(&collect_orders(ev, 1, WAIT).await), vec![9]);
+    }
+    for n in &all {
+        assert_eq!(seal(n).await.epoch, 1);
+    }
+    let second = agreed(&mut events[0]).await;
+    assert_eq!((second.order_count, second.revision), (1, 0));
+    assert_eq!(wait_event(&mut events[0], "an outcome", fate).await, (vec![9], true));
+    drop(all);
+    shutdown_all(lossy).await;
+    origin.shutdown().await;
+}

@@ -426,7 +426,12 @@ pub mod metric {
         n.metrics.batches.get_or_create(&MarketOutcome { market: market.to_owned(), outcome }).get()
     }
 
-    /// Peer batch seals of `market` that differed from this node's.
+    /// This node's own orders of `market` by fate, `committed` or `excluded`.
+    pub fn order_outcomes(n: &RunningSidecar, market: &str, outcome: &'static str) -> u64 {
+        n.metrics.order_outcomes.get_or_create(&MarketOutcome { market: market.into(), outcome }).get()
+    }
+
+    /// Batches of `market` whose seal at this node lost to the quorum's (it adopted theirs).
     pub fn batch_mismatches(n: &RunningSidecar, market: &str) -> u64 {
         n.metrics.batch_mismatches.get_or_create(&MarketLabel { market: market.into() }).get()
     }

@@ -27,6 +27,7 @@ impl Node {
         let now = Instant::now();
         if self.epochs.mode() == SealingMode::Clock {
             self.open_epochs(now_ms);
+            self.drive_recovery(now);
             for key in self.consensus.collecting() {
                 if self.epochs.seal_due(key.epoch, now_ms) {
                     let actions = self.consensus.seal(&key, now);
@@ -39,14 +40,16 @@ impl Node {
         let actions = self.consensus.tick(now, &membership);
         self.run_actions(actions);
         let consensus = &self.consensus;
-        self.own.forget(|market, epoch| consensus.is_pruned(market, epoch));
+        self.own.forget(|market, epoch| consensus.is_dropped(market, epoch));
     }
 
     /// Clock sealing: opens the batch of every epoch of every market up to the current one,
     /// empty or not, so that every member votes on every batch (a member that missed a
     /// batch's orders, e.g. while partitioned, learns of it from its own empty seal and
-    /// adopts the quorum's content). The first epoch opened is the current one: a started
-    /// node does not vote on batches from before it ran.
+    /// adopts the quorum's content). The first epoch opened is the current one (the floor):
+    /// a started node does not vote on older batches, which it may have voted on in a
+    /// previous run (a run that ended during the current epoch cannot have sealed it yet),
+    /// and learns its orders in them by recovery ([`super::recovery`]).
     fn open_epochs(&mut self, now_ms: u64) {
         /// Most epochs opened at once per market (after a stall of the node task).
         const MAX_CATCH_UP: u64 = 16;
@@ -76,6 +79,9 @@ impl Node {
             } else {
                 excluded.push(id);
             }
+        }
+        for id in &committed {
+            self.own.commit(*id);
         }
         for id in &excluded {
             self.own.release(*id, batch.epoch);

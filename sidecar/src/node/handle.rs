@@ -113,6 +113,8 @@ pub struct NodeHandle {
     pub(super) info: Arc<NodeInfo>,
     pub(super) markets: watch::Receiver<Markets>,
     pub(super) health: watch::Receiver<Health>,
+    /// Whether start-up recovery is done ([`super::recovery`]): submissions wait for it.
+    pub(super) recovered: watch::Receiver<bool>,
 }
 
 impl NodeHandle {
@@ -137,8 +139,8 @@ impl NodeHandle {
         self.ask(|reply| Command::Reload { settings: Box::new(settings), reply }).await
     }
 
-    /// Queues already-validated `orders` (from the engine) for gossip, waiting for outbox
-    /// space first. With `want_receipts`, returns each order's digest and epoch once queued
+    /// Queues already-validated `orders` (from the engine) for gossip, waiting for start-up
+    /// recovery to finish and for outbox space first. With `want_receipts`, returns each order's digest and epoch once queued
     /// (an order resubmitted unchanged gets its first instance's). `orders.len()` must not
     /// exceed the outbox capacity.
     ///
@@ -149,6 +151,7 @@ impl NodeHandle {
         want_receipts: bool,
     ) -> Result<Result<Vec<Submitted>, DuplicateId>, NodeGone> {
         let n = u32::try_from(orders.len()).map_err(|_| NodeGone)?;
+        self.recovered.clone().wait_for(|done| *done).await.map_err(|_| NodeGone)?;
         self.credits.acquire_many(n).await.map_err(|_| NodeGone)?.forget();
         self.ask(|reply| Command::Submit { orders, want_receipts, reply }).await
     }

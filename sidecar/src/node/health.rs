@@ -43,6 +43,12 @@ pub enum Degradation {
         /// Quorum in force.
         quorum: usize,
     },
+    /// Start-up recovery is learning which of this node's orders peers committed;
+    /// submissions wait until it is done.
+    Recovering {
+        /// Batches not answered yet.
+        batches: usize,
+    },
     /// Batches sealed longer than `repairWindowMs` ago are still undecided (waiting for
     /// members' seals).
     AwaitingQuorum {
@@ -86,6 +92,11 @@ impl Health {
             Health::Degraded(Degradation::BelowQuorum { live, members, quorum }) => {
                 format!("{live} of {members} members live, below the quorum of {quorum}; deciding nothing")
             }
+            Health::Degraded(Degradation::Recovering { batches }) => {
+                format!(
+                    "recovering this node's committed orders from peers ({batches} batch(es) to go); submissions wait"
+                )
+            }
             Health::Degraded(Degradation::AwaitingQuorum { batches }) => {
                 format!("{batches} batch(es) sealed longer than the repair window still wait for a quorum")
             }
@@ -105,6 +116,8 @@ struct Observed<'a> {
     live: usize,
     /// Quorum in force.
     quorum: usize,
+    /// Batches start-up recovery still waits for.
+    recovering: usize,
     /// Batches undecided for longer than the repair window.
     undecided: usize,
     /// A batch disputed or halted within [`TROUBLE_MEMORY`].
@@ -113,13 +126,15 @@ struct Observed<'a> {
     banned: usize,
 }
 
-/// The first that applies: isolated, below quorum, batches awaiting a quorum, recent batch
-/// trouble, a banned peer, healthy.
+/// The first that applies: isolated, below quorum, recovering, batches awaiting a quorum,
+/// recent batch trouble, a banned peer, healthy.
 fn assess(o: Observed<'_>) -> Health {
     if o.live <= 1 && o.members > 1 {
         Health::Isolated { members: o.members }
     } else if o.live < o.quorum {
         Health::Degraded(Degradation::BelowQuorum { live: o.live, members: o.members, quorum: o.quorum })
+    } else if o.recovering > 0 {
+        Health::Degraded(Degradation::Recovering { batches: o.recovering })
     } else if o.undecided > 0 {
         Health::Degraded(Degradation::AwaitingQuorum { batches: o.undecided })
     } else if let Some(t) = o.recent_trouble {
@@ -141,6 +156,7 @@ impl Node {
             members,
             live: self.live_peers().len() + 1,
             quorum: self.consensus.quorum(members),
+            recovering: self.recovering(),
             undecided: self.consensus.undecided_since(now, repair_window),
             recent_trouble: self.last_trouble.as_ref().filter(|(at, _)| at.elapsed() < TROUBLE_MEMORY).map(|(_, t)| t),
             banned: self.reputation.summary(now).banned,
@@ -203,7 +219,7 @@ mod tests {
     use super::*;
 
     fn calm() -> Observed<'static> {
-        Observed { members: 3, live: 3, quorum: 2, undecided: 0, recent_trouble: None, banned: 0 }
+        Observed { members: 3, live: 3, quorum: 2, recovering: 0, undecided: 0, recent_trouble: None, banned: 0 }
     }
 
     #[test]
@@ -216,14 +232,26 @@ mod tests {
     #[test]
     fn isolation_comes_first_then_quorum_then_waiting_batches_then_trouble_then_bans() {
         let trouble = Degradation::BatchHalted("1 peer(s) computed a different result hash".into());
-        let all_bad =
-            Observed { members: 5, live: 1, quorum: 3, undecided: 4, recent_trouble: Some(&trouble), banned: 1 };
+        let all_bad = Observed {
+            members: 5,
+            live: 1,
+            quorum: 3,
+            recovering: 0,
+            undecided: 4,
+            recent_trouble: Some(&trouble),
+            banned: 1,
+        };
         let h = assess(all_bad);
         assert_eq!(h, Health::Isolated { members: 5 });
         assert_eq!((h.as_str(), h.code()), ("isolated", 2));
         assert_eq!(h.reason(), "no other member heard within the liveness window (5 members); deciding nothing");
         let h = assess(Observed { live: 2, ..all_bad });
         assert_eq!(h.reason(), "2 of 5 members live, below the quorum of 3; deciding nothing");
+        let h = assess(Observed { live: 3, recovering: 2, ..all_bad });
+        assert_eq!(
+            h.reason(),
+            "recovering this node's committed orders from peers (2 batch(es) to go); submissions wait"
+        );
         let h = assess(Observed { live: 3, ..all_bad });
         assert_eq!(h.reason(), "4 batch(es) sealed longer than the repair window still wait for a quorum");
         let h = assess(Observed { live: 3, undecided: 0, ..all_bad });

@@ -28,6 +28,7 @@ mod own_orders;
 mod peers;
 mod publish;
 mod reconfigure;
+mod recovery;
 mod repair_io;
 mod subscribers;
 
@@ -116,6 +117,10 @@ pub(crate) struct Node {
     heard: HashSet<PeerId>,
     /// Clock sealing: per market, the newest epoch whose batch is open.
     opened: HashMap<String, u64>,
+    /// Learning this node's committed orders from its peers after a (re)start.
+    recovery: recovery::Recovery,
+    /// Whether recovery is done: submissions wait for it (the handle reads it).
+    recovered: watch::Sender<bool>,
     closing: bool,
     consensus: Consensus,
     epochs: EpochClock,
@@ -169,6 +174,9 @@ impl Node {
         let credits = Arc::new(Semaphore::new(info.outbox_capacity));
         let (markets, markets_rx) = watch::channel(Arc::new(markets));
         let (health, health_rx) = watch::channel(Health::default());
+        // Engine sealing has no recovery (the epochs are the engines' counters).
+        let engine_sealing = c.consensus.sealing == openmatch_gossip_crds::sidecar_config::SealingMode::Engine;
+        let (recovered, recovered_rx) = watch::channel(engine_sealing);
         let (tx, commands) = mpsc::unbounded_channel();
         let node = Node {
             validator: Validator::new(&c.network, limits.clone(), metrics.clone()),
@@ -197,13 +205,15 @@ impl Node {
             last_status: HashMap::new(),
             heard: HashSet::new(),
             opened: HashMap::new(),
+            recovery: if engine_sealing { recovery::Recovery::Done } else { recovery::Recovery::NotStarted },
+            recovered,
             closing: false,
             repairs: HashMap::new(),
             own: Default::default(),
             last_trouble: None,
             inbox: Vec::new(),
         };
-        let handle = NodeHandle { tx, credits, info, markets: markets_rx, health: health_rx };
+        let handle = NodeHandle { tx, credits, info, markets: markets_rx, health: health_rx, recovered: recovered_rx };
         Ok((node, handle, metrics))
     }
 

@@ -5,7 +5,9 @@
 //! refused.
 //!
 //! The window: an id is remembered until its batch is pruned (`retainedBatches` decided
-//! batches per market), and only while this sidecar runs.
+//! batches per market). A restarted sidecar relearns its committed orders from its peers
+//! before it takes submissions ([`super::recovery`]); an excluded id is forgotten at once,
+//! so that its order can be resubmitted.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -18,16 +20,23 @@ use crate::wire;
 pub(super) enum Seen {
     /// Its id is new.
     New,
-    /// The same order was accepted before: its receipt.
-    Again(Submitted),
+    /// The same order was accepted before: its receipt, and whether it is committed.
+    Again(Submitted, bool),
     /// Its id was accepted before for a different order, whose digest this is.
     Conflict(wire::Digest),
 }
 
-/// Accepted own orders: id → receipt, and per market the ids of each epoch, for pruning.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    receipt: Submitted,
+    committed: bool,
+}
+
+/// Accepted own orders: id → receipt and outcome, and per market the ids of each epoch,
+/// for pruning.
 #[derive(Debug, Default)]
 pub(super) struct OwnOrders {
-    by_id: HashMap<u64, Submitted>,
+    by_id: HashMap<u64, Entry>,
     by_market: HashMap<String, BTreeMap<u64, Vec<u64>>>,
 }
 
@@ -36,15 +45,16 @@ impl OwnOrders {
     /// every field the digest covers but the epoch (which the sidecar stamps).
     pub(super) fn check(&self, order: &mut Order) -> Seen {
         let Some(first) = self.by_id.get(&order.id) else { return Seen::New };
-        let stamped = std::mem::replace(&mut order.epoch, first.epoch);
-        let same = wire::order_digest(order) == first.digest;
+        let stamped = std::mem::replace(&mut order.epoch, first.receipt.epoch);
+        let same = wire::order_digest(order) == first.receipt.digest;
         order.epoch = stamped;
-        if same { Seen::Again(*first) } else { Seen::Conflict(first.digest) }
+        if same { Seen::Again(first.receipt, first.committed) } else { Seen::Conflict(first.receipt.digest) }
     }
 
-    /// Remembers an accepted order of `market`.
-    pub(super) fn insert(&mut self, market: &str, id: u64, receipt: Submitted) {
-        self.by_id.insert(id, receipt);
+    /// Remembers an accepted order of `market` (`committed`: already known to be in its
+    /// agreed batch, as for orders recovered after a restart).
+    pub(super) fn insert(&mut self, market: &str, id: u64, receipt: Submitted, committed: bool) {
+        self.by_id.insert(id, Entry { receipt, committed });
         let epochs = match self.by_market.get_mut(market) {
             Some(e) => e,
             None => self.by_market.entry(market.to_owned()).or_default(),
@@ -62,7 +72,7 @@ impl OwnOrders {
                 }
                 let epoch = *entry.key();
                 for id in entry.remove() {
-                    if self.by_id.get(&id).is_some_and(|r| r.epoch == epoch) {
+                    if self.by_id.get(&id).is_some_and(|e| e.receipt.epoch == epoch) {
                         self.by_id.remove(&id);
                     }
                 }
@@ -74,12 +84,21 @@ impl OwnOrders {
     /// it and resubmitted into a later epoch belongs to that later batch.
     pub(super) fn of_batch<'a>(&'a self, market: &str, epoch: u64) -> impl Iterator<Item = (u64, wire::Digest)> + 'a {
         let ids = self.by_market.get(market).and_then(|e| e.get(&epoch)).map_or(&[][..], Vec::as_slice);
-        ids.iter().filter_map(move |id| self.by_id.get(id).filter(|r| r.epoch == epoch).map(|r| (*id, r.digest)))
+        ids.iter().filter_map(move |id| {
+            self.by_id.get(id).filter(|e| e.receipt.epoch == epoch).map(|e| (*id, e.receipt.digest))
+        })
+    }
+
+    /// Records that `id` is committed (a resubmission is answered with that outcome).
+    pub(super) fn commit(&mut self, id: u64) {
+        if let Some(e) = self.by_id.get_mut(&id) {
+            e.committed = true;
+        }
     }
 
     /// Frees `id` (excluded from batch `epoch`): the engine may resubmit it.
     pub(super) fn release(&mut self, id: u64, epoch: u64) {
-        if self.by_id.get(&id).is_some_and(|r| r.epoch == epoch) {
+        if self.by_id.get(&id).is_some_and(|e| e.receipt.epoch == epoch) {
             self.by_id.remove(&id);
         }
     }
@@ -112,7 +131,7 @@ mod tests {
 
     fn accept(own: &mut OwnOrders, o: &Order) -> Submitted {
         let receipt = Submitted { digest: wire::order_digest(o), epoch: o.epoch };
-        own.insert(&o.market, o.id, receipt);
+        own.insert(&o.market, o.id, receipt, false);
         receipt
     }
 
@@ -124,11 +143,11 @@ mod tests {
         let receipt = accept(&mut own, &first);
         // The same order, resubmitted two epochs later (the sidecar stamps the new epoch).
         let mut again = stamped(7, 100, 5);
-        assert_eq!(own.check(&mut again), Seen::Again(receipt));
+        assert_eq!(own.check(&mut again), Seen::Again(receipt, false));
         assert_eq!(again.epoch, 5, "the check leaves the order as it was");
         let Order { submitted_at_ns, .. } = &mut again;
         *submitted_at_ns = 99; // a measurement, not part of the order
-        assert_eq!(own.check(&mut again), Seen::Again(receipt));
+        assert_eq!(own.check(&mut again), Seen::Again(receipt, false));
         assert_eq!(own.check(&mut stamped(7, 101, 5)), Seen::Conflict(receipt.digest));
         assert_eq!(own.check(&mut stamped(8, 100, 5)), Seen::New);
     }

@@ -2,7 +2,7 @@
 //! batch, the outbox, and publishing packs to GossipSub at the pacer's rate, retrying
 //! deferred packs without ever dropping them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use super::Node;
@@ -11,7 +11,7 @@ use super::own_orders::Seen;
 use crate::consensus::AddOutcome;
 use crate::epoch::unix_now_ns;
 use crate::metrics::{KindMarket, MarketLabel, MarketReason};
-use crate::proto::Order;
+use crate::proto::{Order, event::Kind};
 use crate::topics::{Topic, TopicKind};
 use crate::wire;
 use libp2p::gossipsub::PublishError;
@@ -47,7 +47,7 @@ impl Node {
     /// Stamps the engine's `orders` (origin = this node, the epoch of their market now, the
     /// submit time if the engine left it 0), adds each to its batch and queues it in the
     /// outbox. An order resubmitted unchanged is not queued again: it gets its first
-    /// receipt. An order for a batch that engine sealing already closed is refused and
+    /// receipt, and if it is already committed its `OrdersCommitted` is sent again. An order for a batch that engine sealing already closed is refused and
     /// counted as late. With `want_receipts`, answers each order's digest and epoch.
     ///
     /// Errors: [`DuplicateId`] at the first order whose id was accepted for a different
@@ -62,16 +62,22 @@ impl Node {
         let mut per_market: HashMap<String, u64> = HashMap::new();
         let mut not_queued = 0;
         let mut outcome = Ok(());
+        // Resubmissions of committed orders: their outcome is told again.
+        let mut recommitted: BTreeMap<(String, u64), Vec<u64>> = BTreeMap::new();
         for (index, mut o) in orders.into_iter().enumerate() {
-            o.epoch = self.epochs.epoch_for(&o.market, now_ms);
+            // Not before the floor: a (re)started node votes from there on.
+            o.epoch = self.epochs.epoch_for(&o.market, now_ms).max(self.consensus.floor(&o.market).unwrap_or(0));
             if o.submitted_at_ns == 0 {
                 o.submitted_at_ns = stamp;
             }
             o.origin = origin.clone();
             match self.own.check(&mut o) {
                 Seen::New => {}
-                Seen::Again(first) => {
+                Seen::Again(first, committed) => {
                     receipts.extend(want_receipts.then_some(first));
+                    if committed {
+                        recommitted.entry((o.market.clone(), first.epoch)).or_default().push(o.id);
+                    }
                     not_queued += 1;
                     continue;
                 }
@@ -82,14 +88,15 @@ impl Node {
                 }
             }
             let receipt = Submitted { digest: wire::order_digest(&o), epoch: o.epoch };
-            receipts.extend(want_receipts.then_some(receipt));
             if self.consensus.add_order(&o, receipt.digest) == AddOutcome::Late {
-                // Engine sealing closed this epoch already: the order is refused.
+                // This node sealed the epoch already (engine sealing closed it, or the
+                // clock passed the floor's predecessor): the order is refused, no receipt.
                 self.metrics.late_orders.get_or_create(&MarketLabel { market: o.market.clone() }).inc();
                 not_queued += 1;
                 continue;
             }
-            self.own.insert(&o.market, o.id, receipt);
+            receipts.extend(want_receipts.then_some(receipt));
+            self.own.insert(&o.market, o.id, receipt, false);
             match per_market.get_mut(&o.market) {
                 Some(n) => *n += 1,
                 None => {
@@ -99,6 +106,10 @@ impl Node {
             self.outbox.push(o);
         }
         self.credits.add_permits(not_queued);
+        for ((market, epoch), ids) in recommitted {
+            let batch_id = Some(crate::proto::BatchId { market, epoch });
+            self.subscribers.broadcast(Kind::OrdersCommitted(crate::proto::OrdersCommitted { batch_id, ids }));
+        }
         for (market, n) in per_market {
             self.metrics.orders_submitted.get_or_create(&MarketLabel { market }).inc_by(n);
         }

@@ -1,0 +1,192 @@
+//! Recovery at start (docs/PROTOCOL.md §Sidecar restart): before it takes the engine's
+//! orders, a node learns from its peers which of *its own* orders the network already
+//! committed, so that an engine resubmitting the orders whose fate it did not hear (its
+//! sidecar was killed, or restarted) gets their outcome instead of a second instance.
+//!
+//! With clock sealing a node votes only from its floor, the epoch it started in
+//! ([`crate::consensus::Consensus::open`]). For every market, the floor's batch and the
+//! `retainedBatches` before it (a previous run may have gossiped orders into any of them),
+//! it asks a live peer for its own orders in that batch
+//! (`RepairRequest.own_orders`: the responder answers with the requester's orders, by the
+//! authenticated peer id of the connection, and the batch's decision). Agreed batches' orders
+//! enter the own-order index as committed; disputed and unknown batches hold none;
+//! undecided ones are asked again every `sealTimeoutMs` until peers decide them. Until
+//! every batch is answered, submissions wait (the `recovered` gate of the node handle).
+//!
+//! Not recovered: engine sealing (its epochs are the engines' counters; the node takes
+//! submissions at once); a network where no other member is live within [`GIVE_UP`]; and
+//! batches peers still have not decided `repairWindowMs` after recovery started (e.g. the
+//! restart took the network below its quorum, and the peers wait for this node's vote,
+//! which it does not give below its floor). The node then takes submissions and says
+//! which batches it could not learn: an order the engine resubmits from one of those could
+//! be committed twice if a quorum later agrees its first instance.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+
+use super::Node;
+use super::handle::Submitted;
+use crate::proto::{BatchDecision, Order, OwnOrders};
+use crate::wire::{self, BatchKey};
+
+/// With no live member to ask for this long, recovery gives up.
+const GIVE_UP: Duration = Duration::from_secs(10);
+/// Most recovery requests started per tick.
+const PER_TICK: usize = 32;
+
+/// Where recovery stands.
+#[derive(Debug)]
+pub(super) enum Recovery {
+    /// Waiting for the first tick to know the floors.
+    NotStarted,
+    /// Asking peers.
+    Running {
+        /// Batches still to learn about: key → (last asked, peers that did not know it).
+        pending: BTreeMap<BatchKey, (Option<Instant>, HashSet<PeerId>)>,
+        started: Instant,
+        /// Own orders recovered as committed so far.
+        committed: usize,
+        /// Round-robin over live peers.
+        next: usize,
+    },
+    /// Done: submissions are taken.
+    Done,
+}
+
+impl Node {
+    /// Every consensus tick until done: starts recovery once the floors are known, asks
+    /// live peers about the batches not answered yet, and opens the gate when all are.
+    pub(super) fn drive_recovery(&mut self, now: Instant) {
+        if let Recovery::NotStarted = self.recovery {
+            let window = u64::from(self.settings.config.consensus.retained_batches);
+            let mut pending = BTreeMap::new();
+            for market in self.markets.borrow().iter() {
+                let Some(floor) = self.consensus.floor(market) else { return };
+                for epoch in floor.saturating_sub(window)..=floor {
+                    pending.insert(BatchKey { market: market.clone(), epoch }, (None, HashSet::new()));
+                }
+            }
+            self.recovery = Recovery::Running { pending, started: now, committed: 0, next: 0 };
+        }
+        let live = self.askable_peers();
+        let members = self.members();
+        let retry = Duration::from_millis(self.settings.config.consensus.seal_timeout_ms as u64);
+        let Recovery::Running { pending, started, next, .. } = &mut self.recovery else { return };
+        if members <= 1 {
+            return self.finish_recovery("this node is the only member");
+        }
+        if pending.is_empty() {
+            return self.finish_recovery("every batch answered");
+        }
+        let deadline = Duration::from_millis(self.settings.config.consensus.repair_window_ms as u64);
+        if now.duration_since(*started) >= deadline && !live.is_empty() {
+            let undecided: Vec<String> = pending.keys().take(8).map(ToString::to_string).collect();
+            tracing::warn!(
+                batches = pending.len(),
+                first = ?undecided,
+                waited_ms = deadline.as_millis() as u64,
+                "peers have not decided these batches from before this node's start; taking submissions anyway (an order the engine resubmits from them could be committed twice)"
+            );
+            return self.finish_recovery("peers left batches undecided");
+        }
+        if live.is_empty() {
+            if now.duration_since(*started) >= GIVE_UP {
+                tracing::warn!(
+                    waited_s = GIVE_UP.as_secs(),
+                    "no other member live to recover this node's committed orders from; taking submissions anyway (an order the engine resubmits now could be committed twice)"
+                );
+                return self.finish_recovery("no member live");
+            }
+            return;
+        }
+        let mut asks = Vec::new();
+        pending.retain(|_, (_, unknown)| !live.iter().all(|p| unknown.contains(p)));
+        for (key, (asked, unknown)) in pending.iter_mut() {
+            if asks.len() >= PER_TICK {
+                break;
+            }
+            if asked.is_none_or(|t| now.duration_since(t) >= retry) {
+                // The next live peer that has not said it does not know the batch.
+                let ask = (0..live.len()).map(|k| live[(*next + k) % live.len()]).find(|p| !unknown.contains(p));
+                if let Some(peer) = ask {
+                    *asked = Some(now);
+                    asks.push((peer, key.clone()));
+                    *next += 1;
+                }
+            }
+        }
+        for (peer, key) in asks {
+            self.request_own_orders(peer, key);
+        }
+    }
+
+    /// Live members this node is connected to (a request needs a connection), in a
+    /// stable order.
+    fn askable_peers(&self) -> Vec<PeerId> {
+        let mut live: Vec<PeerId> = self.live_peers().into_iter().filter(|p| self.swarm.is_connected(p)).collect();
+        live.sort_unstable();
+        live
+    }
+
+    /// `peer`'s answer about `batch` (or `None`: the request failed, ask again).
+    pub(super) fn on_own_orders(&mut self, peer: PeerId, batch: BatchKey, answer: Option<OwnOrders>) {
+        let me = self.info.peer_id.to_bytes();
+        let Recovery::Running { pending, committed, .. } = &mut self.recovery else { return };
+        let Some(entry) = pending.get_mut(&batch) else { return };
+        let Some(answer) = answer else {
+            entry.0 = None;
+            return;
+        };
+        match BatchDecision::try_from(answer.decision).unwrap_or(BatchDecision::Unspecified) {
+            BatchDecision::Agreed => {
+                pending.remove(&batch);
+                let valid = |o: &Order| {
+                    o.origin == me.as_slice()
+                        && o.market == batch.market
+                        && o.epoch == batch.epoch
+                        && wire::check_order_fields(o, self.info.max_freeze_proof_bytes).is_ok()
+                };
+                for o in answer.orders.iter().filter(|o| valid(o)) {
+                    let receipt = Submitted { digest: wire::order_digest(o), epoch: o.epoch };
+                    self.own.insert(&batch.market, o.id, receipt, true);
+                    *committed += 1;
+                }
+            }
+            BatchDecision::Disputed => {
+                pending.remove(&batch);
+            }
+            BatchDecision::Unknown => {
+                // Another live peer may know it (this one may have started after it): the
+                // batch is done once every live peer said it does not know it.
+                entry.1.insert(peer);
+                entry.0 = None;
+            }
+            BatchDecision::Undecided | BatchDecision::Unspecified => {}
+        }
+    }
+
+    fn finish_recovery(&mut self, why: &str) {
+        if let Recovery::Running { committed, started, .. } = &self.recovery {
+            tracing::info!(
+                committed_orders = committed,
+                took_ms = started.elapsed().as_millis() as u64,
+                why,
+                "recovery done: taking submissions"
+            );
+        }
+        self.recovery = Recovery::Done;
+        self.recovered.send_replace(true);
+        self.update_health();
+    }
+
+    /// Batches recovery still waits for (0 when done).
+    pub(super) fn recovering(&self) -> usize {
+        match &self.recovery {
+            Recovery::NotStarted => 1,
+            Recovery::Running { pending, .. } => pending.len().max(1),
+            Recovery::Done => 0,
+        }
+    }
+}
