@@ -45,7 +45,7 @@ use openmatch_gossip_crds::sidecar_config::ConsensusConfig;
 
 use crate::batch_hash::batch_hash_sorted;
 use crate::proto::{
-    BatchAgreed, BatchDecision, BatchDisputed, BatchSealed, DigestSet, Order, OriginDigest, ResultAgreed,
+    BatchAgreed, BatchDecision, BatchDisputed, BatchSealed, DecidedBatch, DigestSet, Order, OriginDigest, ResultAgreed,
     ResultMismatch, TradeResult,
 };
 use crate::reputation::Offence;
@@ -453,18 +453,63 @@ impl Consensus {
         })
     }
 
-    /// Whether `batch` was decided here, and `origin`'s orders in it if it was agreed: a
-    /// restarted node (`origin`) recovering which of its orders were committed.
-    pub(crate) fn decision_for(&self, batch: &BatchKey, origin: &[u8]) -> (BatchDecision, Vec<Order>) {
-        let Some(b) = self.batches.get(batch) else { return (BatchDecision::Unknown, Vec::new()) };
-        match b.phase {
-            BatchPhase::Collect | BatchPhase::Sealed => (BatchDecision::Undecided, Vec::new()),
-            BatchPhase::Disputed => (BatchDecision::Disputed, Vec::new()),
-            _ => {
-                let mine = b.orders.values().filter(|o| o.origin == origin);
-                (BatchDecision::Agreed, mine.map(|o| wire::with_market(o, &batch.market)).collect())
-            }
+    /// `batch` as decided here, for a restarted member's recovery: its decision and, if
+    /// agreed, its hash, orders and our engine's result.
+    pub(crate) fn decided(&self, batch: &BatchKey) -> DecidedBatch {
+        let mut answer = DecidedBatch { batch_id: Some(batch.to_proto()), ..Default::default() };
+        let Some(b) = self.batches.get(batch) else {
+            answer.decision = BatchDecision::Unknown as i32;
+            return answer;
+        };
+        answer.decision = match b.phase {
+            BatchPhase::Collect | BatchPhase::Sealed => BatchDecision::Undecided,
+            BatchPhase::Disputed => BatchDecision::Disputed,
+            _ => BatchDecision::Agreed,
+        } as i32;
+        if b.phase.agreed() {
+            answer.batch_hash = b.hash.map(|h| h.to_vec()).unwrap_or_default();
+            answer.orders = b.orders.values().map(|o| wire::with_market(o, &batch.market)).collect();
+            answer.result = b.result.map(|(hash, trades)| TradeResult {
+                batch_id: Some(batch.to_proto()),
+                result_hash: hash.to_vec(),
+                trade_count: trades,
+            });
         }
+        answer
+    }
+
+    /// Recovery: a batch from before this node's floor that `peer` reports agreed as
+    /// `hash` with `orders` (each with its digest, already checked to hash to `hash`) and,
+    /// if it has one, `result`. It joins as agreed (served by `GetBatch`, settled by the
+    /// engine's result); `None` if this node already knows it.
+    pub(crate) fn recover_agreed(
+        &mut self,
+        key: &BatchKey,
+        hash: Digest,
+        orders: Vec<(Digest, Order)>,
+        peer_result: Option<(PeerId, Digest, u64)>,
+    ) -> Option<BatchAgreed> {
+        if self.batches.contains_key(key) || self.is_dropped(&key.market, key.epoch) {
+            return None;
+        }
+        let mut b = Batch::new();
+        b.orders = orders.into_iter().map(|(d, o)| (d, wire::strip_market(&o))).collect();
+        b.phase = BatchPhase::Agreed;
+        b.hash = Some(hash);
+        b.repaired = b.orders.len() as u64;
+        if let Some((peer, h, trades)) = peer_result {
+            b.peer_results.insert(peer, (h, trades));
+        }
+        let agreed = BatchAgreed {
+            batch_id: Some(key.to_proto()),
+            batch_hash: hash.to_vec(),
+            order_count: b.orders.len() as u64,
+            revision: 0,
+            agreement_us: 0,
+            repaired_orders: b.repaired,
+        };
+        self.batches.insert(key.clone(), b);
+        Some(agreed)
     }
 
     /// The orders of `batch` among `digests` that we hold, for a fetch request.
@@ -590,8 +635,12 @@ impl Consensus {
         Ok(vec![Action::PublishResult(BatchResult { batch: batch.clone(), hash, trades })])
     }
 
-    /// A peer's result (nothing recorded for a pruned epoch).
+    /// A peer's result (nothing recorded for a pruned epoch unless the batch is kept).
     pub(crate) fn on_peer_result(&mut self, peer: PeerId, r: &BatchResult) {
+        if let Some(b) = self.batches.get_mut(&r.batch) {
+            b.peer_results.insert(peer, (r.hash, r.trades)); // a recovered batch's too
+            return;
+        }
         if self.is_pruned(&r.batch.market, r.batch.epoch) {
             return;
         }

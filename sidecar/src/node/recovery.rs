@@ -1,17 +1,19 @@
 //! Recovery at start (docs/PROTOCOL.md §Sidecar restart): before it takes the engine's
-//! orders, a node learns from its peers which of *its own* orders the network already
-//! committed, so that an engine resubmitting the orders whose fate it did not hear (its
-//! sidecar was killed, or restarted) gets their outcome instead of a second instance.
+//! orders, a node fetches from its peers the batches they decided before it started, so
+//! that an engine resubmitting the orders whose fate it did not hear (its sidecar was
+//! killed, or restarted) gets their outcome instead of a second instance, and an engine
+//! that missed batches while its sidecar was down can match them.
 //!
 //! With clock sealing a node votes only from its floor, the epoch it started in
 //! ([`crate::consensus::Consensus::open`]). For every market, the floor's batch and the
 //! `retainedBatches` before it (a previous run may have gossiped orders into any of them),
-//! it asks a live peer for its own orders in that batch
-//! (`RepairRequest.own_orders`: the responder answers with the requester's orders, by the
-//! authenticated peer id of the connection, and the batch's decision). Agreed batches' orders
-//! enter the own-order index as committed; disputed and unknown batches hold none;
-//! undecided ones are asked again every `sealTimeoutMs` until peers decide them. Until
-//! every batch is answered, submissions wait (the `recovered` gate of the node handle).
+//! it asks a live peer for the batch as decided there (`RepairRequest.decided`). An agreed
+//! batch whose orders hash to its agreed hash joins this node as agreed: `BatchAgreed` goes
+//! to the event log (an engine resuming from `{incarnation, 0}` gets it), its orders from
+//! this node enter the own-order index as committed and their `OrdersCommitted` follows.
+//! Disputed and unknown batches hold no committed order; undecided ones are asked again
+//! every `sealTimeoutMs` until peers decide them. Until every batch is answered,
+//! submissions wait (the `recovered` gate of the node handle).
 //!
 //! Not recovered: engine sealing (its epochs are the engines' counters; the node takes
 //! submissions at once); a network where no other member is live within [`GIVE_UP`]; and
@@ -28,8 +30,9 @@ use libp2p::PeerId;
 
 use super::Node;
 use super::handle::Submitted;
-use crate::proto::{BatchDecision, Order, OwnOrders};
-use crate::wire::{self, BatchKey};
+use crate::batch_hash::batch_hash_sorted;
+use crate::proto::{BatchDecision, DecidedBatch, Order, OrdersCommitted, event::Kind};
+use crate::wire::{self, BatchKey, Digest};
 
 /// With no live member to ask for this long, recovery gives up.
 const GIVE_UP: Duration = Duration::from_secs(10);
@@ -118,7 +121,7 @@ impl Node {
             }
         }
         for (peer, key) in asks {
-            self.request_own_orders(peer, key);
+            self.request_decided(peer, key);
         }
     }
 
@@ -131,7 +134,7 @@ impl Node {
     }
 
     /// `peer`'s answer about `batch` (or `None`: the request failed, ask again).
-    pub(super) fn on_own_orders(&mut self, peer: PeerId, batch: BatchKey, answer: Option<OwnOrders>) {
+    pub(super) fn on_decided(&mut self, peer: PeerId, batch: BatchKey, answer: Option<DecidedBatch>) {
         let me = self.info.peer_id.to_bytes();
         let Recovery::Running { pending, committed, .. } = &mut self.recovery else { return };
         let Some(entry) = pending.get_mut(&batch) else { return };
@@ -142,16 +145,43 @@ impl Node {
         match BatchDecision::try_from(answer.decision).unwrap_or(BatchDecision::Unspecified) {
             BatchDecision::Agreed => {
                 pending.remove(&batch);
+                let Some(hash) = Digest::try_from(answer.batch_hash.as_slice()).ok() else { return };
                 let valid = |o: &Order| {
-                    o.origin == me.as_slice()
-                        && o.market == batch.market
+                    o.market == batch.market
                         && o.epoch == batch.epoch
                         && wire::check_order_fields(o, self.info.max_freeze_proof_bytes).is_ok()
                 };
-                for o in answer.orders.iter().filter(|o| valid(o)) {
-                    let receipt = Submitted { digest: wire::order_digest(o), epoch: o.epoch };
-                    self.own.insert(&batch.market, o.id, receipt, true);
-                    *committed += 1;
+                let mut orders: Vec<(Digest, Order)> =
+                    answer.orders.into_iter().filter(valid).map(|o| (wire::order_digest(&o), o)).collect();
+                orders.sort_unstable_by_key(|(d, _)| *d);
+                let digests: Vec<Digest> = orders.iter().map(|(d, _)| *d).collect();
+                if batch_hash_sorted(&digests) != hash {
+                    tracing::warn!(%peer, batch = %batch, "recovered batch does not hash to its agreed hash; ignored");
+                    return;
+                }
+                let mine: Vec<(u64, Submitted)> = orders
+                    .iter()
+                    .filter(|(_, o)| o.origin == me.as_slice())
+                    .map(|(d, o)| (o.id, Submitted { digest: *d, epoch: o.epoch }))
+                    .collect();
+                *committed += mine.len();
+                let result = answer
+                    .result
+                    .as_ref()
+                    .and_then(|r| Digest::try_from(r.result_hash.as_slice()).ok().map(|h| (peer, h, r.trade_count)));
+                // The floor's batch is this node's own too (it votes on it): it is decided
+                // here in its own time, with the same hash; only its committed orders of a
+                // previous run are taken from the answer.
+                if let Some(agreed) = self.consensus.recover_agreed(&batch, hash, orders, result) {
+                    self.subscribers.broadcast(Kind::BatchAgreed(agreed));
+                }
+                for (id, receipt) in &mine {
+                    self.own.insert(&batch.market, *id, *receipt, true);
+                }
+                if !mine.is_empty() {
+                    let ids = mine.iter().map(|(id, _)| *id).collect();
+                    let ev = OrdersCommitted { batch_id: Some(batch.to_proto()), ids };
+                    self.subscribers.broadcast(Kind::OrdersCommitted(ev));
                 }
             }
             BatchDecision::Disputed => {

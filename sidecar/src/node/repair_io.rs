@@ -17,16 +17,14 @@ use crate::wire::{self, BatchKey, Digest};
 /// An outstanding repair request.
 pub(super) enum PendingRepair {
     Digests(BatchKey),
-    OwnOrders(BatchKey),
+    Decided(BatchKey),
     Fetch { batch: BatchKey, digests: HashSet<Digest> },
 }
 
 impl PendingRepair {
     fn batch(&self) -> &BatchKey {
         match self {
-            PendingRepair::Digests(batch) | PendingRepair::OwnOrders(batch) | PendingRepair::Fetch { batch, .. } => {
-                batch
-            }
+            PendingRepair::Digests(batch) | PendingRepair::Decided(batch) | PendingRepair::Fetch { batch, .. } => batch,
         }
     }
 }
@@ -39,11 +37,11 @@ impl Node {
         self.repairs.insert(id, PendingRepair::Digests(batch));
     }
 
-    /// Recovery: ask `peer` for this node's own orders in `batch` and its decision.
-    pub(super) fn request_own_orders(&mut self, peer: PeerId, batch: BatchKey) {
-        let req = RepairRequest { kind: Some(repair_request::Kind::OwnOrders(batch.to_proto())) };
+    /// Recovery: ask `peer` for `batch` as decided there.
+    pub(super) fn request_decided(&mut self, peer: PeerId, batch: BatchKey) {
+        let req = RepairRequest { kind: Some(repair_request::Kind::Decided(batch.to_proto())) };
         let id = self.swarm.behaviour_mut().repair.send_request(&peer, req);
-        self.repairs.insert(id, PendingRepair::OwnOrders(batch));
+        self.repairs.insert(id, PendingRepair::Decided(batch));
     }
 
     /// Fetch the orders of `batch` we lack from `peer`, a member holding them.
@@ -61,11 +59,10 @@ impl Node {
     pub(super) fn on_repair(&mut self, ev: request_response::Event<RepairRequest, RepairResponse>) {
         match ev {
             request_response::Event::Message {
-                peer,
                 message: request_response::Message::Request { request, channel, .. },
                 ..
             } => {
-                let response = self.serve_repair(peer, request);
+                let response = self.serve_repair(request);
                 // The requester may have gone away meanwhile; nothing to do then.
                 let _ = self.swarm.behaviour_mut().repair.send_response(channel, response);
             }
@@ -81,12 +78,12 @@ impl Node {
                 (Some(PendingRepair::Fetch { batch, digests }), Some(repair_response::Kind::Orders(g))) => {
                     self.on_fetched(peer, batch, digests, g.orders);
                 }
-                (Some(PendingRepair::OwnOrders(batch)), Some(repair_response::Kind::OwnOrders(own))) => {
-                    self.on_own_orders(peer, batch, Some(own));
+                (Some(PendingRepair::Decided(batch)), Some(repair_response::Kind::Decided(d))) => {
+                    self.on_decided(peer, batch, Some(d));
                 }
-                (Some(PendingRepair::OwnOrders(batch)), other) => {
+                (Some(PendingRepair::Decided(batch)), other) => {
                     tracing::debug!(%peer, batch = %batch, response = ?other, "recovery request refused");
-                    self.on_own_orders(peer, batch, None);
+                    self.on_decided(peer, batch, None);
                 }
                 (Some(pending), other) => {
                     tracing::warn!(%peer, batch = %pending.batch(), response = ?other, "repair request refused");
@@ -96,9 +93,9 @@ impl Node {
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 match self.repairs.remove(&request_id) {
-                    Some(PendingRepair::OwnOrders(batch)) => {
+                    Some(PendingRepair::Decided(batch)) => {
                         tracing::debug!(%peer, batch = %batch, %error, "recovery request failed");
-                        self.on_own_orders(peer, batch, None);
+                        self.on_decided(peer, batch, None);
                     }
                     Some(pending) => {
                         tracing::warn!(%peer, batch = %pending.batch(), %error, "repair request failed");
@@ -112,13 +109,10 @@ impl Node {
     }
 
     /// Answers `peer`'s repair or recovery request from our batches.
-    fn serve_repair(&self, peer: PeerId, request: RepairRequest) -> RepairResponse {
+    fn serve_repair(&self, request: RepairRequest) -> RepairResponse {
         use repair_response::Kind as R;
         let kind = match request.kind {
-            Some(repair_request::Kind::OwnOrders(id)) => {
-                let (decision, orders) = self.consensus.decision_for(&BatchKey::from_proto(&id), &peer.to_bytes());
-                R::OwnOrders(proto::OwnOrders { batch_id: Some(id), decision: decision as i32, orders })
-            }
+            Some(repair_request::Kind::Decided(id)) => R::Decided(self.consensus.decided(&BatchKey::from_proto(&id))),
             Some(repair_request::Kind::Digests(id)) => match self.consensus.digest_set(&BatchKey::from_proto(&id)) {
                 Some(set) => R::Digests(set),
                 None => R::Error(format!("batch {}#{} unknown", id.market, id.epoch)),

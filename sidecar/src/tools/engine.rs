@@ -28,8 +28,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use crate::proto::{Order, OrderKind, OrdersReceived, Side, SubmitOrdersRequest, SubscribeRequest, event::Kind};
+use crate::proto::{Order, OrderKind, OrdersReceived, Side, SubmitOrdersRequest, event::Kind};
 use crate::tools::marketdata::{self, MarketEvent, OrderKind as MdKind, Scale, Side as MdSide};
+use crate::tools::sidecar_link::{self, Feed, Handed};
 use crate::tools::stats::{Checksum, Latency, LatencySummary};
 
 /// The bundled markets: market name and recording file name.
@@ -342,6 +343,9 @@ pub struct EngineReport {
     /// compare across engines.
     #[serde(default)]
     pub agreed_batches: BTreeMap<String, String>,
+    /// Times this engine saw its sidecar come back as a new run (and resubmitted).
+    #[serde(default)]
+    pub sidecar_restarts: u32,
 }
 
 /// The engine's two ends: chunks out, chunks in.
@@ -352,69 +356,20 @@ struct Link {
     peer_events: mpsc::UnboundedReceiver<()>,
     /// Batch events and a client to fetch batches and submit results (sidecar only).
     consensus:
-        Option<(mpsc::UnboundedReceiver<Kind>, crate::proto::sidecar_client::SidecarClient<tonic::transport::Channel>)>,
-    /// Resolves to the number of orders the transport accepted once `out` is closed.
-    done: tokio::task::JoinHandle<anyhow::Result<u64>>,
+        Option<(mpsc::UnboundedReceiver<Feed>, crate::proto::sidecar_client::SidecarClient<tonic::transport::Channel>)>,
+    /// Resolves once `out` is closed: what the transport accepted.
+    done: tokio::task::JoinHandle<anyhow::Result<Handed>>,
 }
 
 async fn connect_sidecar(socket: &Path) -> anyhow::Result<Link> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut client = loop {
-        match crate::api::connect(socket).await {
-            Ok(c) => break c,
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %format!("{e:#}"), "sidecar not reachable yet");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    let status = client.get_status(crate::proto::GetStatusRequest {}).await?.into_inner();
-    let peer_id = libp2p::PeerId::from_str(&status.peer_id).context("sidecar reported a bad peer id")?;
-    let mut events = client.subscribe(SubscribeRequest { markets: vec![], resume_after: None }).await?.into_inner();
-    let (in_tx, inbound) = mpsc::channel(1024);
-    let (pe_tx, peer_events) = mpsc::unbounded_channel();
-    let (batch_tx, batch_events) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(ev) = events.next().await {
-            let kind = match ev {
-                Ok(ev) => ev.kind,
-                Err(s) => {
-                    tracing::error!(status = %s, "event stream ended with an error");
-                    break;
-                }
-            };
-            let orders = match kind {
-                Some(Kind::Orders(o)) => o.orders,
-                Some(Kind::PeerJoined(_) | Kind::PeerLeft(_)) => {
-                    let _ = pe_tx.send(());
-                    continue;
-                }
-                Some(k) => {
-                    let _ = batch_tx.send(k);
-                    continue;
-                }
-                None => continue,
-            };
-            if in_tx.send(orders).await.is_err() {
-                break;
-            }
-        }
-    });
-    let (out, rx) = mpsc::channel::<Vec<Order>>(8);
-    let mut submit = client.clone();
-    let done = tokio::spawn(async move {
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|orders| SubmitOrdersRequest { orders });
-        let resp = submit.submit_orders(stream).await.context("SubmitOrders")?;
-        Ok(resp.into_inner().accepted)
-    });
+    let l = sidecar_link::connect(socket).await?;
     Ok(Link {
-        origin_label: peer_id.to_string(),
-        out,
-        inbound,
-        peer_events,
-        consensus: Some((batch_events, client)),
-        done,
+        origin_label: l.origin.to_string(),
+        out: l.out,
+        inbound: l.inbound,
+        peer_events: l.peer_events,
+        consensus: Some((l.feed, l.client)),
+        done: l.done,
     })
 }
 
@@ -474,7 +429,7 @@ async fn connect_tcp(shard: usize, listen: SocketAddr, peers: &[SocketAddr]) -> 
         for w in &mut writers {
             futures::SinkExt::<Bytes>::flush(w).await?;
         }
-        Ok(n)
+        Ok(Handed { accepted: n, broken: 0 })
     });
     let (_pe_tx, peer_events) = mpsc::unbounded_channel();
     Ok(Link { origin_label: origin, out, inbound, peer_events, consensus: None, done })
@@ -541,6 +496,8 @@ struct MatcherState {
     received: Receiver,
     /// Last time a batch was decided or an outcome arrived.
     last_progress: Option<Instant>,
+    /// Times the sidecar restarted under this engine.
+    restarts: u32,
 }
 
 /// The engine's matcher: for every `BatchAgreed`, fetches the batch in canonical order,
@@ -549,25 +506,56 @@ struct MatcherState {
 /// same content); tallies every batch outcome. Shares its state so the engine can tell
 /// when all is committed and settled.
 async fn run_matcher(
-    mut events: mpsc::UnboundedReceiver<Kind>,
+    mut events: mpsc::UnboundedReceiver<Feed>,
     mut client: crate::proto::sidecar_client::SidecarClient<tonic::transport::Channel>,
     own_origin: Bytes,
     own: std::sync::Arc<Vec<Order>>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
     state: std::sync::Arc<std::sync::Mutex<MatcherState>>,
 ) {
     // Ids count up from 0 ([`load_workload`]): an own order's id is its index.
     let own_order = |id: u64| own.get(id as usize).filter(|o| o.id == id);
     use crate::proto::{GetBatchRequest, SubmitResultRequest};
-    while let Some(kind) = events.recv().await {
+    while let Some(feed) = events.recv().await {
         let market =
             |id: &Option<crate::proto::BatchId>| id.as_ref().map(|b| (b.market.clone(), b.epoch)).unwrap_or_default();
         state.lock().expect("matcher state").last_progress = Some(Instant::now());
+        let kind = match feed {
+            Feed::Event(kind) => kind,
+            Feed::Restarted => {
+                // Every order handed over and not known committed goes again (same id, same
+                // content): the sidecar answers those it recovered as committed with their
+                // outcome and gossips the others.
+                let again: Vec<Order> = {
+                    let mut st = state.lock().expect("matcher state");
+                    let lost = st.unsettled.len();
+                    st.unsettled.clear(); // their verdicts went with the old run
+                    st.restarts += 1;
+                    let n = sent.load(std::sync::atomic::Ordering::Acquire) as usize;
+                    tracing::warn!(lost_verdicts = lost, "sidecar restarted");
+                    own[..n.min(own.len())].iter().filter(|o| !st.committed.contains(&o.id)).cloned().collect()
+                };
+                let n = again.len() as u64;
+                let chunks: Vec<SubmitOrdersRequest> =
+                    again.chunks(512).map(|c| SubmitOrdersRequest { orders: c.to_vec() }).collect();
+                match client.submit_orders(futures::stream::iter(chunks)).await {
+                    Ok(_) => {
+                        tracing::info!(orders = n, "resubmitted the orders not known committed");
+                        state.lock().expect("matcher state").resubmitted += n;
+                    }
+                    Err(s) => tracing::error!(status = %s, "resubmitting after the sidecar restarted failed"),
+                }
+                continue;
+            }
+        };
         match kind {
             Kind::BatchAgreed(a) => {
                 let (m, epoch) = market(&a.batch_id);
                 {
                     let mut st = state.lock().expect("matcher state");
-                    st.decided.insert((m.clone(), epoch));
+                    if !st.decided.insert((m.clone(), epoch)) {
+                        continue; // replayed by a restarted sidecar: matched already
+                    }
                     st.agreed_batches
                         .insert(format!("{m}#{epoch}"), a.batch_hash.iter().map(|b| format!("{b:02x}")).collect());
                     st.agreement.record(a.agreement_us);
@@ -703,11 +691,13 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
         }
     }
     let matcher = std::sync::Arc::new(std::sync::Mutex::new(MatcherState::default()));
+    // Own orders handed to the transport so far (ids below it).
+    let sent_upto = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let consensus = link.consensus.is_some();
     if let Some((events, client)) = link.consensus.take() {
         let own_origin = libp2p::PeerId::from_str(&link.origin_label).map(|p| Bytes::from(p.to_bytes()))?;
         let own = std::sync::Arc::new(workload.events.iter().flat_map(|(_, o)| o.iter().cloned()).collect());
-        tokio::spawn(run_matcher(events, client, own_origin, own, matcher.clone()));
+        tokio::spawn(run_matcher(events, client, own_origin, own, sent_upto.clone(), matcher.clone()));
     }
     let start = Instant::now();
     let expected = workload.expected_from_peers;
@@ -748,6 +738,7 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
             for o in &mut out {
                 o.submitted_at_ns = stamp;
             }
+            sent_upto.store(sent, std::sync::atomic::Ordering::Release);
             link.out.send(out).await.context("the transport closed while submitting")?;
         }
     }
@@ -756,13 +747,16 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
         for o in &mut chunk {
             o.submitted_at_ns = stamp;
         }
+        sent_upto.store(sent, std::sync::atomic::Ordering::Release);
         link.out.send(chunk).await.context("the transport closed while submitting")?;
     }
     drop(link.out);
-    let accepted = link.done.await.context("submit task panicked")??;
+    let handed = link.done.await.context("submit task panicked")??;
     let send_secs = start.elapsed().as_secs_f64();
-    if accepted != sent {
-        bail!("the transport accepted {accepted} of {sent} orders");
+    // With a broken stream the accepted count covers the last stream only; the orders'
+    // outcomes (`unresolved`) say whether any was lost.
+    if handed.broken == 0 && handed.accepted != sent {
+        bail!("the transport accepted {} of {sent} orders", handed.accepted);
     }
     tracing::info!(sent, secs = send_secs, "replay submitted");
 
@@ -826,6 +820,7 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
         resubmitted: st.resubmitted,
         unresolved: if consensus { sent - st.committed.len() as u64 } else { 0 },
         agreed_batches: st.agreed_batches,
+        sidecar_restarts: st.restarts,
     })
 }
 

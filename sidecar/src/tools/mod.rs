@@ -3,7 +3,8 @@
 //! matches agreed batches with the reference auction ([`auction`]); the main job
 //! ([`cluster`]) runs several of each on loopback; [`bench`] compares it with a plain-TCP
 //! baseline and with [`relay`], the stack floor; [`stats`] holds their latency and
-//! checksum bookkeeping. See the crate docs for why they live in this crate.
+//! checksum bookkeeping; `sidecar_link` is the engine's resilient connection to its
+//! sidecar. See the crate docs for why they live in this crate.
 
 pub mod auction;
 pub mod bench;
@@ -11,4 +12,5 @@ pub mod cluster;
 pub mod engine;
 pub mod marketdata;
 pub mod relay;
+mod sidecar_link;
 pub mod stats;
