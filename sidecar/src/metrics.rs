@@ -86,9 +86,9 @@ pub struct Metrics {
     /// `openmatch_gossip_orders_published_total`: local orders published to gossip.
     pub orders_published: Family<MarketLabel, Counter>,
     /// `openmatch_gossip_orders_delivered_total`: peers' orders (from gossip or repair)
-    /// handed to at least one engine subscription, each order once. Orders that arrive
-    /// while no engine is subscribed are not counted (nor, until subscriptions resume from
-    /// a cursor, kept).
+    /// handed to at least one engine subscription, each order once: live, or replayed to
+    /// a subscription resuming from a cursor (orders that arrive while no engine is
+    /// subscribed are kept in the event log and counted when one gets them).
     pub orders_delivered: Family<MarketLabel, Counter>,
     /// `openmatch_gossip_orders_duplicate_total`: peers' orders dropped by the seen-cache.
     pub orders_duplicate: Family<MarketLabel, Counter>,
@@ -120,7 +120,8 @@ pub struct Metrics {
     /// `openmatch_gossip_batches_total`: batch outcomes by market: `sealed` (every
     /// revision), `agreed`, `repaired`, `disputed`, `result_agreed`, `halted`.
     pub batches: Family<MarketOutcome, Counter>,
-    /// `openmatch_gossip_batch_mismatches_total`: peer seals that differed from ours.
+    /// `openmatch_gossip_batch_mismatches_total`: batches whose seal at this node lost to
+    /// a quorum-certified hash (the node adopted it).
     pub batch_mismatches: Family<MarketLabel, Counter>,
     /// `openmatch_gossip_result_mismatches_total`: peer results that differed from ours
     /// (determinism violations).
@@ -165,7 +166,7 @@ pub(crate) enum BatchOutcome {
     Agreed,
     /// Agreed after at least one repair.
     Repaired,
-    /// Disputed: the repair window closed without agreement.
+    /// Disputed: no hash can reach a quorum any more.
     Disputed,
     /// Every result matched.
     ResultAgreed,
@@ -287,7 +288,11 @@ impl Metrics {
         r.register("subscribers_dropped", "Subscriptions ended for falling behind", m.subscribers_dropped.clone());
         r.register("api_requests", "Socket API requests by method and gRPC status", m.api_requests.clone());
         r.register("batches", "Batch outcomes by market", m.batches.clone());
-        r.register("batch_mismatches", "Peer batch seals that differed from this node's", m.batch_mismatches.clone());
+        r.register(
+            "batch_mismatches",
+            "Batches whose seal here lost to a quorum-certified hash (adopted)",
+            m.batch_mismatches.clone(),
+        );
         r.register(
             "result_mismatches",
             "Peer trade results that differed from this node's",

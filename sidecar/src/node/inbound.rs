@@ -142,7 +142,7 @@ impl Node {
 
     /// Peers' new orders of `market`: each joins its batch, and those new to their batch
     /// (the authoritative dedup, [`crate::dedup`]) reach the engine; orders for a batch
-    /// already agreed are counted as late and not delivered.
+    /// this node already sealed are counted as late and not delivered.
     fn deliver(&mut self, market: String, orders: Vec<crate::proto::Order>, digests: Vec<crate::wire::Digest>) {
         let now = unix_now_ns();
         let mut fresh = Vec::with_capacity(orders.len());
@@ -163,7 +163,7 @@ impl Node {
             }
         }
         if late > 0 {
-            tracing::warn!(market, late, "orders arrived after their batch was agreed; not delivered");
+            tracing::warn!(market, late, "orders arrived after this node sealed their batch; not delivered");
             self.metrics.late_orders.get_or_create(&MarketLabel { market: market.clone() }).inc_by(late);
         }
         self.hand_to_engine(&market, fresh);
