@@ -581,9 +581,12 @@ impl Consensus {
         Vec::new()
     }
 
-    /// A repair request failed or was refused: the adoption (if any) asks another holder.
+    /// A repair request failed or was refused: the adoption (if any) forgets that holder's
+    /// offer and asks another holder.
     pub(crate) fn on_repair_failure(&mut self, batch: &BatchKey) {
-        if let Some(a) = self.batches.get_mut(batch).and_then(|b| b.adoption.as_mut()) {
+        let Some(b) = self.batches.get_mut(batch) else { return };
+        if let Some(a) = b.adoption.as_mut() {
+            b.offers.remove(&a.hash);
             a.asked_at = None;
             a.set = None;
             a.holder = None;

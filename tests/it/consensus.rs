@@ -504,3 +504,57 @@ async fn an_order_the_quorum_missed_is_excluded_then_committed_when_resubmitted(
     shutdown_all(lossy).await;
     origin.shutdown().await;
 }
+
+/// A restarted sidecar learns from its peers which of its orders the network committed
+/// before it stopped: it takes submissions only then, and its engine's resubmissions of
+/// those orders get `OrdersCommitted` again instead of being gossiped a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_sidecar_recovers_its_committed_orders_from_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let fast = |c: &mut SidecarConfig| {
+        c.consensus.epoch_ms = 200;
+        c.consensus.grace_ms = 50;
+        c.consensus.seal_timeout_ms = 200;
+        c.consensus.repair_window_ms = 3_000;
+    };
+    let mut nodes = start_cluster(dir.path(), 3, &[BTC], fast).await;
+    wait_for_mesh(&nodes, WAIT).await;
+    let mut first_run = nodes[0].subscribe().await;
+    let committed_ids = async |events: &mut Events, n: usize| {
+        let mut ids = Vec::new();
+        while ids.len() < n {
+            let c = wait_event(events, "OrdersCommitted", |k| match k {
+                Kind::OrdersCommitted(c) => Some(c.ids.clone()),
+                _ => None,
+            })
+            .await;
+            ids.extend(c);
+        }
+        ids.sort_unstable();
+        ids
+    };
+    let five: Vec<_> = (0..5).map(|i| order(BTC, i)).collect();
+    submit(&nodes[0], five.clone()).await;
+    assert_eq!(committed_ids(&mut first_run, 5).await, vec![0, 1, 2, 3, 4]);
+    drop(first_run);
+
+    let old = nodes.remove(0);
+    let peers: Vec<String> = nodes.iter().map(|n| n.bootstrap_addr()).collect();
+    old.shutdown().await;
+    let delivered_before: Vec<u64> = nodes.iter().map(|n| metric::delivered(n, BTC)).collect();
+    let mut watch: Vec<Events> = Vec::new();
+    for n in &nodes {
+        watch.push(n.subscribe().await);
+    }
+    let again = start_node(dir.path(), "n0", &[BTC], peers, fast).await;
+    let mut second_run = again.subscribe().await;
+    submit(&again, five).await; // waits for recovery, then: all five are known committed
+    assert_eq!(committed_ids(&mut second_run, 5).await, vec![0, 1, 2, 3, 4]);
+    for ((n, events), before) in nodes.iter().zip(watch.iter_mut()).zip(delivered_before) {
+        expect_no_orders(events, std::time::Duration::from_millis(500)).await;
+        assert_eq!(metric::delivered(n, BTC), before, "the resubmissions were not gossiped again");
+    }
+    assert_eq!(metric::order_outcomes(&again, BTC, "committed"), 0, "nothing new was committed by the new run");
+    shutdown_all(nodes).await;
+    again.shutdown().await;
+}
