@@ -120,21 +120,17 @@ impl EventReader {
                         break;
                     }
                 };
-                match ev.kind {
-                    Some(Kind::Orders(o)) => {
-                        if orders.send(o.orders).await.is_err() {
-                            return;
-                        }
-                    }
+                let engine_gone = match ev.kind {
+                    Some(Kind::Orders(o)) => orders.send(o.orders).await.is_err(),
                     Some(Kind::PeerJoined(_) | Kind::PeerLeft(_)) => {
-                        let _ = peers.send(());
+                        let _ = peers.send(()); // nobody may count them
+                        false
                     }
-                    Some(k) => {
-                        if feed.send(Feed::Event(k)).is_err() {
-                            return;
-                        }
-                    }
-                    None => {}
+                    Some(k) => feed.send(Feed::Event(k)).is_err(),
+                    None => false,
+                };
+                if engine_gone {
+                    return;
                 }
                 self.cursor = ev.cursor.or(self.cursor);
             }
