@@ -454,8 +454,10 @@ impl Consensus {
     }
 
     /// `batch` as decided here, for a restarted member's recovery: its decision and, if
-    /// agreed, its hash, orders and our engine's result.
-    pub(crate) fn decided(&self, batch: &BatchKey) -> DecidedBatch {
+    /// agreed, its hash, orders and our engine's result; if undecided, the orders in it so
+    /// far whose origin is `requester` (the recovering node waits only for batches that
+    /// hold some of its orders).
+    pub(crate) fn decided(&self, batch: &BatchKey, requester: &[u8]) -> DecidedBatch {
         let mut answer = DecidedBatch { batch_id: Some(batch.to_proto()), ..Default::default() };
         let Some(b) = self.batches.get(batch) else {
             answer.decision = BatchDecision::Unknown as i32;
@@ -466,6 +468,10 @@ impl Consensus {
             BatchPhase::Disputed => BatchDecision::Disputed,
             _ => BatchDecision::Agreed,
         } as i32;
+        if matches!(b.phase, BatchPhase::Collect | BatchPhase::Sealed) {
+            let theirs = b.orders.values().filter(|o| o.origin == requester);
+            answer.orders = theirs.map(|o| wire::with_market(o, &batch.market)).collect();
+        }
         if b.phase.agreed() {
             answer.batch_hash = b.hash.map(|h| h.to_vec()).unwrap_or_default();
             answer.orders = b.orders.values().map(|o| wire::with_market(o, &batch.market)).collect();

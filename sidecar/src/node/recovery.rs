@@ -11,8 +11,9 @@
 //! batch whose orders hash to its agreed hash joins this node as agreed: `BatchAgreed` goes
 //! to the event log (an engine resuming from `{incarnation, 0}` gets it), its orders from
 //! this node enter the own-order index as committed and their `OrdersCommitted` follows.
-//! Disputed and unknown batches hold no committed order; undecided ones are asked again
-//! every `sealTimeoutMs` until peers decide them. Until every batch is answered,
+//! Disputed and unknown batches hold no committed order; an undecided batch is asked again
+//! every `sealTimeoutMs` until peers decide it, unless every live peer says it holds no
+//! order of this node (on a fresh start, the usual case: nothing to wait for). Until every batch is answered,
 //! submissions wait (the `recovered` gate of the node handle).
 //!
 //! Not recovered: engine sealing (its epochs are the engines' counters; the node takes
@@ -46,7 +47,8 @@ pub(super) enum Recovery {
     NotStarted,
     /// Asking peers.
     Running {
-        /// Batches still to learn about: key → (last asked, peers that did not know it).
+        /// Batches still to learn about: key → (last asked, peers that hold none of this
+        /// node's orders in it).
         pending: BTreeMap<BatchKey, (Option<Instant>, HashSet<PeerId>)>,
         started: Instant,
         /// Own orders recovered as committed so far.
@@ -187,12 +189,17 @@ impl Node {
             BatchDecision::Disputed => {
                 pending.remove(&batch);
             }
+            // Nothing of this node's there: the batch is done once every live peer says so
+            // (another may know it, or hold an order of ours).
             BatchDecision::Unknown => {
-                // Another live peer may know it (this one may have started after it): the
-                // batch is done once every live peer said it does not know it.
                 entry.1.insert(peer);
                 entry.0 = None;
             }
+            BatchDecision::Undecided if answer.orders.iter().all(|o| o.origin != me.as_slice()) => {
+                entry.1.insert(peer);
+                entry.0 = None;
+            }
+            // Our previous run's orders are in it: wait for the decision.
             BatchDecision::Undecided | BatchDecision::Unspecified => {}
         }
     }

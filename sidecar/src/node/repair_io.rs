@@ -59,10 +59,11 @@ impl Node {
     pub(super) fn on_repair(&mut self, ev: request_response::Event<RepairRequest, RepairResponse>) {
         match ev {
             request_response::Event::Message {
+                peer,
                 message: request_response::Message::Request { request, channel, .. },
                 ..
             } => {
-                let response = self.serve_repair(request);
+                let response = self.serve_repair(peer, request);
                 // The requester may have gone away meanwhile; nothing to do then.
                 let _ = self.swarm.behaviour_mut().repair.send_response(channel, response);
             }
@@ -109,10 +110,12 @@ impl Node {
     }
 
     /// Answers `peer`'s repair or recovery request from our batches.
-    fn serve_repair(&self, request: RepairRequest) -> RepairResponse {
+    fn serve_repair(&self, peer: PeerId, request: RepairRequest) -> RepairResponse {
         use repair_response::Kind as R;
         let kind = match request.kind {
-            Some(repair_request::Kind::Decided(id)) => R::Decided(self.consensus.decided(&BatchKey::from_proto(&id))),
+            Some(repair_request::Kind::Decided(id)) => {
+                R::Decided(self.consensus.decided(&BatchKey::from_proto(&id), &peer.to_bytes()))
+            }
             Some(repair_request::Kind::Digests(id)) => match self.consensus.digest_set(&BatchKey::from_proto(&id)) {
                 Some(set) => R::Digests(set),
                 None => R::Error(format!("batch {}#{} unknown", id.market, id.epoch)),

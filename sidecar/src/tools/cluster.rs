@@ -305,7 +305,8 @@ async fn start_sidecars(
     Ok(sidecars)
 }
 
-/// Waits until every sidecar has all others in its mesh on every orders topic.
+/// Waits until every sidecar has all others in its mesh on every orders topic and has
+/// finished its start-up recovery.
 async fn wait_for_mesh(sidecars: &mut [Sidecar], timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let want = sidecars.len() - 1;
@@ -316,12 +317,18 @@ async fn wait_for_mesh(sidecars: &mut [Sidecar], timeout: Duration) -> anyhow::R
             }
             let ready = match crate::api::connect(&s.socket).await {
                 Ok(mut c) => match c.get_status(crate::proto::GetStatusRequest {}).await {
-                    Ok(st) => st
-                        .into_inner()
-                        .topics
-                        .iter()
-                        .filter(|t| t.topic.contains("/orders/"))
-                        .all(|t| t.mesh_peers.len() >= want),
+                    Ok(st) => {
+                        let st = st.into_inner();
+                        // Healthy: a live quorum and start-up recovery done (submissions would
+                        // wait for it).
+                        let recovered = st.health == "healthy";
+                        let meshed = st
+                            .topics
+                            .iter()
+                            .filter(|t| t.topic.contains("/orders/"))
+                            .all(|t| t.mesh_peers.len() >= want);
+                        recovered && meshed
+                    }
                     Err(_) => false,
                 },
                 Err(_) => false,

@@ -10,12 +10,14 @@
 //! temporary directory, which [`Cluster::fail`] keeps (and prints the tail of every log
 //! from) when something goes wrong.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
 use openmatch_gossip_crds::SidecarConfig;
 use openmatch_gossip_sidecar::proto::{GetStatusRequest, NodeStatus};
 use openmatch_gossip_sidecar::tools::engine::{EngineReport, MARKETS};
@@ -35,13 +37,18 @@ pub(crate) const NETWORK: &str = "faults";
 /// How often conditions are polled.
 pub(crate) const POLL: Duration = Duration::from_millis(100);
 
-/// One sidecar process.
+/// One sidecar process, and what it takes to start it again as the same node.
 pub(crate) struct Sidecar {
+    /// The current run.
     child: Child,
+    /// Its configuration file.
+    config: PathBuf,
+    /// Its identity key file.
+    key: PathBuf,
     /// Its engine socket.
     pub(crate) socket: PathBuf,
-    /// Its log (stderr).
-    log: PathBuf,
+    /// Its log (stderr of every run, appended).
+    pub(crate) log: PathBuf,
     /// Its peer id.
     pub(crate) peer_id: String,
     /// Its multiaddr with `/p2p/`, as in bootstrap lists.
@@ -56,6 +63,27 @@ struct Engine {
     stdin: ChildStdin,
     lines: tokio::io::Lines<BufReader<ChildStdout>>,
     log: PathBuf,
+}
+
+/// What every engine of a scenario replays.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Replay {
+    /// Seconds of the recording.
+    pub(crate) duration_s: f64,
+    /// `Some(speed)`: at the recorded pace times `speed` (1.0: as recorded); `None`: as
+    /// fast as the sidecar takes the orders (`--pace max`).
+    pub(crate) speed: Option<f64>,
+    /// The engines' `--settle-timeout-ms`: how long they wait, once the replay is done,
+    /// for their last orders to be committed and the last batches settled (not the
+    /// default two minutes, for batches that will never settle).
+    pub(crate) settle_timeout_ms: u64,
+}
+
+impl Replay {
+    /// Seconds the replay takes (at most, at `--pace max`).
+    pub(crate) fn wall(&self) -> Duration {
+        Duration::from_secs_f64(self.duration_s / self.speed.unwrap_or(1.0))
+    }
 }
 
 /// N sidecars in a lab and, once started, their engines. Field order is drop order:
@@ -82,6 +110,41 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("(cannot read: {e})"));
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Starts `openmatch-gossip node` as node `i` inside its namespace, appending its stderr
+/// to `log`.
+fn spawn_sidecar(
+    lab: &Lab,
+    i: usize,
+    config: &Path,
+    socket: &Path,
+    key: &Path,
+    metrics: SocketAddr,
+    log: &Path,
+) -> anyhow::Result<Child> {
+    let file = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    lab.command(i, Path::new(BIN))
+        .arg("node")
+        .arg("--config")
+        .arg(config)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--identity-key")
+        .arg(key)
+        .arg("--metrics-addr")
+        .arg(metrics.to_string())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(file))
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting sidecar {i} in {}", lab.ns(i)))
 }
 
 impl Cluster {
@@ -123,27 +186,11 @@ impl Cluster {
             let socket = cluster.path.join(format!("node{i}.sock"));
             let log = cluster.path.join(format!("node{i}.log"));
             let metrics = SocketAddr::from((cluster.lab.addr(i), METRICS_PORT));
-            let child = cluster
-                .lab
-                .command(i, Path::new(BIN))
-                .arg("node")
-                .arg("--config")
-                .arg(&config_path)
-                .arg("--socket")
-                .arg(&socket)
-                .arg("--identity-key")
-                .arg(key_path)
-                .arg("--metrics-addr")
-                .arg(metrics.to_string())
-                .env("NO_COLOR", "1")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log_file(&log)?)
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("starting sidecar {i} in {}", cluster.lab.ns(i)))?;
+            let child = spawn_sidecar(&cluster.lab, i, &config_path, &socket, key_path, metrics, &log)?;
             cluster.sidecars.push(Sidecar {
                 child,
+                config: config_path,
+                key: key_path.clone(),
                 socket,
                 log,
                 peer_id: peer_id.clone(),
@@ -207,19 +254,22 @@ impl Cluster {
         }
     }
 
-    /// Starts one engine per sidecar replaying `duration_s` seconds of the recording at its
-    /// real pace (from 10 s in, past the opening book snapshot), waits for all to print
-    /// READY and sends GO to all; returns the instant of GO.
-    pub(crate) async fn start_engines(&mut self, duration_s: f64) -> anyhow::Result<Instant> {
+    /// Starts one engine per sidecar replaying `replay` (from 10 s into the recording, past
+    /// the opening book snapshot), waits for all to print READY and sends GO to all;
+    /// returns the instant of GO.
+    pub(crate) async fn start_engines(&mut self, replay: &Replay) -> anyhow::Result<Instant> {
         let n = self.sidecars.len();
         for i in 0..n {
             let log = self.path.join(format!("engine{i}.log"));
             let mut cmd = tokio::process::Command::new(BIN);
             cmd.arg("engine")
                 .args(["--shard", &i.to_string(), "--shards", &n.to_string()])
-                .args(["--pace", "real", "--from-s", "10", "--duration-s", &duration_s.to_string()])
-                // Do not wait the default two minutes for batches that will never settle.
-                .args(["--settle-timeout-ms", "10000"])
+                .args(match replay.speed {
+                    Some(speed) => vec!["--pace".to_owned(), "real".into(), "--speed".into(), speed.to_string()],
+                    None => vec!["--pace".to_owned(), "max".into()],
+                })
+                .args(["--from-s", "10", "--duration-s", &replay.duration_s.to_string()])
+                .args(["--settle-timeout-ms", &replay.settle_timeout_ms.to_string()])
                 .env("NO_COLOR", "1")
                 .arg("--socket")
                 .arg(&self.sidecars[i].socket)
@@ -293,19 +343,76 @@ impl Cluster {
         Ok(missing)
     }
 
+    /// Sends `signal` to sidecar `i`'s current run and waits up to `within` for it to exit.
+    async fn signal(&mut self, i: usize, signal: libc::c_int, within: Duration) -> anyhow::Result<ExitStatus> {
+        let s = &mut self.sidecars[i];
+        if let Some(pid) = s.child.id() {
+            // SAFETY: kill(2) on our own, not yet reaped, child.
+            unsafe { libc::kill(pid as i32, signal) };
+        }
+        Ok(tokio::time::timeout(within, s.child.wait())
+            .await
+            .with_context(|| format!("sidecar {i} did not exit within {within:?} of signal {signal}"))??)
+    }
+
+    /// Kills sidecar `i` with SIGKILL (no shutdown of any kind) and waits for it to be gone.
+    pub(crate) async fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        let status = self.signal(i, libc::SIGKILL, Duration::from_secs(10)).await?;
+        ensure!(status.signal() == Some(libc::SIGKILL), "sidecar {i} was already gone before SIGKILL ({status})");
+        Ok(())
+    }
+
+    /// Stops sidecar `i` with SIGTERM and checks that it exits cleanly within 20 s.
+    pub(crate) async fn stop(&mut self, i: usize) -> anyhow::Result<()> {
+        let status = self.signal(i, libc::SIGTERM, Duration::from_secs(20)).await?;
+        ensure!(status.success(), "sidecar {i} exited with {status} on SIGTERM");
+        Ok(())
+    }
+
+    /// Starts sidecar `i` again, after [`Cluster::kill`] or [`Cluster::stop`], as the same
+    /// node: same key (so same peer id), configuration, socket, addresses and log (a
+    /// marker line separates the runs).
+    pub(crate) fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let s = &mut self.sidecars[i];
+        if let Some(status) = s.child.try_wait()? {
+            let mut log = std::fs::File::options().append(true).open(&s.log)?;
+            writeln!(log, "===== fault suite: sidecar {i} exited ({status}); starting it again =====")?;
+        } else {
+            bail!("sidecar {i} is still running");
+        }
+        s.child = spawn_sidecar(&self.lab, i, &s.config, &s.socket, &s.key, s.metrics, &s.log)?;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for a line containing `needle` in sidecar `i`'s log after
+    /// its `after`-th such line (0: the first); returns that line.
+    pub(crate) async fn wait_for_log(
+        &mut self,
+        i: usize,
+        needle: &str,
+        after: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&self.sidecars[i].log)?;
+            if let Some(line) = text.lines().filter(|l| l.contains(needle)).nth(after) {
+                return Ok(line.to_owned());
+            }
+            if let Some(status) = self.sidecars[i].child.try_wait()? {
+                bail!("sidecar {i} exited with {status} before logging {needle:?}");
+            }
+            if Instant::now() > deadline {
+                bail!("sidecar {i} did not log {needle:?} within {timeout:?}");
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// Stops every sidecar with SIGTERM and checks that each exits cleanly within 20 s.
     pub(crate) async fn stop_sidecars(&mut self) -> anyhow::Result<()> {
-        for (i, s) in self.sidecars.iter_mut().enumerate() {
-            if let Some(pid) = s.child.id() {
-                // SAFETY: kill(2) on our own, not yet reaped, child.
-                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-            }
-            let status = tokio::time::timeout(Duration::from_secs(20), s.child.wait())
-                .await
-                .with_context(|| format!("sidecar {i} did not stop within 20 s of SIGTERM"))??;
-            if !status.success() {
-                bail!("sidecar {i} exited with {status} on SIGTERM");
-            }
+        for i in 0..self.sidecars.len() {
+            self.stop(i).await?;
         }
         Ok(())
     }

@@ -1,23 +1,21 @@
 //! The scenarios of issue 11's fault suite, and the runner they share ([`run`]).
 //!
-//! Each scenario is a [`Spec`] (how many nodes, how long a replay, any configuration
-//! change) and a fault schedule: an async function that gets the running [`Cluster`] and
+//! Each scenario is a [`Spec`] (how many nodes, what the engines replay and how fast, any
+//! configuration change) and a fault schedule: an async function that gets the running [`Cluster`] and
 //! the instant the engines were told GO, does its faults, checks that they took effect
 //! (the plumbing: probes across the cut) and returns what it observed that breaks the
 //! product's promises (e.g. a cut-off node calling itself healthy), which joins the
-//! invariant's violations. The runner does everything else: lab, sidecars, mesh, engines,
+//! invariant's violations, and figures of its own for the scenario's line. The runner does everything else: lab, sidecars, mesh, engines,
 //! reports, a check that every node is connected to every other at the end, clean stop,
 //! the invariant, the figures line and, on failure, every log's tail.
 //!
 //! Scenarios here: (a) one node of 3 cut off for 10 s then healed, (b) a 3 | 2 split of 5
-//! nodes for 10 s then healed, (f) a hostile peer sending seals and orders for epochs
-//! outside the window. Still to come, with the API they need: (c) kill -9 of a sidecar under
-//! backpressure and its restart with the same key, (d) kill -9 of an engine and its
-//! reconnection with its cursor, (e) a sidecar restart while its engine keeps running. Each
-//! is one more `Spec` and schedule here; killing and restarting a sidecar belong in
-//! [`Cluster`] (its start already keeps configs and keys per node in the work directory),
-//! and an engine that resubscribes with a cursor needs its own flags on `openmatch-gossip
-//! engine`.
+//! nodes for 10 s then healed, (c) kill -9 of a sidecar while its engine submits at 8× the
+//! recorded pace, and its restart with the same key 3 s later, (e) a sidecar stopped and
+//! started again at once while its engine keeps running, (f) a hostile peer sending seals
+//! and orders for epochs outside the window. Still to come: (d) kill -9 of an engine and
+//! its reconnection with its cursor, which needs its own flags on `openmatch-gossip
+//! engine`; it is one more `Spec` and schedule here.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -30,7 +28,7 @@ use openmatch_gossip_sidecar::proto::{
 use openmatch_gossip_sidecar::tools::engine::{EngineReport, MARKETS};
 use openmatch_gossip_sidecar::{Topic, TopicKind, encode_envelope, unix_now_ns};
 
-use super::cluster::{Cluster, METRICS_PORT, NETWORK, POLL};
+use super::cluster::{Cluster, METRICS_PORT, NETWORK, POLL, Replay};
 use super::hostile::HostilePeer;
 use super::invariant;
 
@@ -51,10 +49,25 @@ struct Spec {
     nodes: usize,
     /// Namespaces beyond the nodes' (for a hostile peer).
     spare: usize,
-    /// Seconds of the recording the engines replay, at real pace.
-    duration_s: f64,
+    /// What the engines replay, and how fast.
+    replay: Replay,
     /// Configuration change for every sidecar (defaults: 1 s epochs, 200 ms grace).
     tweak: fn(&mut SidecarConfig),
+}
+
+/// At the recorded pace, `duration_s` seconds of the recording; engines wait 10 s for the
+/// last batches to settle.
+fn real_pace(duration_s: f64) -> Replay {
+    Replay { duration_s, speed: Some(1.0), settle_timeout_ms: 10_000 }
+}
+
+/// What a fault schedule observed.
+#[derive(Debug, Default)]
+struct Observed {
+    /// Broken promises of the product (each fails the scenario, with the invariant's).
+    violations: Vec<String>,
+    /// Figures of its own for the scenario's figures line (`name=value`).
+    figures: Vec<String>,
 }
 
 /// Only one scenario at a time on the machine (across test processes too): each is a
@@ -82,7 +95,7 @@ async fn one_at_a_time() -> std::fs::File {
 /// when the machine cannot host the suite.
 async fn run(
     spec: Spec,
-    faults: impl AsyncFnOnce(&mut Cluster, Instant) -> anyhow::Result<Vec<String>>,
+    faults: impl AsyncFnOnce(&mut Cluster, Instant) -> anyhow::Result<Observed>,
     checks: impl FnOnce(&[EngineReport]) -> Vec<String>,
 ) {
     let Some(lab) = super::lab_or_skip(spec.nodes + spec.spare) else { return };
@@ -93,20 +106,29 @@ async fn run(
     let all: Vec<usize> = (0..spec.nodes).collect();
     let outcome = async {
         c.wait_for_mesh(&all, MESH).await.context("at start")?;
-        let go = c.start_engines(spec.duration_s).await?;
+        let go = c.start_engines(&spec.replay).await?;
         let mut observed = faults(&mut c, go).await?;
-        // Replay, the engines' idle timeout (15 s) and their settle timeout (10 s), with room.
-        let reports = c.reports(Duration::from_secs_f64(spec.duration_s) + Duration::from_secs(60)).await?;
-        observed.extend(c.missing_links().await?);
+        // Replay, the engines' idle timeout (15 s) and their settle timeout, with room.
+        let settle = Duration::from_millis(spec.replay.settle_timeout_ms);
+        let reports = c.reports(spec.replay.wall() + settle + Duration::from_secs(50)).await?;
+        observed.violations.extend(c.missing_links().await?);
         c.stop_sidecars().await?;
         anyhow::Ok((observed, reports))
     }
     .await;
     let (observed, reports) = outcome.unwrap_or_else(|e| c.fail(e));
     let verdict = invariant::check(&reports);
-    let line = format!("scenario {}: {}", spec.name, verdict.figures);
+    let restarts: Vec<u32> = reports.iter().map(|r| r.sidecar_restarts).collect();
+    let mut line = format!("scenario {}: {} sidecar_restarts={restarts:?}", spec.name, verdict.figures);
+    for note in &observed.figures {
+        let _ = write!(line, " {note}");
+    }
     println!("{line} ({:.0} s)", started.elapsed().as_secs_f64());
-    let violations: Vec<String> = verdict.violations.into_iter().chain(observed).chain(checks(&reports)).collect();
+    let violations: Vec<String> =
+        verdict.violations.into_iter().chain(observed.violations).chain(checks(&reports)).collect();
+    if violations.is_empty() && std::env::var_os("OMG_FAULTS_KEEP").is_some() {
+        c.keep_and_show_logs();
+    }
     if !violations.is_empty() {
         c.keep_and_show_logs();
         let mut msg = format!("scenario {}: the invariant does not hold ({}):", spec.name, verdict.figures);
@@ -171,18 +193,18 @@ async fn watch_cut_off_health(c: &Cluster, nodes: &[usize], from: Instant, until
     violations
 }
 
-/// Waits for the mesh among `nodes` to be whole again after a heal and says how long it
-/// took; a mesh that does not re-form within [`MESH`] is a violation (the scenario goes on,
-/// so that the engines' reports show what it cost).
-async fn mesh_after_heal(c: &mut Cluster, scenario: &str, nodes: &[usize]) -> Option<String> {
-    let healed = Instant::now();
+/// Waits for the mesh among `nodes` to be whole again after `event` (a heal, a restart)
+/// and says how long it took; a mesh that does not re-form within [`MESH`] is a violation
+/// (the scenario goes on, so that the engines' reports show what it cost).
+async fn mesh_after(c: &mut Cluster, scenario: &str, nodes: &[usize], event: &str) -> Option<String> {
+    let since = Instant::now();
     match c.wait_for_mesh(nodes, MESH).await {
         Ok(()) => {
-            println!("scenario {scenario}: mesh whole again {:.1} s after the heal", healed.elapsed().as_secs_f64());
+            println!("scenario {scenario}: mesh whole again {:.1} s after the {event}", since.elapsed().as_secs_f64());
             None
         }
         Err(e) => {
-            let msg = format!("after the heal: {e:#}");
+            let msg = format!("after the {event}: {e:#}");
             println!("scenario {scenario}: {msg}");
             Some(msg)
         }
@@ -200,7 +222,7 @@ fn defaults(_: &mut SidecarConfig) {}
 /// (a) Three nodes; node 2 cut off for 10 s, then healed. Default grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_node_cut_off_for_10_s_then_healed() {
-    let spec = Spec { name: "a", nodes: 3, spare: 0, duration_s: 20.0, tweak: defaults };
+    let spec = Spec { name: "a", nodes: 3, spare: 0, replay: real_pace(20.0), tweak: defaults };
     run(
         spec,
         async |c: &mut Cluster, go: Instant| {
@@ -211,8 +233,8 @@ async fn a_one_node_cut_off_for_10_s_then_healed() {
             let mut observed = watch_cut_off_health(c, &[2], cut, cut + CUT_FOR).await;
             c.lab.heal(2)?;
             expect_paths(c, &[(2, 0, true), (1, 2, true)]).await?;
-            observed.extend(mesh_after_heal(c, "a", &[0, 1, 2]).await);
-            Ok(observed)
+            observed.extend(mesh_after(c, "a", &[0, 1, 2], "heal").await);
+            Ok(Observed { violations: observed, figures: Vec::new() })
         },
         no_more_checks,
     )
@@ -223,7 +245,7 @@ async fn a_one_node_cut_off_for_10_s_then_healed() {
 /// healed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b_five_nodes_split_3_2_for_10_s_then_healed() {
-    let spec = Spec { name: "b", nodes: 5, spare: 0, duration_s: 20.0, tweak: defaults };
+    let spec = Spec { name: "b", nodes: 5, spare: 0, replay: real_pace(20.0), tweak: defaults };
     run(
         spec,
         async |c: &mut Cluster, go: Instant| {
@@ -234,10 +256,150 @@ async fn b_five_nodes_split_3_2_for_10_s_then_healed() {
             let mut observed = watch_cut_off_health(c, &[3, 4], split, split + CUT_FOR).await;
             c.lab.heal_all()?;
             expect_paths(c, &[(0, 3, true), (4, 2, true)]).await?;
-            observed.extend(mesh_after_heal(c, "b", &[0, 1, 2, 3, 4]).await);
-            Ok(observed)
+            observed.extend(mesh_after(c, "b", &[0, 1, 2, 3, 4], "heal").await);
+            Ok(Observed { violations: observed, figures: Vec::new() })
         },
         no_more_checks,
+    )
+    .await;
+}
+
+/// The node that (c) and (e) kill or stop and start again.
+const RESTARTED: usize = 2;
+/// When (c) kills the sidecar, after GO.
+const KILL_AT: Duration = Duration::from_millis(500);
+/// How long (c) leaves the killed sidecar down before starting it again.
+const DOWN_FOR: Duration = Duration::from_secs(3);
+/// How long a restarted sidecar may take to answer on its socket and to finish recovery.
+const RECOVERY: Duration = Duration::from_secs(30);
+/// The outbox gauge: orders accepted from the engine but not yet published.
+const OUTBOX: &str = "openmatch_gossip_outbox_orders";
+
+/// The value of gauge `name` (no labels) in a Prometheus text exposition.
+fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Lines of sidecar `i`'s log (every run) containing `needle`.
+fn log_lines(c: &Cluster, i: usize, needle: &str) -> anyhow::Result<usize> {
+    let log = &c.sidecars()[i].log;
+    let text = std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+    Ok(text.lines().filter(|l| l.contains(needle)).count())
+}
+
+/// The value of field `key` in a tracing log line (`key=value`), if there.
+fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Starts sidecar `i` again (after a kill or a stop; `before` is its old run's
+/// incarnation), checks that it is a new run, and waits for its recovery to finish and for
+/// the mesh to be whole again. Prints what recovery did; returns its figures and any
+/// violation (a mesh that does not re-form).
+async fn restart_and_recover(c: &mut Cluster, scenario: &str, i: usize, before: u64) -> anyhow::Result<Observed> {
+    const DONE: &str = "recovery done";
+    let runs_done = log_lines(c, i, DONE)?;
+    c.restart(i)?;
+    let restarted = Instant::now();
+    let after = loop {
+        match c.status(i).await {
+            Ok(st) => break st.incarnation,
+            Err(e) if restarted.elapsed() > RECOVERY => {
+                return Err(e.context(format!("sidecar {i} not answering {RECOVERY:?} after its restart")));
+            }
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    };
+    ensure!(after != before, "sidecar {i} came back with its old run's incarnation {before:016x}");
+    let line = c.wait_for_log(i, DONE, runs_done, RECOVERY).await?;
+    let up = restarted.elapsed().as_secs_f64();
+    let field = |k| log_field(&line, k).unwrap_or("?").trim_matches('"').to_owned();
+    let why = line.split_once("why=").map_or("?", |(_, w)| w.trim());
+    println!(
+        "scenario {scenario}: node {i} restarted as run {after:016x} (was {before:016x}); recovery done {up:.1} s after the start: {} own orders recovered as committed in {} ms, why={why}",
+        field("committed_orders"),
+        field("took_ms"),
+    );
+    let figures = vec![format!("recovered_committed={}", field("committed_orders"))];
+    let violations = mesh_after(c, scenario, &(0..c.sidecars().len()).collect::<Vec<_>>(), "restart").await;
+    Ok(Observed { violations: violations.into_iter().collect(), figures })
+}
+
+/// The engine of `restarted` saw its sidecar come back as a new run exactly once, and no
+/// other engine saw one.
+fn restarted_once(restarted: usize) -> impl FnOnce(&[EngineReport]) -> Vec<String> {
+    move |reports| {
+        reports
+            .iter()
+            .filter(|r| r.sidecar_restarts != u32::from(r.shard == restarted))
+            .map(|r| format!("engine {}: saw its sidecar restart {} times", r.shard, r.sidecar_restarts))
+            .collect()
+    }
+}
+
+/// (c) Three nodes, every engine at 8× the recorded pace; node 2's sidecar killed with
+/// SIGKILL while its engine submits, left down for 3 s (its engine keeps replaying and
+/// blocks on the dead socket), then started again with the same key, configuration and
+/// socket. Prints node 2's outbox backlog (orders accepted, not yet published) sampled
+/// over the second before the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_sidecar_killed_under_load_then_restarted() {
+    let replay = Replay { duration_s: 100.0, speed: None, settle_timeout_ms: 30_000 };
+    let spec = Spec { name: "c", nodes: 3, spare: 0, replay, tweak: defaults };
+    run(
+        spec,
+        async |c: &mut Cluster, go: Instant| {
+            let before = c.status(RESTARTED).await?.incarnation;
+            let (mut samples, mut last_metrics) = (Vec::new(), String::new());
+            while go.elapsed() < KILL_AT {
+                last_metrics = c.metrics(RESTARTED).await?;
+                samples.push(gauge(&last_metrics, OUTBOX).context("no outbox gauge")?);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            c.kill(RESTARTED).await?;
+            let killed = Instant::now();
+            let last = samples.last().copied().unwrap_or_default();
+            let submitted = counter(&last_metrics, "openmatch_gossip_orders_submitted_total", &[]);
+            let published = counter(&last_metrics, "openmatch_gossip_orders_published_total", &[]);
+            let max = samples.iter().copied().fold(0.0, f64::max);
+            let nonzero = samples.iter().filter(|&&n| n > 0.0).count();
+            println!(
+                "scenario c: node {RESTARTED} killed {:.2} s after GO; at the last sample before the kill it had accepted {submitted} orders, published {published}, and its outbox held {last} (max {max}, non-zero in {nonzero} of {} samples since GO)",
+                (killed - go).as_secs_f64(),
+                samples.len()
+            );
+            at(killed + DOWN_FOR).await;
+            let mut observed = restart_and_recover(c, "c", RESTARTED, before).await?;
+            observed.figures.insert(0, format!("outbox_at_kill={last} (max {max})"));
+            Ok(observed)
+        },
+        restarted_once(RESTARTED),
+    )
+    .await;
+}
+
+/// (e) Three nodes at the recorded pace; node 2's sidecar stopped with SIGTERM and started
+/// again at once with the same key, configuration and socket, while its engine keeps
+/// replaying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e_sidecar_restarted_while_its_engine_runs() {
+    let replay = Replay { duration_s: 25.0, speed: Some(1.0), settle_timeout_ms: 30_000 };
+    let spec = Spec { name: "e", nodes: 3, spare: 0, replay, tweak: defaults };
+    run(
+        spec,
+        async |c: &mut Cluster, go: Instant| {
+            at(go + FAULT_AT + Duration::from_secs(2)).await;
+            let before = c.status(RESTARTED).await?.incarnation;
+            let stopping = Instant::now();
+            c.stop(RESTARTED).await?;
+            println!(
+                "scenario e: node {RESTARTED} stopped {:.1} s after GO, {:.2} s after SIGTERM",
+                (stopping - go).as_secs_f64(),
+                stopping.elapsed().as_secs_f64()
+            );
+            restart_and_recover(c, "e", RESTARTED, before).await
+        },
+        restarted_once(RESTARTED),
     )
     .await;
 }
@@ -282,7 +444,7 @@ const FAKE_HASH: [u8; 32] = [1; 32];
 /// the invariant holds for the honest engines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f_hostile_peer_sends_out_of_window_seals_and_orders() {
-    let spec = Spec { name: "f", nodes: 3, spare: 1, duration_s: 15.0, tweak: defaults };
+    let spec = Spec { name: "f", nodes: 3, spare: 1, replay: real_pace(15.0), tweak: defaults };
     let test_start_epoch = unix_now_ns() / 1_000_000_000;
     let hostile_epochs = std::sync::Mutex::new(Vec::new());
     let faults = async |c: &mut Cluster, go: Instant| {
@@ -372,7 +534,7 @@ async fn f_hostile_peer_sends_out_of_window_seals_and_orders() {
                 if connected { "is still connected to" } else { "has cut off" }
             );
         }
-        Ok(Vec::new())
+        Ok(Observed::default())
     };
     // The invariant already refuses orders from an unknown origin. No batch may be agreed
     // with the made-up hash, nor at a hostile epoch that is far off or from before the test
