@@ -21,6 +21,7 @@ use futures::future::BoxFuture;
 use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -94,6 +95,9 @@ const SOCKET_MODE: u32 = 0o660;
 /// The gRPC service implementation.
 struct EngineApi {
     node: NodeHandle,
+    /// Cancelled when the sidecar starts shutting down: open `SubmitOrders` streams then
+    /// end at once (UNAVAILABLE, with the count accepted) instead of holding the drain.
+    stopping: CancellationToken,
 }
 
 impl EngineApi {
@@ -167,7 +171,15 @@ impl Sidecar for EngineApi {
         let cap = self.node.info().outbox_capacity;
         let mut accepted: u64 = 0;
         loop {
-            let chunk = match stream.message().await {
+            let next = tokio::select! {
+                biased;
+                _ = self.stopping.cancelled() => {
+                    let s = Status::unavailable("the sidecar is shutting down; submit the rest to its next run");
+                    return Err(with_accepted(s, accepted));
+                }
+                next = stream.message() => next,
+            };
+            let chunk = match next {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(s) => return Err(with_accepted(s, accepted)),
@@ -276,22 +288,23 @@ pub(crate) async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 /// Serves the API and the standard `grpc.health.v1.Health` service on `listener` until
-/// `shutdown` resolves, then drains in-flight calls.
+/// `stop` is cancelled, then drains in-flight calls (open `SubmitOrders` streams end at
+/// once with UNAVAILABLE and the count they had accepted).
 pub(crate) async fn serve(
     listener: UnixListener,
     node: NodeHandle,
     metrics: Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()> + Send,
+    stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let cap = node.info().max_message_bytes;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SidecarServer<EngineApi>>().await;
-    let svc = SidecarServer::new(EngineApi { node }).max_decoding_message_size(cap);
+    let svc = SidecarServer::new(EngineApi { node, stopping: stop.clone() }).max_decoding_message_size(cap);
     tonic::transport::Server::builder()
         .layer(tower::layer::layer_fn(move |inner| StatusCounter { inner, metrics: metrics.clone() }))
         .add_service(health_service)
         .add_service(svc)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop.cancelled_owned())
         .await
 }
 

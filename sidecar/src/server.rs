@@ -1,6 +1,6 @@
 //! A whole running sidecar: the gossip node, the engine socket API and the HTTP endpoints,
 //! started together and shut down in order (stop accepting → end subscriptions → drain
-//! the API → flush the outbox → unsubscribe → remove the socket).
+//! the API → flush the outbox → close the peer connections → remove the socket).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -101,7 +101,7 @@ pub async fn start(settings: NodeSettings, key: Keypair) -> anyhow::Result<Runni
     let stop = api_stop.clone();
     let (h, m) = (handle.clone(), metrics.clone());
     let api_task = tokio::spawn(async move {
-        if let Err(e) = crate::api::serve(listener, h, m, stop.cancelled_owned()).await {
+        if let Err(e) = crate::api::serve(listener, h, m, stop).await {
             tracing::error!(error = %e, "engine API server failed");
         }
     });

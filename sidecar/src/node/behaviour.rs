@@ -49,8 +49,8 @@ pub(crate) struct Behaviour {
 /// GossipSub peer scoring: the application score (peer reputation, weight 1) and GossipSub's
 /// own behaviour penalty (P₇) count. IP colocation is off, because inside a cluster (and on
 /// loopback) many honest sidecars share address ranges. P₇ forgives the first 16 offences:
-/// a restarted pod (same identity) re-GRAFTs each of its topics once inside the peers'
-/// unsubscribe backoff, and the default (0) would graylist it after a single restart.
+/// a GRAFT inside a backoff (a market re-added by a reload within its unsubscribe backoff)
+/// is one per topic, and the default (0) would graylist an honest node for it.
 fn peer_score() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
     let params = gossipsub::PeerScoreParams {
         app_specific_weight: 1.0,
@@ -83,10 +83,11 @@ pub(super) fn gossipsub_config(settings: &NodeSettings) -> anyhow::Result<gossip
         .connection_handler_queue_len(16_384)
         .publish_queue_duration(Duration::from_secs(30))
         .forward_queue_duration(Duration::from_secs(10))
-        // A sidecar unsubscribes when it stops; peers then refuse its GRAFTs for this long.
-        // The GossipSub default (10 s) would keep a quickly restarted pod (same identity)
-        // out of the mesh, and its GRAFT during the backoff would extend that to the
-        // prune backoff (60 s). One second covers the shutdown itself.
+        // A sidecar unsubscribes a market's topics when a reload removes the market; peers
+        // then refuse its GRAFTs for this long. The GossipSub default (10 s) would keep the
+        // market out of the mesh if a reload added it back soon after, and a GRAFT during
+        // the backoff extends that to the prune backoff (60 s). (A stopping sidecar does
+        // not unsubscribe: it closes its connections, which carries no backoff.)
         .unsubscribe_backoff(Duration::from_secs(1))
         .build()
         .context("invalid GossipSub configuration")

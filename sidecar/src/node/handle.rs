@@ -207,6 +207,7 @@ pub(crate) struct Shutdown {
     /// Stop serving subscriptions (ends every event stream with UNAVAILABLE) so the API
     /// server can drain.
     pub(crate) closing: CancellationToken,
-    /// Flush the outbox (bounded by [`super::FLUSH_DEADLINE`]), unsubscribe, and return.
+    /// Flush the outbox (bounded by [`super::FLUSH_DEADLINE`]), close the peer
+    /// connections, and return.
     pub(crate) stop: CancellationToken,
 }

@@ -218,7 +218,7 @@ impl Node {
     }
 
     /// Runs until `shutdown.stop`; then flushes the outbox (at most [`FLUSH_DEADLINE`]),
-    /// unsubscribes from every topic and returns.
+    /// closes every peer connection and returns.
     pub(crate) async fn run(mut self, shutdown: Shutdown) {
         self.dial_bootstrap_peers();
         self.seed_kademlia();
@@ -284,15 +284,19 @@ impl Node {
         self.subscribers.close_all(tonic::Status::unavailable("the sidecar is shutting down"));
     }
 
-    /// Unsubscribes from every topic and gives the swarm a moment to tell the peers.
+    /// Closes every peer connection and gives the swarm a moment (at most 200 ms) to send
+    /// the closes. It does not unsubscribe: an UNSUBSCRIBE makes each peer refuse this
+    /// node's GRAFTs for the unsubscribe backoff, and a pod restarted within it (same
+    /// identity) would then be kept out of the mesh for the prune backoff (60 s). A closed
+    /// connection takes the node out of its peers' meshes with no backoff at all.
     async fn leave(&mut self) {
-        let markets = self.markets.borrow().clone();
-        for t in Topic::all_for(markets.iter()) {
-            self.swarm.behaviour_mut().gossipsub.unsubscribe(&t.ident(&self.info.network));
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
         let linger = tokio::time::sleep(Duration::from_millis(200));
         tokio::pin!(linger);
-        loop {
+        while self.swarm.connected_peers().next().is_some() {
             tokio::select! {
                 _ = &mut linger => break,
                 _ = self.swarm.select_next_some() => {}

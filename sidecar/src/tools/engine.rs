@@ -704,12 +704,21 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
     let mut rx = Receiver::default();
     let mut inbound = std::mem::replace(&mut link.inbound, mpsc::channel(1).1);
     let idle = Duration::from_millis(args.idle_timeout_ms);
+    // The stream's early deliveries: all of them without consensus; with it, until the
+    // agreed batches account for everything (orders a sidecar delivered to no subscriber,
+    // e.g. while it was restarting, reach the engine only through their batch).
+    let stop_receiving = tokio_util::sync::CancellationToken::new();
+    let stop = stop_receiving.clone();
     let receiver = tokio::spawn(async move {
         loop {
             if rx.seen.len() as u64 >= expected {
                 break;
             }
-            match tokio::time::timeout(idle, inbound.recv()).await {
+            let next = tokio::select! {
+                _ = stop.cancelled() => break,
+                next = tokio::time::timeout(idle, inbound.recv()) => next,
+            };
+            match next {
                 Ok(Some(orders)) => rx.take(orders),
                 Ok(None) => break,
                 Err(_) => {
@@ -760,7 +769,6 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
     }
     tracing::info!(sent, secs = send_secs, "replay submitted");
 
-    let rx = receiver.await.context("receiver task panicked")?;
     if consensus {
         // Wait until every own order is committed, every peer order is in an agreed batch,
         // and every agreed batch has its result verdict; give up after `settle_timeout_ms`,
@@ -783,7 +791,9 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        stop_receiving.cancel();
     }
+    let rx = receiver.await.context("receiver task panicked")?;
     let mut peer_events = 0;
     while link.peer_events.try_recv().is_ok() {
         peer_events += 1;

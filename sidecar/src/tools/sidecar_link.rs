@@ -120,16 +120,22 @@ impl EventReader {
                         break;
                     }
                 };
-                let engine_gone = match ev.kind {
-                    Some(Kind::Orders(o)) => orders.send(o.orders).await.is_err(),
-                    Some(Kind::PeerJoined(_) | Kind::PeerLeft(_)) => {
-                        let _ = peers.send(()); // nobody may count them
-                        false
+                // The engine may stop counting early deliveries (or peer events) before it
+                // stops listening to the matcher's feed, and the other way round: it is gone
+                // only once both are closed.
+                match ev.kind {
+                    Some(Kind::Orders(o)) => {
+                        let _ = orders.send(o.orders).await;
                     }
-                    Some(k) => feed.send(Feed::Event(k)).is_err(),
-                    None => false,
-                };
-                if engine_gone {
+                    Some(Kind::PeerJoined(_) | Kind::PeerLeft(_)) => {
+                        let _ = peers.send(());
+                    }
+                    Some(k) => {
+                        let _ = feed.send(Feed::Event(k));
+                    }
+                    None => {}
+                }
+                if orders.is_closed() && feed.is_closed() {
                     return;
                 }
                 self.cursor = ev.cursor.or(self.cursor);

@@ -217,6 +217,16 @@ impl Cluster {
         self.lab.http_get(i, self.sidecars[i].metrics, "/metrics").await
     }
 
+    /// Saves every sidecar's `/metrics` as `node<i>.metrics` in the work directory (kept
+    /// with the logs when the scenario fails); a node that does not answer gets a file
+    /// saying why.
+    pub(crate) async fn save_metrics(&self) {
+        for i in 0..self.sidecars.len() {
+            let text = self.metrics(i).await.unwrap_or_else(|e| format!("no metrics: {e:#}\n"));
+            let _ = std::fs::write(self.path.join(format!("node{i}.metrics")), text);
+        }
+    }
+
     /// Waits until each of `nodes` has all the others of `nodes` in its GossipSub mesh on
     /// every orders topic; the error shows what each node saw.
     pub(crate) async fn wait_for_mesh(&mut self, nodes: &[usize], timeout: Duration) -> anyhow::Result<()> {
@@ -300,7 +310,7 @@ impl Cluster {
     }
 
     /// Waits (up to `timeout` in all) for every engine to finish and returns their
-    /// reports, by shard.
+    /// reports, by shard (each also saved as `engine<i>.json` in the work directory).
     pub(crate) async fn reports(&mut self, timeout: Duration) -> anyhow::Result<Vec<EngineReport>> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut reports = Vec::new();
@@ -319,6 +329,7 @@ impl Cluster {
                 bail!("engine {i} failed ({status})");
             }
             let line = last.with_context(|| format!("engine {i} printed no report"))?;
+            let _ = std::fs::write(self.path.join(format!("engine{i}.json")), &line);
             reports.push(
                 serde_json::from_str::<EngineReport>(&line).with_context(|| format!("engine {i} report: {line}"))?,
             );
