@@ -625,8 +625,11 @@ impl Consensus {
 
     /// The engine's result for an agreed batch.
     ///
+    /// Idempotent: the same result again (an engine that restarted and replayed its events)
+    /// is accepted and changes nothing.
+    ///
     /// Errors: [`BatchError::NotAgreed`]: the batch is unknown, not agreed, or already has a
-    /// result.
+    /// different result.
     pub(crate) fn submit_result(
         &mut self,
         batch: &BatchKey,
@@ -635,6 +638,7 @@ impl Consensus {
         now: Instant,
     ) -> Result<Vec<Action>, BatchError> {
         let b = match self.batches.get_mut(batch) {
+            Some(b) if b.result == Some((hash, trades)) => return Ok(Vec::new()),
             Some(b) if b.phase == BatchPhase::Agreed => b,
             other => return Err(BatchError::NotAgreed { batch: batch.clone(), phase: other.map(|b| b.phase) }),
         };
@@ -1183,7 +1187,9 @@ mod tests {
         let (mut c, p1, p2, live, t0) = agreed_pair();
         let acts = c.submit_result(&key(), [5; 32], 3, t0).unwrap();
         assert!(matches!(&acts[..], [Action::PublishResult(r)] if r.trades == 3));
-        assert!(c.submit_result(&key(), [5; 32], 3, t0).is_err(), "one result per batch");
+        let again = c.submit_result(&key(), [5; 32], 3, t0).expect("the same result again is accepted");
+        assert!(again.is_empty(), "and changes nothing: {again:?}");
+        assert!(c.submit_result(&key(), [6; 32], 3, t0).is_err(), "one result per batch");
         c.on_peer_result(p1, &result(5));
         c.on_peer_result(p2, &result(5));
         let acts = tick(&mut c, t0, &live);
