@@ -4,13 +4,16 @@
 //! ([`cluster`]) runs several of each on loopback; [`bench`] compares it with a plain-TCP
 //! baseline and with [`relay`], the stack floor; [`stats`] holds their latency and
 //! checksum bookkeeping; `sidecar_link` is the engine's resilient connection to its
-//! sidecar. See the crate docs for why they live in this crate.
+//! sidecar, `matcher` its matching and tallies, `journal` what it remembers across its own
+//! crash (`--state-file`). See the crate docs for why they live in this crate.
 
 pub mod auction;
 pub mod bench;
 pub mod cluster;
 pub mod engine;
+mod journal;
 pub mod marketdata;
+mod matcher;
 pub mod relay;
 mod sidecar_link;
 pub mod stats;

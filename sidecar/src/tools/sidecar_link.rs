@@ -6,7 +6,9 @@
 //!   (retrying every 100 ms) and resubscribes: after the cursor if the sidecar is the same
 //!   run (same incarnation), else from the new run's first event (`{incarnation, 0}`, which
 //!   replays the batches the restarted sidecar recovered), telling the matcher
-//!   [`Feed::Restarted`] so that it resubmits the orders not yet committed.
+//!   [`Feed::Restarted`] so that it resubmits the orders not yet committed. An engine that
+//!   restarted itself connects with the cursor of the last event it processed, and the
+//!   same rules apply.
 //! - **Orders**: chunks go to one long `SubmitOrders` stream; when it breaks the link
 //!   reconnects and sends the chunk that failed, and the rest, on a new stream. Chunks lost
 //!   with a dead sidecar are resubmitted on [`Feed::Restarted`] (resubmission is
@@ -32,10 +34,11 @@ const RETRY: Duration = Duration::from_millis(100);
 /// What the event stream hands the engine's matcher.
 #[derive(Debug)]
 pub(super) enum Feed {
-    /// A batch decision, result verdict or order outcome.
-    Event(Kind),
-    /// The sidecar is a new run: outcomes of orders given to the previous run may be lost.
-    Restarted,
+    /// A batch decision, result verdict or order outcome, with its cursor.
+    Event(Kind, Option<Cursor>),
+    /// The sidecar is a new run, whose events start after this cursor (`{incarnation,
+    /// 0}`): outcomes of orders given to the previous run may be lost.
+    Restarted(Cursor),
 }
 
 /// What the order stream did, once the engine closed it.
@@ -79,16 +82,27 @@ async fn connect_until(socket: &Path, deadline: Option<Instant>) -> anyhow::Resu
     }
 }
 
-/// Connects to the sidecar at `socket` and opens both streams.
-pub(super) async fn connect(socket: &Path) -> anyhow::Result<SidecarLink> {
+/// Connects to the sidecar at `socket` and opens both streams: the event stream live, or,
+/// for an engine that restarted, after `resume` (the last event it processed).
+pub(super) async fn connect(socket: &Path, resume: Option<Cursor>) -> anyhow::Result<SidecarLink> {
     let mut client = connect_until(socket, Some(Instant::now() + FIRST_CONNECT)).await?;
     let status = client.get_status(GetStatusRequest {}).await?.into_inner();
     let origin = libp2p::PeerId::from_str(&status.peer_id).context("sidecar reported a bad peer id")?;
-    let events = client.subscribe(SubscribeRequest { markets: vec![], resume_after: None }).await?.into_inner();
     let (in_tx, inbound) = mpsc::channel(1024);
     let (pe_tx, peer_events) = mpsc::unbounded_channel();
     let (feed_tx, feed) = mpsc::unbounded_channel();
-    let reader = EventReader { socket: socket.to_owned(), incarnation: status.incarnation, cursor: None };
+    let mut reader = EventReader {
+        socket: socket.to_owned(),
+        incarnation: resume.map_or(status.incarnation, |c| c.incarnation),
+        cursor: resume,
+    };
+    let events = match resume {
+        None => client.subscribe(SubscribeRequest { markets: vec![], resume_after: None }).await?.into_inner(),
+        Some(c) => {
+            tracing::info!(incarnation = format!("{:016x}", c.incarnation), sequence = c.sequence, "resuming the event stream");
+            reader.resubscribe(&feed_tx).await.context("resubscribing")?
+        }
+    };
     tokio::spawn(reader.run(events, in_tx, pe_tx, feed_tx));
     let (out, rx) = mpsc::channel::<Vec<Order>>(8);
     let done = tokio::spawn(submit_all(socket.to_owned(), client.clone(), rx));
@@ -131,7 +145,7 @@ impl EventReader {
                         let _ = peers.send(());
                     }
                     Some(k) => {
-                        let _ = feed.send(Feed::Event(k));
+                        let _ = feed.send(Feed::Event(k, ev.cursor));
                     }
                     None => {}
                 }
@@ -180,7 +194,8 @@ impl EventReader {
                     match client.subscribe(live).await {
                         Ok(s) => {
                             self.incarnation = status.incarnation;
-                            let _ = feed.send(Feed::Restarted);
+                            let from = Cursor { incarnation: status.incarnation, sequence: 0 };
+                            let _ = feed.send(Feed::Restarted(from));
                             return Some(s.into_inner());
                         }
                         Err(_) => continue,
@@ -199,7 +214,7 @@ impl EventReader {
                     "the sidecar restarted; replaying its run from the start and resubmitting uncommitted orders"
                 );
                 self.incarnation = status.incarnation;
-                let _ = feed.send(Feed::Restarted);
+                let _ = feed.send(Feed::Restarted(resume));
             }
             return Some(stream);
         }

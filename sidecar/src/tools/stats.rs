@@ -81,9 +81,18 @@ pub struct Checksum(pub u128);
 impl Checksum {
     /// Adds one order.
     pub fn add(&mut self, order: &Order) {
+        self.add_term(Checksum::term(order));
+    }
+
+    /// One order's term of the sum: the first 16 bytes of its content digest.
+    pub fn term(order: &Order) -> u128 {
         let d = wire::content_digest(order);
-        let head = u128::from_be_bytes(d[..16].try_into().expect("16 bytes"));
-        self.0 = self.0.wrapping_add(head);
+        u128::from_be_bytes(d[..16].try_into().expect("16 bytes"))
+    }
+
+    /// Adds one order given its [`Checksum::term`] (an order kept only as its term).
+    pub fn add_term(&mut self, term: u128) {
+        self.0 = self.0.wrapping_add(term);
     }
 
     /// Hex form for reports.

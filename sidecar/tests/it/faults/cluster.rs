@@ -57,12 +57,37 @@ pub(crate) struct Sidecar {
     pub(crate) metrics: SocketAddr,
 }
 
-/// One engine process.
+/// One engine process, and what it takes to start it again.
 struct Engine {
     child: Child,
     stdin: ChildStdin,
     lines: tokio::io::Lines<BufReader<ChildStdout>>,
     log: PathBuf,
+    /// Its command-line arguments (the same for a restart: its `--state-file` makes it
+    /// resume).
+    args: Vec<std::ffi::OsString>,
+}
+
+/// Starts `openmatch-gossip engine` with `args`, appending its stderr to `log`.
+fn spawn_engine(i: usize, args: &[std::ffi::OsString], log: &Path) -> anyhow::Result<(Child, ChildStdin, tokio::io::Lines<BufReader<ChildStdout>>)> {
+    let file = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args).env("NO_COLOR", "1");
+    die_with_parent(&mut cmd);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(file))
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting engine {i}"))?;
+    let stdin = child.stdin.take().expect("piped");
+    let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    Ok((child, stdin, lines))
 }
 
 /// What every engine of a scenario replays.
@@ -99,10 +124,6 @@ pub(crate) struct Cluster {
     path: PathBuf,
     /// Scenario name, for messages.
     name: String,
-}
-
-fn log_file(path: &Path) -> anyhow::Result<Stdio> {
-    Ok(Stdio::from(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?))
 }
 
 /// The last `lines` lines of the file at `path`.
@@ -265,36 +286,27 @@ impl Cluster {
     }
 
     /// Starts one engine per sidecar replaying `replay` (from 10 s into the recording, past
-    /// the opening book snapshot), waits for all to print READY and sends GO to all;
-    /// returns the instant of GO.
+    /// the opening book snapshot; each with its own `--state-file`), waits for all to print
+    /// READY and sends GO to all; returns the instant of GO.
     pub(crate) async fn start_engines(&mut self, replay: &Replay) -> anyhow::Result<Instant> {
         let n = self.sidecars.len();
         for i in 0..n {
             let log = self.path.join(format!("engine{i}.log"));
-            let mut cmd = tokio::process::Command::new(BIN);
-            cmd.arg("engine")
-                .args(["--shard", &i.to_string(), "--shards", &n.to_string()])
-                .args(match replay.speed {
-                    Some(speed) => vec!["--pace".to_owned(), "real".into(), "--speed".into(), speed.to_string()],
-                    None => vec!["--pace".to_owned(), "max".into()],
-                })
-                .args(["--from-s", "10", "--duration-s", &replay.duration_s.to_string()])
-                .args(["--settle-timeout-ms", &replay.settle_timeout_ms.to_string()])
-                .env("NO_COLOR", "1")
-                .arg("--socket")
-                .arg(&self.sidecars[i].socket)
-                .arg("--wait-for-go");
-            die_with_parent(&mut cmd);
-            let mut child = cmd
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(log_file(&log)?)
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("starting engine {i}"))?;
-            let stdin = child.stdin.take().expect("piped");
-            let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-            self.engines.push(Engine { child, stdin, lines, log });
+            let mut args: Vec<std::ffi::OsString> = ["engine", "--shard", &i.to_string(), "--shards", &n.to_string()]
+                .iter()
+                .map(Into::into)
+                .collect();
+            match replay.speed {
+                Some(speed) => args.extend(["--pace".into(), "real".into(), "--speed".into(), speed.to_string().into()]),
+                None => args.extend(["--pace".into(), "max".into()]),
+            }
+            args.extend(["--from-s".into(), "10".into(), "--duration-s".into(), replay.duration_s.to_string().into()]);
+            args.extend(["--settle-timeout-ms".into(), replay.settle_timeout_ms.to_string().into()]);
+            args.extend(["--socket".into(), self.sidecars[i].socket.clone().into_os_string()]);
+            args.extend(["--state-file".into(), self.path.join(format!("engine{i}.state")).into_os_string()]);
+            args.push("--wait-for-go".into());
+            let (child, stdin, lines) = spawn_engine(i, &args, &log)?;
+            self.engines.push(Engine { child, stdin, lines, log, args });
         }
         for (i, e) in self.engines.iter_mut().enumerate() {
             match tokio::time::timeout(Duration::from_secs(120), e.lines.next_line()).await {
@@ -377,6 +389,28 @@ impl Cluster {
     pub(crate) async fn stop(&mut self, i: usize) -> anyhow::Result<()> {
         let status = self.signal(i, libc::SIGTERM, Duration::from_secs(20)).await?;
         ensure!(status.success(), "sidecar {i} exited with {status} on SIGTERM");
+        Ok(())
+    }
+
+    /// Kills engine `i` with SIGKILL and waits for it to be gone.
+    pub(crate) async fn kill_engine(&mut self, i: usize) -> anyhow::Result<()> {
+        let e = &mut self.engines[i];
+        e.child.start_kill().with_context(|| format!("killing engine {i}"))?;
+        let status = tokio::time::timeout(Duration::from_secs(10), e.child.wait())
+            .await
+            .with_context(|| format!("engine {i} did not exit within 10 s of SIGKILL"))??;
+        ensure!(status.signal() == Some(libc::SIGKILL), "engine {i} was already gone before SIGKILL ({status})");
+        Ok(())
+    }
+
+    /// Starts engine `i` again, after [`Cluster::kill_engine`], with the same arguments:
+    /// its state file makes it resume (no READY/GO).
+    pub(crate) fn restart_engine(&mut self, i: usize) -> anyhow::Result<()> {
+        let e = &mut self.engines[i];
+        let mut log = std::fs::File::options().append(true).open(&e.log)?;
+        writeln!(log, "===== fault suite: engine {i} killed; starting it again on its state file =====")?;
+        let (child, stdin, lines) = spawn_engine(i, &e.args, &e.log)?;
+        (e.child, e.stdin, e.lines) = (child, stdin, lines);
         Ok(())
     }
 

@@ -13,9 +13,8 @@
 //! nodes for 10 s then healed, (c) kill -9 of a sidecar while its engine submits as fast as
 //! the sidecar takes orders, and its restart with the same key 3 s later, (e) a sidecar stopped and
 //! started again at once while its engine keeps running, (f) a hostile peer sending seals
-//! and orders for epochs outside the window. Still to come: (d) kill -9 of an engine and
-//! its reconnection with its cursor, which needs its own flags on `openmatch-gossip
-//! engine`; it is one more `Spec` and schedule here.
+//! and orders for epochs outside the window, (d) kill -9 of an engine and its restart on
+//! its state file, resuming its event stream with its cursor.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -119,8 +118,12 @@ async fn run(
     .await;
     let (observed, reports) = outcome.unwrap_or_else(|e| c.fail(e));
     let verdict = invariant::check(&reports);
-    let restarts: Vec<u32> = reports.iter().map(|r| r.sidecar_restarts).collect();
-    let mut line = format!("scenario {}: {} sidecar_restarts={restarts:?}", spec.name, verdict.figures);
+    let sidecars: Vec<u32> = reports.iter().map(|r| r.sidecar_restarts).collect();
+    let engines: Vec<u32> = reports.iter().map(|r| r.engine_restarts).collect();
+    let mut line = format!(
+        "scenario {}: {} sidecar_restarts={sidecars:?} engine_restarts={engines:?}",
+        spec.name, verdict.figures
+    );
     for note in &observed.figures {
         let _ = write!(line, " {note}");
     }
@@ -402,6 +405,58 @@ async fn e_sidecar_restarted_while_its_engine_runs() {
             restart_and_recover(c, "e", RESTARTED, before).await
         },
         restarted_once(RESTARTED),
+    )
+    .await;
+}
+
+/// The engine that (d) kills and starts again.
+const KILLED_ENGINE: usize = 1;
+
+/// (d) Three nodes at the recorded pace; engine 1 killed with SIGKILL while it replays,
+/// left down for 3 s (its sidecar keeps gossiping, deciding and logging its events), then
+/// started again on its state file: it resumes its event stream after the last event it
+/// processed, resubmits what it handed over and does not know committed, and replays the
+/// rest on the recorded schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d_engine_killed_then_resumed_with_its_cursor() {
+    let spec = Spec { name: "d", nodes: 3, spare: 0, replay: real_pace(20.0), tweak: defaults };
+    run(
+        spec,
+        async |c: &mut Cluster, go: Instant| {
+            at(go + FAULT_AT).await;
+            c.kill_engine(KILLED_ENGINE).await?;
+            let killed = Instant::now();
+            let subscribers = |text: &str| gauge(text, "openmatch_gossip_subscribers");
+            // Its sidecar notices the engine is gone and keeps its events for it.
+            let deadline = killed + DOWN_FOR;
+            let mut seen_gone = false;
+            while Instant::now() < deadline {
+                if subscribers(&c.metrics(KILLED_ENGINE).await?) == Some(0.0) {
+                    seen_gone = true;
+                }
+                tokio::time::sleep(POLL).await;
+            }
+            ensure!(seen_gone, "sidecar {KILLED_ENGINE} kept a subscriber for the killed engine");
+            c.restart_engine(KILLED_ENGINE)?;
+            println!(
+                "scenario d: engine {KILLED_ENGINE} killed {:.1} s after GO and started again {:.1} s later",
+                (killed - go).as_secs_f64(),
+                DOWN_FOR.as_secs_f64()
+            );
+            Ok(Observed::default())
+        },
+        |reports| {
+            reports
+                .iter()
+                .filter(|r| r.engine_restarts != u32::from(r.shard == KILLED_ENGINE) || r.sidecar_restarts != 0)
+                .map(|r| {
+                    format!(
+                        "engine {}: resumed {} times, saw its sidecar restart {} times",
+                        r.shard, r.engine_restarts, r.sidecar_restarts
+                    )
+                })
+                .collect()
+        },
     )
     .await;
 }

@@ -1,0 +1,342 @@
+//! The reference engine's matcher: it does, for every event of its sidecar's stream, what a
+//! replicated matching engine does — for `BatchAgreed`, fetch the batch in canonical order,
+//! run the reference auction ([`crate::tools::auction`]) and submit the result hash; for
+//! `OrdersExcluded`, resubmit its own orders (same id, same content); on a sidecar restart,
+//! resubmit every order not known committed — and keeps the tallies the engine reports.
+//!
+//! Data flows one way: an event becomes an [`Effect`] (after its side effects at the
+//! sidecar), the effect is applied to the [`MatcherState`] and, with `--state-file`, appended
+//! to the engine's [`Journal`] with the event's cursor. A restarted engine applies the
+//! journal's effects to a fresh state and resumes its stream after the last cursor, so its
+//! state after a crash is what it would have been without one.
+
+use std::collections::{BTreeMap, HashSet};
+use std::str::FromStr as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use crate::proto::sidecar_client::SidecarClient;
+use crate::proto::{
+    BatchId, Cursor, GetBatchRequest, Order, SubmitOrdersRequest, SubmitResultRequest, event::Kind,
+};
+use crate::tools::engine::{BatchTally, Receiver};
+use crate::tools::journal::{Entry, Journal};
+use crate::tools::sidecar_link::Feed;
+use crate::tools::stats::{Checksum, Latency};
+
+/// One peer order of an agreed batch, as the tallies keep it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct PeerOrder {
+    /// Origin peer id (base58).
+    origin: String,
+    /// The origin engine's id.
+    id: u64,
+    /// Its [`Checksum::term`], hex.
+    term: String,
+}
+
+/// What one processed event changed in the tallies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(super) enum Effect {
+    /// A batch agreed and matched here: its hash (hex), seal → agreement µs, orders
+    /// repaired into it here, trades matched, and the peers' orders in it.
+    Agreed {
+        market: String,
+        epoch: u64,
+        hash: String,
+        agreement_us: u64,
+        repaired_orders: u64,
+        trades: u64,
+        peer_orders: Vec<PeerOrder>,
+    },
+    /// A batch disputed: not matched.
+    Disputed { market: String, epoch: u64 },
+    /// A batch's results agreed: settled.
+    ResultAgreed { market: String, epoch: u64 },
+    /// A batch's results differed or were unconfirmed: halted, not settled.
+    Halted { market: String, epoch: u64 },
+    /// Own orders committed.
+    Committed { ids: Vec<u64> },
+    /// Own orders excluded (`excluded` ids) and resubmitted (`resubmitted` of them).
+    Excluded { excluded: u64, resubmitted: u64 },
+    /// The sidecar came back as a new run: verdicts pending with the old run are gone;
+    /// `resubmitted` orders went again.
+    SidecarRestarted { resubmitted: u64 },
+    /// This engine was restarted on its journal and resubmitted `resubmitted` orders.
+    EngineResumed { resubmitted: u64 },
+}
+
+/// What the matcher learnt.
+#[derive(Default)]
+pub(super) struct MatcherState {
+    pub(super) batches: BTreeMap<String, BatchTally>,
+    pub(super) agreement: Latency,
+    /// Agreed batches without a result verdict yet.
+    pub(super) unsettled: HashSet<(String, u64)>,
+    /// Batches agreed or disputed.
+    decided: HashSet<(String, u64)>,
+    /// Agreed batches: "MARKET#EPOCH" → hash (hex).
+    pub(super) agreed_batches: BTreeMap<String, String>,
+    /// Own orders committed, and their content checksum.
+    pub(super) committed: HashSet<u64>,
+    pub(super) committed_checksum: Checksum,
+    /// `OrdersExcluded` ids received, and orders resubmitted (excluded ones, and those
+    /// resubmitted after a restart of the sidecar or of this engine).
+    pub(super) excluded: u64,
+    pub(super) resubmitted: u64,
+    /// Peers' orders in agreed batches (the committed truth), per origin.
+    pub(super) received: Receiver,
+    /// Last time a batch was decided or an outcome arrived.
+    pub(super) last_progress: Option<Instant>,
+    /// Times the sidecar restarted under this engine.
+    pub(super) sidecar_restarts: u32,
+    /// Times this engine resumed from its journal.
+    pub(super) engine_restarts: u32,
+}
+
+impl MatcherState {
+    /// Applies one effect. `own` are this engine's orders (an own order's id is its index).
+    pub(super) fn apply(&mut self, effect: &Effect, own: &[Order]) {
+        match effect {
+            Effect::Agreed { market, epoch, hash, agreement_us, repaired_orders, trades, peer_orders } => {
+                self.decided.insert((market.clone(), *epoch));
+                self.agreed_batches.insert(format!("{market}#{epoch}"), hash.clone());
+                self.agreement.record(*agreement_us);
+                let t = self.batches.entry(market.clone()).or_default();
+                t.agreed += 1;
+                t.trades += trades;
+                if *repaired_orders > 0 {
+                    t.repaired += 1;
+                    t.repaired_orders += repaired_orders;
+                }
+                self.unsettled.insert((market.clone(), *epoch));
+                for o in peer_orders {
+                    let origin = libp2p::PeerId::from_str(&o.origin)
+                        .map(|p| Bytes::from(p.to_bytes()))
+                        .unwrap_or_else(|_| Bytes::from(o.origin.clone().into_bytes()));
+                    let term = u128::from_str_radix(&o.term, 16).unwrap_or_default();
+                    self.received.take_one(&origin, o.id, term, None);
+                }
+            }
+            Effect::Disputed { market, epoch } => {
+                self.decided.insert((market.clone(), *epoch));
+                self.batches.entry(market.clone()).or_default().disputed += 1;
+            }
+            Effect::ResultAgreed { market, epoch } => {
+                self.unsettled.remove(&(market.clone(), *epoch));
+                self.batches.entry(market.clone()).or_default().results_agreed += 1;
+            }
+            Effect::Halted { market, epoch } => {
+                self.unsettled.remove(&(market.clone(), *epoch));
+                self.batches.entry(market.clone()).or_default().halted += 1;
+            }
+            Effect::Committed { ids } => {
+                for &id in ids {
+                    if self.committed.insert(id)
+                        && let Some(o) = own.get(id as usize).filter(|o| o.id == id)
+                    {
+                        self.committed_checksum.add(o);
+                    }
+                }
+            }
+            Effect::Excluded { excluded, resubmitted } => {
+                self.excluded += excluded;
+                self.resubmitted += resubmitted;
+            }
+            Effect::SidecarRestarted { resubmitted } => {
+                self.unsettled.clear(); // their verdicts went with the old run
+                self.sidecar_restarts += 1;
+                self.resubmitted += resubmitted;
+            }
+            Effect::EngineResumed { resubmitted } => {
+                self.engine_restarts += 1;
+                self.resubmitted += resubmitted;
+            }
+        }
+    }
+}
+
+/// The matcher task's inputs.
+pub(super) struct Matcher {
+    /// The sidecar's events (from [`crate::tools::sidecar_link`]).
+    pub(super) feed: mpsc::UnboundedReceiver<Feed>,
+    /// For `GetBatch`, `SubmitResult` and resubmissions.
+    pub(super) client: SidecarClient<Channel>,
+    /// This engine's origin (its sidecar's peer id bytes).
+    pub(super) own_origin: Bytes,
+    /// This engine's orders, by id.
+    pub(super) own: Arc<Vec<Order>>,
+    /// Own orders handed to the sidecar so far (ids below it).
+    pub(super) handed: Arc<AtomicU64>,
+    /// The shared state.
+    pub(super) state: Arc<Mutex<MatcherState>>,
+    /// Where effects are recorded (a no-op without `--state-file`).
+    pub(super) journal: Journal,
+}
+
+fn key(id: Option<&BatchId>) -> (String, u64) {
+    id.map(|b| (b.market.clone(), b.epoch)).unwrap_or_default()
+}
+
+impl Matcher {
+    /// Runs until the feed ends. `resumed`: this engine restarted on its journal, so every
+    /// order it handed over and does not know committed goes again first.
+    pub(super) async fn run(mut self, resumed: bool) {
+        if resumed {
+            let resubmitted = self.resubmit_uncommitted().await;
+            self.record(None, Effect::EngineResumed { resubmitted });
+        }
+        while let Some(feed) = self.feed.recv().await {
+            self.state.lock().expect("matcher state").last_progress = Some(Instant::now());
+            let (effect, cursor) = match feed {
+                Feed::Restarted(from) => {
+                    tracing::warn!(
+                        lost_verdicts = self.state.lock().expect("matcher state").unsettled.len(),
+                        "sidecar restarted"
+                    );
+                    (Some(Effect::SidecarRestarted { resubmitted: self.resubmit_uncommitted().await }), Some(from))
+                }
+                Feed::Event(kind, cursor) => (self.process(kind).await, cursor),
+            };
+            if let Some(effect) = effect {
+                self.record(cursor, effect);
+            }
+        }
+    }
+
+    /// Applies `effect` and journals it with `cursor`.
+    fn record(&self, cursor: Option<Cursor>, effect: Effect) {
+        self.state.lock().expect("matcher state").apply(&effect, &self.own);
+        let cursor = cursor.map(|c| (c.incarnation, c.sequence));
+        if let Err(e) = self.journal.append(&Entry::Event { cursor, effect }) {
+            tracing::error!(error = %format!("{e:#}"), "journal write failed: a restart would replay this event");
+        }
+    }
+
+    /// Does what event `kind` asks of an engine; returns its effect on the tallies.
+    async fn process(&mut self, kind: Kind) -> Option<Effect> {
+        match kind {
+            Kind::BatchAgreed(a) => {
+                let (market, epoch) = key(a.batch_id.as_ref());
+                if self.state.lock().expect("matcher state").decided.contains(&(market.clone(), epoch)) {
+                    return None; // replayed by a restarted sidecar: matched already
+                }
+                let mut orders = Vec::new();
+                match self.client.get_batch(GetBatchRequest { batch_id: a.batch_id.clone() }).await {
+                    Ok(stream) => {
+                        let mut stream = stream.into_inner();
+                        while let Some(Ok(chunk)) = stream.next().await {
+                            orders.extend(chunk.orders);
+                        }
+                    }
+                    Err(s) => {
+                        tracing::error!(market, epoch, status = %s, "GetBatch failed");
+                        return None;
+                    }
+                }
+                let trades = crate::tools::auction::run_auction(&orders);
+                let hash = <[u8; 32]>::try_from(a.batch_hash.as_slice()).unwrap_or_default();
+                let result_hash = crate::tools::auction::result_hash(&hash, &trades);
+                let req = SubmitResultRequest {
+                    batch_id: a.batch_id,
+                    result_hash: result_hash.to_vec(),
+                    trade_count: trades.len() as u64,
+                };
+                if let Err(s) = self.client.submit_result(req).await {
+                    tracing::error!(market, epoch, status = %s, "SubmitResult failed");
+                }
+                let peer_orders = orders
+                    .iter()
+                    .filter(|o| o.origin != self.own_origin)
+                    .map(|o| PeerOrder {
+                        origin: crate::tools::engine::origin_label(&o.origin),
+                        id: o.id,
+                        term: format!("{:032x}", Checksum::term(o)),
+                    })
+                    .collect();
+                Some(Effect::Agreed {
+                    market,
+                    epoch,
+                    hash: a.batch_hash.iter().map(|b| format!("{b:02x}")).collect(),
+                    agreement_us: a.agreement_us,
+                    repaired_orders: a.repaired_orders,
+                    trades: trades.len() as u64,
+                    peer_orders,
+                })
+            }
+            Kind::OrdersCommitted(c) => Some(Effect::Committed { ids: c.ids }),
+            Kind::OrdersExcluded(x) => {
+                let (market, epoch) = key(x.batch_id.as_ref());
+                let again: Vec<Order> = x.ids.iter().filter_map(|&id| self.own_order(id).cloned()).collect();
+                tracing::info!(market, epoch, orders = again.len(), reason = x.reason, "own orders excluded; resubmitting them");
+                let n = again.len() as u64;
+                let stamp = crate::epoch::unix_now_ns();
+                let again = again.into_iter().map(|mut o| {
+                    o.submitted_at_ns = stamp;
+                    o
+                });
+                let req = SubmitOrdersRequest { orders: again.collect() };
+                let resubmitted = match self.client.submit_orders(futures::stream::iter([req])).await {
+                    Ok(_) => n,
+                    Err(s) => {
+                        tracing::error!(market, epoch, status = %s, "resubmitting excluded orders failed");
+                        0
+                    }
+                };
+                Some(Effect::Excluded { excluded: x.ids.len() as u64, resubmitted })
+            }
+            Kind::BatchDisputed(d) => {
+                let (market, epoch) = key(d.batch_id.as_ref());
+                tracing::warn!(market, epoch, reason = d.reason, "batch disputed: not matched");
+                Some(Effect::Disputed { market, epoch })
+            }
+            Kind::ResultAgreed(r) => {
+                let (market, epoch) = key(r.batch_id.as_ref());
+                Some(Effect::ResultAgreed { market, epoch })
+            }
+            Kind::ResultMismatch(r) => {
+                let (market, epoch) = key(r.batch_id.as_ref());
+                tracing::error!(market, epoch, reason = r.reason, "result mismatch: batch halted, not settled");
+                Some(Effect::Halted { market, epoch })
+            }
+            _ => None,
+        }
+    }
+
+    /// An own order by id.
+    fn own_order(&self, id: u64) -> Option<&Order> {
+        self.own.get(id as usize).filter(|o| o.id == id)
+    }
+
+    /// Submits again every order handed to the sidecar and not known committed (same id,
+    /// same content: the sidecar answers those it knows with their outcome and takes the
+    /// others); returns how many went.
+    async fn resubmit_uncommitted(&mut self) -> u64 {
+        let again: Vec<Order> = {
+            let st = self.state.lock().expect("matcher state");
+            let n = self.handed.load(Ordering::Acquire) as usize;
+            self.own[..n.min(self.own.len())].iter().filter(|o| !st.committed.contains(&o.id)).cloned().collect()
+        };
+        let n = again.len() as u64;
+        let chunks: Vec<SubmitOrdersRequest> =
+            again.chunks(512).map(|c| SubmitOrdersRequest { orders: c.to_vec() }).collect();
+        match self.client.submit_orders(futures::stream::iter(chunks)).await {
+            Ok(_) => {
+                tracing::info!(orders = n, "resubmitted the orders not known committed");
+                n
+            }
+            Err(s) => {
+                tracing::error!(status = %s, "resubmitting the orders not known committed failed");
+                0
+            }
+        }
+    }
+}
