@@ -7,6 +7,7 @@
 //!   status, Events) and the error policy;
 //! - [`peers`]: which selected pods are bootstrap peers, at which multiaddr;
 //! - [`children`]: the owned ConfigMap and headless Service (server-side apply bodies);
+//! - [`inject`]: sidecar injection into annotated pods (the admission webhook's patch);
 //! - [`status`]: conditions and their reasons;
 //! - [`controller`]: the kube-runtime Controller and what triggers it;
 //! - [`leader`]: leader election on a Lease (client-go semantics);
@@ -23,6 +24,7 @@ pub mod children;
 pub mod cli;
 pub mod controller;
 pub mod health;
+pub mod inject;
 pub mod leader;
 pub mod metrics;
 pub mod peers;
