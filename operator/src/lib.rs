@@ -8,6 +8,8 @@
 //! - [`peers`]: which selected pods are bootstrap peers, at which multiaddr;
 //! - [`children`]: the owned ConfigMap and headless Service (server-side apply bodies);
 //! - [`inject`]: sidecar injection into annotated pods (the admission webhook's patch);
+//! - [`webhook`]: the admission webhook's HTTPS server;
+//! - [`webhook_cert`]: the webhook's serving certificate and TLS configuration;
 //! - [`status`]: conditions and their reasons;
 //! - [`controller`]: the kube-runtime Controller and what triggers it;
 //! - [`leader`]: leader election on a Lease (client-go semantics);
@@ -30,3 +32,5 @@ pub mod metrics;
 pub mod peers;
 pub mod reconcile;
 pub mod status;
+pub mod webhook;
+pub mod webhook_cert;

@@ -1,0 +1,252 @@
+//! The mutating admission webhook's HTTPS server: `POST /mutate-pods` takes an
+//! `admission.k8s.io/v1` `AdmissionReview` of a pod and answers it with [`crate::inject`]'s
+//! decision (allowed, allowed with a JSON patch, or denied with a message).
+//!
+//! TLS 1.2/1.3 (rustls, ring) with the serving certificate of [`crate::webhook_cert`]; the
+//! configuration is swappable while serving ([`TlsConfig`]) so a renewed certificate takes
+//! effect for new connections without a restart. HTTP/1.1 only, as the API server calls
+//! webhooks. A body that is not an AdmissionReview of a pod gets HTTP 400 with the reason;
+//! a body above [`MAX_BODY_BYTES`] HTTP 413. Every answer is counted by the caller's
+//! `on_decision` hook (metrics, Events).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context as _;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::admission::{AdmissionRequest, AdmissionReview};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::inject::{Decision, NetworkRef, SidecarTemplate};
+
+/// The path the MutatingWebhookConfiguration calls.
+pub const PATH: &str = "/mutate-pods";
+/// Largest request body accepted, bytes (a pod spec is far smaller; the API server's own
+/// request limit is 3 MiB).
+pub const MAX_BODY_BYTES: usize = 3 << 20;
+
+/// The TLS configuration in use; replace it to serve a renewed certificate.
+pub type TlsConfig = Arc<RwLock<Arc<rustls::ServerConfig>>>;
+
+/// Looks a GossipNetwork up by (namespace, name).
+pub type NetworkLookup = Arc<dyn Fn(&str, &str) -> Option<NetworkRef> + Send + Sync>;
+
+/// Told every decision with the request it answered (for metrics and Events).
+pub type OnDecision = Arc<dyn Fn(&AdmissionRequest<Pod>, &Decision) + Send + Sync>;
+
+/// What the handler needs.
+#[derive(Clone)]
+pub struct Webhook {
+    /// The sidecar to inject.
+    pub template: Arc<SidecarTemplate>,
+    /// GossipNetworks known to the operator.
+    pub networks: NetworkLookup,
+    /// Metrics and Events hook.
+    pub on_decision: OnDecision,
+}
+
+impl Webhook {
+    /// Answers one AdmissionReview body: `Ok(response JSON)`, or `Err(reason)` for a body
+    /// that is not an AdmissionReview of a pod (HTTP 400).
+    pub fn answer(&self, body: &[u8]) -> Result<Vec<u8>, String> {
+        let review: AdmissionReview<Pod> =
+            serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview of a pod: {e}"))?;
+        let req: AdmissionRequest<Pod> = review.try_into().map_err(|_| "an AdmissionReview without a request")?;
+        let namespace = req.namespace.clone().unwrap_or_default();
+        let networks = self.networks.clone();
+        let (response, decision) = crate::inject::review(&req, |name| networks(&namespace, name), &self.template);
+        (self.on_decision)(&req, &decision);
+        Ok(serde_json::to_vec(&response.into_review()).expect("an AdmissionReview serializes"))
+    }
+}
+
+fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r
+}
+
+/// One HTTP request.
+async fn route(webhook: Webhook, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() != PATH {
+        return Ok(reply(StatusCode::NOT_FOUND, format!("only POST {PATH} is served here\n")));
+    }
+    if req.method() != Method::POST {
+        return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, format!("POST {PATH}\n")));
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Ok(reply(StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e}\n"))),
+    };
+    Ok(match webhook.answer(&body) {
+        Ok(json) => {
+            let mut r = reply(StatusCode::OK, json);
+            r.headers_mut().insert(hyper::header::CONTENT_TYPE, "application/json".parse().expect("valid"));
+            r
+        }
+        Err(reason) => {
+            tracing::warn!(reason, "bad admission request");
+            reply(StatusCode::BAD_REQUEST, format!("{reason}\n"))
+        }
+    })
+}
+
+/// Binds `addr` for [`serve`].
+///
+/// Errors: the address cannot be bound.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("binding the webhook address {addr}"))
+}
+
+/// Serves the webhook over TLS on `listener` until `stop` is cancelled. A failed handshake
+/// or connection is logged and affects no other.
+pub async fn serve(listener: TcpListener, tls: TlsConfig, webhook: Webhook, stop: CancellationToken) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook accept failed");
+                    continue;
+                }
+            },
+        };
+        let config = tls.read().expect("TLS config lock").clone();
+        let webhook = webhook.clone();
+        tokio::spawn(async move {
+            let stream = match tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "webhook TLS handshake failed");
+                    return;
+                }
+            };
+            let service = hyper::service::service_fn(move |req| route(webhook.clone(), req));
+            if let Err(e) =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
+            {
+                tracing::debug!(%peer, error = %e, "webhook connection ended with an error");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+    use crate::webhook_cert;
+
+    fn webhook(decisions: Arc<Mutex<Vec<String>>>) -> Webhook {
+        Webhook {
+            template: Arc::new(SidecarTemplate {
+                image: "openmatch-gossip:0.1.0".into(),
+                image_pull_policy: None,
+                resources: Default::default(),
+                metrics_port: 9090,
+                version: "0.1.0".into(),
+            }),
+            networks: Arc::new(|ns, name| {
+                (ns == "trading" && name == "prod")
+                    .then(|| NetworkRef { config_map: "prod-gossip-config".into(), p2p_port: 4001 })
+            }),
+            on_decision: Arc::new(move |_, d| decisions.lock().unwrap().push(format!("{d:?}"))),
+        }
+    }
+
+    fn review(network: &str) -> String {
+        serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "trading",
+                "operation": "CREATE",
+                "userInfo": {"username": "alice"},
+                "object": {
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "engine-0", "namespace": "trading",
+                                 "annotations": {"gossip.openmatch.io/network": network}},
+                    "spec": {"containers": [{"name": "engine", "image": "engine:1"}]}
+                }
+            }
+        })
+        .to_string()
+    }
+
+    /// POSTs `body` to `path` over TLS, trusting `ca_pem`; returns the status line and the body.
+    async fn post(addr: SocketAddr, ca_pem: &str, path: &str, body: &str) -> (String, String) {
+        use rustls::pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("omg-webhook.gossip-system.svc").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        tls.read_to_string(&mut out).await.unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        (head.lines().next().unwrap().to_owned(), body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn serves_admission_reviews_over_tls() {
+        let names = webhook_cert::dns_names("omg-webhook", "gossip-system");
+        let cert = webhook_cert::generate(&names, time::OffsetDateTime::now_utc()).unwrap();
+        let tls: TlsConfig =
+            Arc::new(RwLock::new(Arc::new(webhook_cert::server_config(&cert.cert_pem, &cert.key_pem).unwrap())));
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let decisions = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, tls, webhook(decisions.clone()), stop.clone()));
+
+        let (status, body) = post(addr, &cert.ca_pem, PATH, &review("prod")).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["kind"], "AdmissionReview");
+        assert_eq!(v["response"]["uid"], "u-1");
+        assert_eq!(v["response"]["allowed"], true);
+        assert_eq!(v["response"]["patchType"], "JSONPatch");
+
+        let (_, body) = post(addr, &cert.ca_pem, PATH, &review("staging")).await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["response"]["allowed"], false);
+        assert!(v["response"]["status"]["message"].as_str().unwrap().contains("does not exist"), "{v}");
+
+        let (status, body) = post(addr, &cert.ca_pem, PATH, "{\"kind\": 3}").await;
+        assert_eq!(status, "HTTP/1.1 400 Bad Request");
+        assert!(body.contains("not an AdmissionReview"), "{body}");
+        let (status, _) = post(addr, &cert.ca_pem, "/other", "{}").await;
+        assert_eq!(status, "HTTP/1.1 404 Not Found");
+
+        let seen = decisions.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(seen[0].starts_with("Inject") && seen[1].starts_with("Refuse"), "{seen:?}");
+        stop.cancel();
+        server.await.unwrap();
+    }
+}
