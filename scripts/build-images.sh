@@ -100,11 +100,17 @@ for spec in "${images[@]}"; do
           --build-arg "VERSION=$version" --build-arg "REVISION=$revision" --build-arg "CREATED=$created")
     if ! $from_source; then
         args+=(--build-arg BINARIES=local)
-        # podman: build only the stages the target needs (never pull the builder's base image).
-        if [ "$engine" = podman ]; then args+=(--pull=never); fi
+        # podman: never pull (the builder's base image is not needed and no registry may be
+        # reachable), and keep no intermediate images of the staging layer.
+        if [ "$engine" = podman ]; then args+=(--pull=never --layers=false); fi
     fi
+    # The image this tag named before: removed below if the build replaced it and nothing
+    # else uses it, so repeated builds do not pile up untagged images.
+    old="$("$engine" image inspect --format '{{.Id}}' "$name:$tag" 2>/dev/null || true)"
     echo "build-images: $engine ${args[*]} ." >&2
     "$engine" "${args[@]}" . >&2
+    new="$("$engine" image inspect --format '{{.Id}}' "$name:$tag")"
+    if [ -n "$old" ] && [ "$old" != "$new" ]; then "$engine" rmi "$old" >/dev/null 2>&1 || true; fi
     built+=("$name:$tag")
 done
 printf '%s\n' "${built[@]}"
