@@ -87,7 +87,19 @@ pub async fn run_with(client: Client, args: RunArgs, shutdown: CancellationToken
 
     let identity = identity(args.identity.as_deref());
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity.clone()) };
-    let mut ctx = Context::new(client.clone(), Recorder::new(client.clone(), reporter), metrics.clone());
+    let recorder = Recorder::new(client.clone(), reporter);
+    let webhook_stop = shutdown.child_token();
+    let webhook_task = args.webhook_addr.map(|addr| {
+        let settings = webhook_settings(&args, addr, client.default_namespace());
+        tokio::spawn(crate::webhook::run(
+            client.clone(),
+            settings,
+            metrics.clone(),
+            recorder.clone(),
+            webhook_stop.clone(),
+        ))
+    });
+    let mut ctx = Context::new(client.clone(), recorder, metrics.clone());
     ctx.resync = Duration::from_secs(args.resync_s.max(1));
     let ctx = Arc::new(ctx);
     let debounce = Duration::from_millis(args.debounce_ms);
@@ -119,9 +131,39 @@ pub async fn run_with(client: Client, args: RunArgs, shutdown: CancellationToken
         Ok(())
     };
     health.set(Lifecycle::ShuttingDown);
+    webhook_stop.cancel();
+    if let Some(task) = webhook_task {
+        match task.await {
+            Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "the webhook failed"),
+            Err(e) => tracing::error!(error = %e, "the webhook task panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
     http_stop.cancel();
     let _ = http_task.await;
     result
+}
+
+/// The webhook's settings from the flags; `namespace` is the operator's own (the Secret's
+/// and the Service's).
+fn webhook_settings(args: &RunArgs, addr: std::net::SocketAddr, namespace: &str) -> crate::webhook::WebhookSettings {
+    crate::webhook::WebhookSettings {
+        addr,
+        cert: crate::webhook_cert::CertSource {
+            namespace: namespace.to_owned(),
+            secret: args.webhook_secret.clone(),
+            service: args.webhook_service.clone(),
+            provision: (!args.webhook_cert_manager).then(|| args.webhook_configuration.clone()),
+        },
+        template: crate::inject::SidecarTemplate {
+            image: args.sidecar_image.clone(),
+            image_pull_policy: args.sidecar_image_pull_policy.clone(),
+            resources: args.sidecar_resources.clone(),
+            metrics_port: args.sidecar_metrics_port,
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
+        namespace: args.namespace.clone(),
+    }
 }
 
 /// Leads: runs the controller while holding the Lease (see the module documentation).

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use openmatch_gossip_crds::runtime::LogFormat;
 
 /// Kubernetes operator for openmatch-gossip: reconciles GossipNetwork resources into the
@@ -100,6 +101,86 @@ pub struct RunArgs {
     /// within this window makes one reconcile.
     #[arg(long, env = "OPENMATCH_GOSSIP_OPERATOR_DEBOUNCE_MS", value_name = "MS", default_value_t = 500)]
     pub debounce_ms: u64,
+
+    /// Serve the sidecar-injection admission webhook (HTTPS, `POST /mutate-pods`) on this
+    /// address, e.g. 0.0.0.0:9443. Every replica serves it (not only the leader). Off
+    /// unless set.
+    #[arg(long, env = "OPENMATCH_GOSSIP_OPERATOR_WEBHOOK_ADDR", value_name = "ADDR")]
+    pub webhook_addr: Option<SocketAddr>,
+
+    /// Name of the webhook's Service in the operator's namespace: its DNS names go into the
+    /// serving certificate.
+    #[arg(
+        long,
+        env = "OPENMATCH_GOSSIP_OPERATOR_WEBHOOK_SERVICE",
+        value_name = "NAME",
+        default_value = "openmatch-gossip-webhook"
+    )]
+    pub webhook_service: String,
+
+    /// `kubernetes.io/tls` Secret in the operator's namespace holding the webhook's serving
+    /// certificate (`tls.crt`, `tls.key`, `ca.crt`).
+    #[arg(
+        long,
+        env = "OPENMATCH_GOSSIP_OPERATOR_WEBHOOK_SECRET",
+        value_name = "NAME",
+        default_value = "openmatch-gossip-webhook-tls"
+    )]
+    pub webhook_secret: String,
+
+    /// MutatingWebhookConfiguration whose `caBundle` the operator keeps current when it
+    /// provisions the certificate itself.
+    #[arg(
+        long,
+        env = "OPENMATCH_GOSSIP_OPERATOR_WEBHOOK_CONFIGURATION",
+        value_name = "NAME",
+        default_value = "openmatch-gossip-sidecar-injector"
+    )]
+    pub webhook_configuration: String,
+
+    /// cert-manager issues the webhook's Secret and injects the `caBundle`; the operator
+    /// only reads the Secret. Default: the operator provisions both (a private CA).
+    #[arg(long, env = "OPENMATCH_GOSSIP_OPERATOR_WEBHOOK_CERT_MANAGER")]
+    pub webhook_cert_manager: bool,
+
+    /// Image of the injected sidecar (`sidecar/Dockerfile`).
+    #[arg(
+        long,
+        env = "OPENMATCH_GOSSIP_OPERATOR_SIDECAR_IMAGE",
+        value_name = "IMAGE",
+        default_value = concat!("openmatch-gossip:", env!("CARGO_PKG_VERSION"))
+    )]
+    pub sidecar_image: String,
+
+    /// Pull policy of the injected sidecar's image. Default: the cluster's.
+    #[arg(long, env = "OPENMATCH_GOSSIP_OPERATOR_SIDECAR_IMAGE_PULL_POLICY", value_name = "POLICY",
+          value_parser = ["Always", "IfNotPresent", "Never"])]
+    pub sidecar_image_pull_policy: Option<String>,
+
+    /// Resources of the injected sidecar, as a Kubernetes ResourceRequirements in JSON.
+    #[arg(
+        long,
+        env = "OPENMATCH_GOSSIP_OPERATOR_SIDECAR_RESOURCES",
+        value_name = "JSON",
+        default_value = r#"{"requests":{"cpu":"100m","memory":"64Mi"},"limits":{"memory":"256Mi"}}"#,
+        value_parser = parse_resources
+    )]
+    pub sidecar_resources: ResourceRequirements,
+
+    /// HTTP port of the injected sidecar (`/metrics`, `/healthz`, `/readyz`; named `metrics`).
+    #[arg(
+        long,
+        env = "OPENMATCH_GOSSIP_OPERATOR_SIDECAR_METRICS_PORT",
+        value_name = "PORT",
+        default_value_t = 9090,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub sidecar_metrics_port: u16,
+}
+
+/// Parses `--sidecar-resources`.
+fn parse_resources(s: &str) -> Result<ResourceRequirements, String> {
+    serde_json::from_str(s).map_err(|e| format!("not a ResourceRequirements in JSON: {e}"))
 }
 
 /// Flags of `openmatch-gossip-operator crdgen`.
@@ -170,6 +251,15 @@ mod tests {
             "--retry-period-s",
             "--resync-s",
             "--debounce-ms",
+            "--webhook-addr",
+            "--webhook-service",
+            "--webhook-secret",
+            "--webhook-configuration",
+            "--webhook-cert-manager",
+            "--sidecar-image",
+            "--sidecar-image-pull-policy",
+            "--sidecar-resources",
+            "--sidecar-metrics-port",
         ] {
             assert!(help.contains(flag), "{flag} missing from\n{help}");
         }

@@ -9,6 +9,7 @@
 //! | `openmatch_gossip_operator_networks` | gauge | GossipNetworks known to the operator |
 //! | `openmatch_gossip_operator_ready_peers{namespace,network}` | gauge | ready selected pods in a network's bootstrap list |
 //! | `openmatch_gossip_operator_leader` | gauge | 1 while this replica holds the leader Lease (or runs without election), else 0 |
+//! | `openmatch_gossip_operator_injections_total{result}` | counter | pods the admission webhook answered, by result (`injected`, `skipped`, `refused`); every result exists from start-up |
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -65,6 +66,37 @@ pub struct ReasonLabel {
     pub reason: FailureReason,
 }
 
+/// What the admission webhook did with a pod: the `result` label of
+/// `openmatch_gossip_operator_injections_total`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum InjectionResult {
+    /// The sidecar was injected (`injected`).
+    Injected,
+    /// The pod was admitted unchanged: no annotation, opted out or already injected
+    /// (`skipped`).
+    Skipped,
+    /// The pod was refused: a malformed annotation or an unknown network (`refused`).
+    Refused,
+}
+
+impl EncodeLabelValue for InjectionResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let s = match self {
+            InjectionResult::Injected => "injected",
+            InjectionResult::Skipped => "skipped",
+            InjectionResult::Refused => "refused",
+        };
+        EncodeLabelValue::encode(&s, encoder)
+    }
+}
+
+/// Label of an injection count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InjectionLabel {
+    /// What happened to the pod.
+    pub result: InjectionResult,
+}
+
 /// Labels of a per-network gauge: the GossipNetwork's namespace and name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NetworkLabels {
@@ -89,6 +121,8 @@ pub struct Metrics {
     pub ready_peers: Family<NetworkLabels, Gauge>,
     /// `openmatch_gossip_operator_leader`.
     pub leader: Gauge,
+    /// `openmatch_gossip_operator_injections_total{result}`.
+    pub injections: Family<InjectionLabel, Counter>,
     /// The networks that have a `ready_peers` series (prometheus-client's `Family` cannot
     /// be iterated).
     series: Mutex<HashSet<NetworkLabels>>,
@@ -106,8 +140,12 @@ impl Metrics {
             networks: Gauge::default(),
             ready_peers: Family::default(),
             leader: Gauge::default(),
+            injections: Family::default(),
             series: Mutex::default(),
         };
+        for result in [InjectionResult::Injected, InjectionResult::Skipped, InjectionResult::Refused] {
+            let _ = m.injections.get_or_create(&InjectionLabel { result });
+        }
         let r = registry.sub_registry_with_prefix("openmatch_gossip_operator");
         r.register("reconciles", "Reconcile runs", m.reconciles.clone());
         r.register("reconcile_failures", "Failed reconcile runs by reason", m.failures.clone());
@@ -115,6 +153,7 @@ impl Metrics {
         r.register("networks", "GossipNetworks known to the operator", m.networks.clone());
         r.register("ready_peers", "Ready selected pods in a network's bootstrap list", m.ready_peers.clone());
         r.register("leader", "1 while this replica leads (holds the Lease), else 0", m.leader.clone());
+        r.register("injections", "Pods the admission webhook answered, by result", m.injections.clone());
         m
     }
 
@@ -181,6 +220,7 @@ pub(crate) mod tests {
             "openmatch_gossip_operator_networks 2",
             "openmatch_gossip_operator_ready_peers{namespace=\"trading\",network=\"prod\"} 3",
             "openmatch_gossip_operator_leader 1",
+            "openmatch_gossip_operator_injections_total{result=\"refused\"} 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -138,6 +138,148 @@ pub async fn serve(listener: TcpListener, tls: TlsConfig, webhook: Webhook, stop
     }
 }
 
+/// Everything the webhook needs to run (from `run`'s flags).
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// The serving certificate's Secret and who manages it.
+    pub cert: crate::webhook_cert::CertSource,
+    /// The sidecar to inject.
+    pub template: SidecarTemplate,
+    /// Watch GossipNetworks in this namespace only (`None`: all).
+    pub namespace: Option<String>,
+}
+
+/// The owner of a pod being created (its controller: a ReplicaSet, StatefulSet, Job…),
+/// where a refusal's Event goes (the pod itself does not exist).
+fn owner_of(req: &AdmissionRequest<Pod>) -> Option<k8s_openapi::api::core::v1::ObjectReference> {
+    let pod = req.object.as_ref()?;
+    let owner = pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true))?;
+    Some(k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(owner.api_version.clone()),
+        kind: Some(owner.kind.clone()),
+        name: Some(owner.name.clone()),
+        namespace: req.namespace.clone(),
+        uid: Some(owner.uid.clone()),
+        ..Default::default()
+    })
+}
+
+/// Runs the webhook until `stop`: watches GossipNetworks, loads (or provisions) the
+/// serving certificate, retrying every 5 s until it has one, then serves and keeps the
+/// certificate current. Counts every answer in `metrics` and publishes a Warning Event
+/// (`InjectionRefused`) on the owner of each refused pod.
+///
+/// Errors: the address cannot be bound.
+pub async fn run(
+    client: kube::Client,
+    settings: WebhookSettings,
+    metrics: Arc<crate::metrics::Metrics>,
+    recorder: kube::runtime::events::Recorder,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    use kube::runtime::reflector::{self, ObjectRef};
+    use kube::runtime::{WatchStreamExt as _, watcher};
+    use openmatch_gossip_crds::gossip_network::GossipNetwork;
+
+    use crate::metrics::{InjectionLabel, InjectionResult};
+
+    let listener = bind(settings.addr).await?;
+    let api: kube::Api<GossipNetwork> = match &settings.namespace {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
+    };
+    let (store, writer) = reflector::store();
+    let watch = reflector::reflector(writer, watcher(api, watcher::Config::default())).applied_objects();
+    let watch_stop = stop.clone();
+    tokio::spawn(async move {
+        let mut watch = std::pin::pin!(watch);
+        loop {
+            tokio::select! {
+                _ = watch_stop.cancelled() => return,
+                next = watch.next() => match next {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => tracing::warn!(error = %e, "webhook: GossipNetwork watch error; retrying"),
+                    None => return,
+                },
+            }
+        }
+    });
+    let networks: NetworkLookup = Arc::new(move |ns, name| {
+        store
+            .get(&ObjectRef::new(name).within(ns))
+            .map(|gn| NetworkRef { config_map: gn.config_map_name(), p2p_port: gn.spec.p2p_port })
+    });
+    let on_decision: OnDecision = Arc::new(move |req, decision| {
+        let result = match decision {
+            Decision::Inject(_) => InjectionResult::Injected,
+            Decision::Skip(_) => InjectionResult::Skipped,
+            Decision::Refuse(_) => InjectionResult::Refused,
+        };
+        metrics.injections.get_or_create(&InjectionLabel { result }).inc();
+        let pod = req.object.as_ref().and_then(|p| p.metadata.name.clone().or(p.metadata.generate_name.clone()));
+        match decision {
+            Decision::Inject(_) => tracing::info!(namespace = ?req.namespace, pod = ?pod, "sidecar injected"),
+            Decision::Skip(why) => tracing::debug!(namespace = ?req.namespace, pod = ?pod, why, "pod left alone"),
+            Decision::Refuse(message) => {
+                tracing::warn!(namespace = ?req.namespace, pod = ?pod, message, "pod refused");
+                if let Some(owner) = owner_of(req) {
+                    let recorder = recorder.clone();
+                    let event = kube::runtime::events::Event {
+                        type_: kube::runtime::events::EventType::Warning,
+                        reason: "InjectionRefused".into(),
+                        note: Some(message.chars().take(1000).collect()),
+                        action: "Inject".into(),
+                        secondary: None,
+                    };
+                    tokio::spawn(async move {
+                        if let Err(e) = recorder.publish(&event, &owner).await {
+                            tracing::warn!(error = %e, "could not publish the InjectionRefused Event");
+                        }
+                    });
+                }
+            }
+        }
+    });
+    let webhook = Webhook { template: Arc::new(settings.template), networks, on_decision };
+
+    // The first certificate: nothing is served without one.
+    let empty = crate::webhook_cert::Pem { cert: String::new(), key: String::new(), ca: None };
+    let placeholder = Arc::new(RwLock::new(Arc::new(empty_config())));
+    let pem = loop {
+        match crate::webhook_cert::refresh(&client, &settings.cert, &placeholder, &empty).await {
+            Ok(pem) => break pem,
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "webhook: no serving certificate yet; retrying in 5 s"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+        }
+    };
+    tracing::info!(addr = %settings.addr, path = PATH, "serving the sidecar-injection webhook");
+    tokio::spawn(crate::webhook_cert::keep_current(client, settings.cert, placeholder.clone(), pem, stop.clone()));
+    serve(listener, placeholder, webhook, stop).await;
+    Ok(())
+}
+
+/// A server configuration with no certificate, replaced before anything is served.
+fn empty_config() -> rustls::ServerConfig {
+    #[derive(Debug)]
+    struct NoCert;
+    impl rustls::server::ResolvesServerCert for NoCert {
+        fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            None
+        }
+    }
+    rustls::ServerConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+        .with_safe_default_protocol_versions()
+        .expect("default TLS versions")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(NoCert))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;

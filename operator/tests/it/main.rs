@@ -7,3 +7,4 @@ mod controller;
 mod leader;
 mod lifecycle;
 mod reconcile;
+mod webhook;
