@@ -393,7 +393,7 @@ def check_render(path, scenario):
         tmpl = spec["template"]
         if tmpl["metadata"].get("annotations", {}).get("example.com/scrape") != "false" or \
                 c["image"] != "registry.example.com/og/operator@sha256:" + "0" * 64 or \
-                "--resync-s=60" not in args or pod.get("priorityClassName") != "system-cluster-critical" or \
+                "--resync-s=60" not in args or "--identity=$(POD_NAME)" not in args or pod.get("priorityClassName") != "system-cluster-critical" or \
                 pod["imagePullSecrets"] != [{"name": "regcred"}] or not pod.get("tolerations") or \
                 dep["metadata"]["labels"].get("team") != "trading":
             fail(f"{where}: optional values not all applied: {tmpl}")

@@ -7,6 +7,8 @@
 #   - `openmatch-gossip peer-id` writes its key into a mounted directory owned by UID 65532
 #     (the process is not root);
 #   - `openmatch-gossip-operator crdgen` prints exactly the committed CRD;
+#   - the operator parses the args the chart renders, the sidecar image those of the engine
+#     example;
 #   - one pod's worth: `openmatch-gossip node` (one-member network) and, in a second
 #     container sharing only the socket directory, `openmatch-gossip engine` replaying 5 s of
 #     the image's bundled data: every order committed, batches agreed, none unresolved; then
@@ -73,6 +75,25 @@ cmp -s "$work/crd.yaml" charts/openmatch-gossip/crds/gossipnetwork.yaml || {
     exit 1
 }
 echo "operator image: crdgen prints the committed CRD"
+
+# The command lines the chart and the examples give the images parse: clap rejects an unknown
+# flag or a bad value before it reaches the trailing --help.
+source tests/chart/tools.sh
+chart_tools >/dev/null
+for values in "" tests/chart/values-all-on.yaml tests/chart/values-namespaced.yaml; do
+    "$HELM" template og charts/openmatch-gossip --namespace og-system ${values:+-f "$values"} >"$work/render.yaml"
+    mapfile -t args < <("$PY" -c '
+import sys, yaml
+[d] = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "Deployment"]
+print("\n".join(d["spec"]["template"]["spec"]["containers"][0]["args"]))' "$work/render.yaml")
+    "${run[@]}" "$operator" "${args[@]}" --help >/dev/null || { echo "the operator refuses the chart's args (${values:-default values}): ${args[*]}"; exit 1; }
+done
+mapfile -t args < <("$PY" -c '
+import sys, yaml
+[d] = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+print("\n".join(a.replace("$(SHARD)", "0") for a in d["spec"]["template"]["spec"]["containers"][0]["args"]))' examples/reference-engine.yaml)
+"${run[@]}" "$sidecar" "${args[@]}" --help >/dev/null || { echo "the sidecar image refuses the example's engine args: ${args[*]}"; exit 1; }
+echo "the operator image accepts the chart's args (default, all-on, namespaced values); the sidecar image the example's engine args"
 
 # One pod's worth: the sidecar and the reference engine, sharing only the socket directory.
 # The sidecar's libp2p DNS resolver reads /etc/resolv.conf, which every Kubernetes pod has
