@@ -25,7 +25,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the operator (in a cluster: in-cluster config; outside: the current kubeconfig
     /// context).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the GossipNetwork CustomResourceDefinition as YAML, or write it into the
     /// repository (`--write`).
     Crdgen(CrdgenArgs),

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(openmatch_gossip_operator::app::run(args)) {
+            match runtime.block_on(openmatch_gossip_operator::app::run(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "operator stopped");

@@ -30,7 +30,7 @@ fn args() -> RunArgs {
     ])
     .unwrap();
     let Command::Run(args) = cli.command else { unreachable!() };
-    args
+    *args
 }
 
 /// What the mock saw.
