@@ -22,7 +22,8 @@
 //! 4. **Converge**: if a quorum carries another hash, or a member reports it agreed one,
 //!    this node **adopts** it: it gets that hash's digest set from a member holding it
 //!    (checked to hash to the certified hash), fetches the orders it lacks from that member
-//!    (any holder: content addressing plus the certified set prove them), drops the orders
+//!    (any holder: the certified set and each order's origin signature prove them, see
+//!    [`crate::bundle`]; every stored order keeps its bundle's proof), drops the orders
 //!    the set does not contain, re-seals and agrees. A node that is missing seals (it was
 //!    partitioned, or they were lost) **pulls** them: after `sealTimeoutMs` it asks each live
 //!    member without a seal for its digest set, which carries the member's seal and result.
@@ -38,12 +39,14 @@
 //! Byzantine ones); hostile input is bounded by validation, rate limits and reputation.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use openmatch_gossip_crds::sidecar_config::ConsensusConfig;
 
 use crate::batch_hash::batch_hash_sorted;
+use crate::bundle::{BundleProof, ProofList};
 use crate::proto::{
     BatchAgreed, BatchDecision, BatchDisputed, BatchSealed, DecidedBatch, DigestSet, Order, OriginDigest, ResultAgreed,
     ResultMismatch, TradeResult,
@@ -190,12 +193,28 @@ struct Adoption {
     attempts: usize,
 }
 
+/// An order as a batch keeps it.
+#[derive(Debug)]
+struct Held {
+    /// The order without its market (the batch key holds it: [`wire::strip_market`]), so
+    /// keeping a copy allocates nothing but the map slot.
+    order: Order,
+    /// Its origin's signed bundle, shared with the bundle's other orders; `None` only for
+    /// this node's own orders until their pack is published.
+    proof: Option<Arc<BundleProof>>,
+}
+
+impl Held {
+    fn new(order: &Order, proof: Option<Arc<BundleProof>>) -> Self {
+        Held { order: wire::strip_market(order), proof }
+    }
+}
+
 #[derive(Debug)]
 struct Batch {
-    /// The batch's orders by digest, each stored without its market (the batch key holds
-    /// it: [`wire::strip_market`]), so keeping a copy allocates nothing but the map slot.
-    /// Canonical order (ascending digest) is established when sealing and serving.
-    orders: HashMap<Digest, Order, DigestHasher>,
+    /// The batch's orders by digest. Canonical order (ascending digest) is established
+    /// when sealing and serving.
+    orders: HashMap<Digest, Held, DigestHasher>,
     phase: BatchPhase,
     revision: u32,
     /// Our seal's hash, from the first seal on.
@@ -365,8 +384,9 @@ impl Consensus {
     }
 
     /// Adds a copy of `order` (`origin` and `epoch` set) to its batch, creating the batch
-    /// if needed; [`AddOutcome::Late`] once this node sealed it.
-    pub(crate) fn add_order(&mut self, order: &Order, digest: Digest) -> AddOutcome {
+    /// if needed, with `proof`, its bundle's (`None` for an own order not yet published:
+    /// [`Consensus::attach_proof`] adds it); [`AddOutcome::Late`] once this node sealed it.
+    pub(crate) fn add_order(&mut self, order: &Order, digest: Digest, proof: Option<Arc<BundleProof>>) -> AddOutcome {
         if self.is_pruned(&order.market, order.epoch) {
             return AddOutcome::Late;
         }
@@ -384,8 +404,27 @@ impl Consensus {
         match batch.orders.entry(digest) {
             std::collections::hash_map::Entry::Occupied(_) => AddOutcome::Duplicate,
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(wire::strip_market(order));
+                v.insert(Held::new(order, proof));
                 AddOutcome::Added
+            }
+        }
+    }
+
+    /// This node published `orders` of `market` as one bundle: each of them that a batch
+    /// still holds without a proof gets `proof` (whose digests are the orders', index for
+    /// index).
+    pub(crate) fn attach_proof(&mut self, market: &str, orders: &[Order], proof: &Arc<BundleProof>) {
+        let mut key = BatchKey { market: market.to_owned(), epoch: 0 };
+        let mut batch = None;
+        for (o, d) in orders.iter().zip(proof.digests()) {
+            if batch.is_none() || key.epoch != o.epoch {
+                key.epoch = o.epoch;
+                batch = Some(self.batches.get_mut(&key));
+            }
+            if let Some(Some(b)) = batch.as_mut()
+                && let Some(held) = b.orders.get_mut(d)
+            {
+                held.proof.get_or_insert_with(|| proof.clone());
             }
         }
     }
@@ -441,7 +480,7 @@ impl Consensus {
             batch_id: Some(batch.to_proto()),
             entries: digests
                 .iter()
-                .map(|d| OriginDigest { digest: d.to_vec(), origin: b.orders[d].origin.to_vec() })
+                .map(|d| OriginDigest { digest: d.to_vec(), origin: b.orders[d].order.origin.to_vec() })
                 .collect(),
             seal,
             result: b.result.map(|(hash, trades)| TradeResult {
@@ -454,9 +493,9 @@ impl Consensus {
     }
 
     /// `batch` as decided here, for a restarted member's recovery: its decision and, if
-    /// agreed, its hash, orders and our engine's result; if undecided, the orders in it so
-    /// far whose origin is `requester` (the recovering node waits only for batches that
-    /// hold some of its orders).
+    /// agreed, its hash, orders (with their bundle proofs, each once) and our engine's
+    /// result; if undecided, the orders in it so far whose origin is `requester` (the
+    /// recovering node waits only for batches that hold some of its orders).
     pub(crate) fn decided(&self, batch: &BatchKey, requester: &[u8]) -> DecidedBatch {
         let mut answer = DecidedBatch { batch_id: Some(batch.to_proto()), ..Default::default() };
         let Some(b) = self.batches.get(batch) else {
@@ -469,12 +508,23 @@ impl Consensus {
             _ => BatchDecision::Agreed,
         } as i32;
         if matches!(b.phase, BatchPhase::Collect | BatchPhase::Sealed) {
-            let theirs = b.orders.values().filter(|o| o.origin == requester);
-            answer.orders = theirs.map(|o| wire::with_market(o, &batch.market)).collect();
+            let theirs = b.orders.values().filter(|h| h.order.origin == requester);
+            answer.orders = theirs.map(|h| wire::with_market(&h.order, &batch.market)).collect();
         }
         if b.phase.agreed() {
             answer.batch_hash = b.hash.map(|h| h.to_vec()).unwrap_or_default();
-            answer.orders = b.orders.values().map(|o| wire::with_market(o, &batch.market)).collect();
+            let mut proofs = ProofList::default();
+            answer.orders = b
+                .orders
+                .values()
+                .map(|h| {
+                    if let Some(p) = &h.proof {
+                        proofs.add(p);
+                    }
+                    wire::with_market(&h.order, &batch.market)
+                })
+                .collect();
+            answer.proofs = proofs.into_proofs();
             answer.result = b.result.map(|(hash, trades)| TradeResult {
                 batch_id: Some(batch.to_proto()),
                 result_hash: hash.to_vec(),
@@ -485,21 +535,21 @@ impl Consensus {
     }
 
     /// Recovery: a batch from before this node's floor that `peer` reports agreed as
-    /// `hash` with `orders` (each with its digest, already checked to hash to `hash`) and,
-    /// if it has one, `result`. It joins as agreed (served by `GetBatch`, settled by the
-    /// engine's result); `None` if this node already knows it.
+    /// `hash` with `orders` (each with its digest and verified bundle proof, already
+    /// checked to hash to `hash`) and, if it has one, `result`. It joins as agreed (served
+    /// by `GetBatch`, settled by the engine's result); `None` if this node already knows it.
     pub(crate) fn recover_agreed(
         &mut self,
         key: &BatchKey,
         hash: Digest,
-        orders: Vec<(Digest, Order)>,
+        orders: Vec<(Digest, Order, Arc<BundleProof>)>,
         peer_result: Option<(PeerId, Digest, u64)>,
     ) -> Option<BatchAgreed> {
         if self.batches.contains_key(key) || self.is_dropped(&key.market, key.epoch) {
             return None;
         }
         let mut b = Batch::new();
-        b.orders = orders.into_iter().map(|(d, o)| (d, wire::strip_market(&o))).collect();
+        b.orders = orders.into_iter().map(|(d, o, p)| (d, Held::new(&o, Some(p)))).collect();
         b.phase = BatchPhase::Agreed;
         b.hash = Some(hash);
         b.repaired = b.orders.len() as u64;
@@ -518,10 +568,16 @@ impl Consensus {
         Some(agreed)
     }
 
-    /// The orders of `batch` among `digests` that we hold, for a fetch request.
-    pub(crate) fn orders_for(&self, batch: &BatchKey, digests: &[Digest]) -> Option<Vec<Order>> {
+    /// The orders of `batch` among `digests` that we hold (market set), each with its
+    /// bundle proof if it has one, for a fetch request.
+    pub(crate) fn orders_for(
+        &self,
+        batch: &BatchKey,
+        digests: &[Digest],
+    ) -> Option<Vec<(Order, Option<Arc<BundleProof>>)>> {
         let b = self.batches.get(batch)?;
-        Some(digests.iter().filter_map(|d| b.orders.get(d)).map(|o| wire::with_market(o, &batch.market)).collect())
+        let held = digests.iter().filter_map(|d| b.orders.get(d));
+        Some(held.map(|h| (wire::with_market(&h.order, &batch.market), h.proof.clone())).collect())
     }
 
     /// The batch's orders in canonical order (ascending digest), once agreed.
@@ -530,7 +586,7 @@ impl Consensus {
     pub(crate) fn agreed_orders(&self, batch: &BatchKey) -> Result<Vec<Order>, BatchError> {
         let b = self.batches.get(batch).ok_or_else(|| BatchError::Unknown(batch.clone()))?;
         if b.phase.agreed() {
-            Ok(sorted_digests(b).iter().map(|d| wire::with_market(&b.orders[d], &batch.market)).collect())
+            Ok(sorted_digests(b).iter().map(|d| wire::with_market(&b.orders[d].order, &batch.market)).collect())
         } else {
             Err(BatchError::NotServed { batch: batch.clone(), phase: b.phase })
         }
@@ -600,9 +656,14 @@ impl Consensus {
     }
 
     /// Orders fetched for an adoption (already checked: digest among those asked, batch as
-    /// asked). They join the batch; the caller delivers them to the engine (before the
-    /// batch's `BatchAgreed`, which the next tick sends once nothing is missing).
-    pub(crate) fn on_fetched(&mut self, batch: &BatchKey, orders: Vec<(Digest, Order)>) -> Vec<Order> {
+    /// asked, origin signature verified). They join the batch with their proofs; the caller
+    /// delivers them to the engine (before the batch's `BatchAgreed`, which the next tick
+    /// sends once nothing is missing).
+    pub(crate) fn on_fetched(
+        &mut self,
+        batch: &BatchKey,
+        orders: Vec<(Digest, Order, Arc<BundleProof>)>,
+    ) -> Vec<Order> {
         let Some(b) = self.batches.get_mut(batch) else { return Vec::new() };
         let Some(set) = b.adoption.as_mut().and_then(|a| {
             a.asked_at = None;
@@ -611,11 +672,11 @@ impl Consensus {
             return Vec::new();
         };
         let mut added = Vec::new();
-        for (d, o) in orders {
+        for (d, o, proof) in orders {
             if set.contains(&d)
                 && let std::collections::hash_map::Entry::Vacant(v) = b.orders.entry(d)
             {
-                v.insert(wire::strip_market(&o));
+                v.insert(Held::new(&o, Some(proof)));
                 added.push(o);
             }
         }
@@ -969,7 +1030,7 @@ mod tests {
         for n in &mut nodes {
             for i in 0..5 {
                 let (o, d) = order(&me, i);
-                assert_eq!(n.add_order(&o, d), AddOutcome::Added);
+                assert_eq!(n.add_order(&o, d, None), AddOutcome::Added);
             }
             seals.push(seal_of(&n.seal(&key(), t0)));
         }
@@ -982,7 +1043,7 @@ mod tests {
         assert_eq!(agreed.batch_hash, seals[0].hash.to_vec());
         assert_eq!(c.agreed_orders(&key()).unwrap().len(), 5);
         let (o, d) = order(&me, 9);
-        assert_eq!(c.add_order(&o, d), AddOutcome::Late, "a sealed batch takes no more orders");
+        assert_eq!(c.add_order(&o, d, None), AddOutcome::Late, "a sealed batch takes no more orders");
     }
 
     /// However orders arrive, the seal hashes the digests in ascending order, and an agreed
@@ -995,8 +1056,8 @@ mod tests {
         let mut c = Consensus::new(cfg());
         let orders: Vec<(Order, Digest)> = (0..50).rev().map(|i| order(&origin, i)).collect();
         for (o, d) in &orders {
-            assert_eq!(c.add_order(o, *d), AddOutcome::Added);
-            assert_eq!(c.add_order(o, *d), AddOutcome::Duplicate);
+            assert_eq!(c.add_order(o, *d, None), AddOutcome::Added);
+            assert_eq!(c.add_order(o, *d, None), AddOutcome::Duplicate);
         }
         let mut by_digest = orders.clone();
         by_digest.sort_by_key(|(_, d)| *d);
@@ -1012,7 +1073,53 @@ mod tests {
         let set_digests: Vec<Vec<u8>> = set.entries.iter().map(|e| e.digest.clone()).collect();
         assert_eq!(set_digests, digests.iter().map(|d| d.to_vec()).collect::<Vec<_>>());
         assert!(set.entries.iter().all(|e| e.origin == origin.to_bytes()));
-        assert_eq!(c.orders_for(&key(), &digests[..2]).unwrap(), want[..2].to_vec());
+        let fetched: Vec<Order> = c.orders_for(&key(), &digests[..2]).unwrap().into_iter().map(|(o, _)| o).collect();
+        assert_eq!(fetched, want[..2].to_vec());
+    }
+
+    /// Every stored order keeps its bundle's proof, shared per bundle: a peer's from
+    /// gossip at once, an own order's once its pack is published. Repair serves each order
+    /// with its proof, and a decided batch lists each distinct proof once.
+    #[test]
+    fn orders_keep_their_bundle_proofs_and_serve_them() {
+        let (me, peer) = (PeerId::random(), PeerId::random());
+        let t0 = Instant::now();
+        let mut c = Consensus::new(cfg());
+        let theirs: Vec<(Order, Digest)> = (0..3).map(|i| order(&peer, i)).collect();
+        let their_proof = Arc::new(BundleProof::new([1; 64], theirs.iter().map(|(_, d)| *d).collect()));
+        for (o, d) in &theirs {
+            c.add_order(o, *d, Some(their_proof.clone()));
+        }
+        let mine: Vec<(Order, Digest)> = (0..2).map(|i| order(&me, i)).collect();
+        for (o, d) in &mine {
+            c.add_order(o, *d, None);
+        }
+        let all: Vec<Digest> = theirs.iter().chain(&mine).map(|(_, d)| *d).collect();
+        let proofs = |c: &Consensus| -> Vec<Option<Arc<BundleProof>>> {
+            c.orders_for(&key(), &all).unwrap().into_iter().map(|(_, p)| p).collect()
+        };
+        assert_eq!(
+            proofs(&c),
+            vec![Some(their_proof.clone()), Some(their_proof.clone()), Some(their_proof.clone()), None, None]
+        );
+        // Our pack goes out: its orders get its proof (a pack's epochs may differ; an order
+        // of a batch not held is skipped).
+        let my_proof = Arc::new(BundleProof::new([2; 64], mine.iter().map(|(_, d)| *d).collect()));
+        let pack: Vec<Order> = mine.iter().map(|(o, _)| o.clone()).collect();
+        c.attach_proof("M", &pack, &my_proof);
+        let got = proofs(&c);
+        assert!(got[..3].iter().all(|p| Arc::ptr_eq(p.as_ref().unwrap(), &their_proof)), "one allocation per bundle");
+        assert!(got[3..].iter().all(|p| Arc::ptr_eq(p.as_ref().unwrap(), &my_proof)));
+        // Attaching again (a peer's copy of the same bundle, say) keeps the first proof.
+        c.attach_proof("M", &pack, &Arc::new(BundleProof::new([3; 64], mine.iter().map(|(_, d)| *d).collect())));
+        assert!(proofs(&c)[3..].iter().all(|p| Arc::ptr_eq(p.as_ref().unwrap(), &my_proof)));
+        c.seal(&key(), t0);
+        tick(&mut c, t0, &HashSet::new());
+        let decided = c.decided(&key(), &[]);
+        assert_eq!(decided.orders.len(), 5);
+        let mut listed = decided.proofs.clone();
+        listed.sort_by(|a, b| a.signature.cmp(&b.signature));
+        assert_eq!(listed, vec![their_proof.to_proto(), my_proof.to_proto()], "each bundle once");
     }
 
     /// A node whose seal lost to a quorum adopts the quorum's batch: it gets the certified
@@ -1027,13 +1134,13 @@ mod tests {
         let (mut full, mut short) = (Consensus::new(cfg()), Consensus::new(cfg()));
         let orders: Vec<(Order, Digest)> = (0..4).map(|i| order(&origin, i)).collect();
         for (o, d) in &orders {
-            full.add_order(o, *d);
+            full.add_order(o, *d, None);
         }
         for (o, d) in &orders[..3] {
-            short.add_order(o, *d);
+            short.add_order(o, *d, None);
         }
         let (extra, extra_digest) = order(&PeerId::random(), 99);
-        short.add_order(&extra, extra_digest);
+        short.add_order(&extra, extra_digest, None);
         let full_seal = seal_of(&full.seal(&key(), t0));
         let short_seal = seal_of(&short.seal(&key(), t0));
         assert_ne!(full_seal.hash, short_seal.hash);
@@ -1059,7 +1166,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let served = full.orders_for(&key(), &[missing]).unwrap();
-        let added = short.on_fetched(&key(), served.into_iter().map(|o| (crate::wire::order_digest(&o), o)).collect());
+        let proof = Arc::new(BundleProof::new([0; 64], vec![missing].into()));
+        let fetched = served.into_iter().map(|(o, _)| (crate::wire::order_digest(&o), o, proof.clone())).collect();
+        let added = short.on_fetched(&key(), fetched);
         assert_eq!(added.len(), 1);
         let acts = tick(&mut short, t0, &live);
         let reseal = seal_of(&acts);
@@ -1085,7 +1194,7 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Consensus::new(cfg());
         let (o, d) = order(&p1, 1);
-        c.add_order(&o, d);
+        c.add_order(&o, d, None);
         c.seal(&key(), t0);
         let nobody = HashSet::new();
         let members = |live| Membership { members: 3, live };
@@ -1126,7 +1235,7 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Consensus::new(cfg());
         let (o, d) = order(&p1, 1);
-        c.add_order(&o, d);
+        c.add_order(&o, d, None);
         c.seal(&key(), t0);
         c.on_peer_seal(p1, &SealedBatch { batch: key(), hash: [7; 32], order_count: 9, revision: 0 });
         let acts = tick(&mut c, t0 + Duration::from_secs(60), &live);
@@ -1259,7 +1368,7 @@ mod tests {
         };
         assert!(!c.on_peer_seal(PeerId::random(), &stale), "nothing recorded");
         let (o, d) = order(&PeerId::random(), 9);
-        assert_eq!(c.add_order(&o, d), AddOutcome::Late, "epoch 1 is over");
+        assert_eq!(c.add_order(&o, d, None), AddOutcome::Late, "epoch 1 is over");
         assert_eq!(c.phase(&BatchKey { market: "M".into(), epoch: 1 }), None);
     }
 
@@ -1273,7 +1382,7 @@ mod tests {
         let mut c = Consensus::new(cfg());
         let peer = PeerId::random();
         let (o, d) = order(&peer, 1); // epoch 1: the peer's next epoch
-        assert_eq!(c.add_order(&o, d), AddOutcome::Added);
+        assert_eq!(c.add_order(&o, d, None), AddOutcome::Added);
         assert_eq!(c.highest_peer_sealed("M"), None);
         let zero = BatchKey { market: "M".into(), epoch: 0 };
         assert!(c.on_peer_seal(peer, &SealedBatch { batch: zero, hash: [0; 32], order_count: 0, revision: 0 }));

@@ -12,6 +12,8 @@
 //! 4. **Is decided**: `consensus` (a pure state machine over `epoch`s, `batch_hash` and
 //!    the `repair` protocol) seals, compares, repairs and agrees batches and results;
 //!    `node::decide` carries out its actions, `reputation` penalises peers in the minority.
+//!    `bundle` signs each published pack as its origin's bundle, so that any holder can
+//!    prove a repaired order to another member.
 //!
 //! Around them: [`config`] and [`reload`] (settings and hot reload), [`metrics`],
 //! [`identity`], [`server`] (start and stop a whole sidecar in order) and the generated
@@ -28,6 +30,7 @@
 
 pub mod api;
 mod batch_hash;
+mod bundle;
 pub mod config;
 mod consensus;
 mod dedup;
@@ -48,6 +51,7 @@ mod validation;
 mod wire;
 
 pub use batch_hash::batch_hash;
+pub use bundle::{sign_orders, signed_message};
 pub use epoch::unix_now_ns;
 pub use topics::{Topic, TopicKind};
 pub use wire::{Digest, canonical_encoding, content_digest, encode as encode_envelope, encode_orders, order_digest};

@@ -128,6 +128,13 @@ pub struct Metrics {
     pub result_mismatches: Family<MarketLabel, Counter>,
     /// `openmatch_gossip_repaired_orders_total`: orders fetched by repair.
     pub repaired_orders: Family<MarketLabel, Counter>,
+    /// `openmatch_gossip_repair_orders_refused_total`: orders in a repair answer
+    /// (`FetchOrders`) or a recovered agreed batch (`DecidedBatch`) that were refused, by
+    /// reason: `not_asked` (a digest not asked for, or another batch's order), `invalid`
+    /// (fields fail the schema), `no_proof` (no bundle proof of the answer lists it),
+    /// `bad_signature` (its proof does not verify under its origin's key). The responder
+    /// is penalised (`bad_repair`).
+    pub repair_orders_refused: Family<MarketReason, Counter>,
     /// `openmatch_gossip_late_orders_total`: orders that arrived after this node sealed
     /// their batch (not delivered; their origin learns whether the quorum has them).
     pub late_orders: Family<MarketLabel, Counter>,
@@ -235,6 +242,7 @@ impl Metrics {
             batch_mismatches: Family::default(),
             result_mismatches: Family::default(),
             repaired_orders: Family::default(),
+            repair_orders_refused: Family::default(),
             late_orders: Family::default(),
             order_outcomes: Family::default(),
             // 100 µs .. ~100 s
@@ -299,6 +307,11 @@ impl Metrics {
             m.result_mismatches.clone(),
         );
         r.register("repaired_orders", "Orders fetched by batch repair", m.repaired_orders.clone());
+        r.register(
+            "repair_orders_refused",
+            "Orders refused from a repair or recovery answer, by reason",
+            m.repair_orders_refused.clone(),
+        );
         r.register("late_orders", "Orders that arrived after this node sealed their batch", m.late_orders.clone());
         r.register("order_outcomes", "Own orders by fate: committed or excluded", m.order_outcomes.clone());
         r.register_with_unit(

@@ -2,10 +2,11 @@
 //! [`RepairRequest`] / [`RepairResponse`] (wire.proto), each framed as a 4-byte big-endian
 //! length then the protobuf bytes, capped at [`MAX_REPAIR_BYTES`].
 //!
-//! A node whose batch hash disagrees with a peer's asks it for its digest set, then
-//! fetches every missing order from that order's origin, which is the only peer trusted to
-//! vouch for an order outside signed gossip (the connection is Noise-authenticated, so the
-//! responder's identity is known). See [`crate::consensus`] for when it is used.
+//! A node whose batch lost to a quorum-certified hash asks a member holding that batch for
+//! its digest set, then fetches the orders it lacks from that member: any holder, since
+//! each order is proven by the certified digest set and by its origin's bundle signature,
+//! which the answer carries ([`crate::bundle`]). See [`crate::consensus`] for when it is
+//! used, and `node::recovery` for a restarted node's requests.
 
 use std::io;
 

@@ -4,7 +4,8 @@
 //! Order of checks, cheapest first: topic of this network and of a traded market →
 //! per-peer token bucket → [`Gossip::decode`] (size cap, protobuf, version, body kind,
 //! signer; elided origin and market restored) → order schema → epoch window
-//! ([`crate::epoch`]: beyond it is rejected, before it ignored as stale) → SHA-256
+//! ([`crate::epoch`]: beyond it is rejected, before it ignored as stale) → a 64-byte
+//! origin signature on orders ([`crate::bundle`]; kept, not verified) → SHA-256
 //! seen-cache of order digests ([`crate::dedup`]). Each outcome is counted in [`Metrics`];
 //! the [`Verdict`] says what to tell GossipSub.
 
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use libp2p::PeerId;
 use openmatch_gossip_crds::sidecar_config::RateLimitConfig;
 
+use crate::bundle::{BundleProof, SIGNATURE_LEN};
 use crate::dedup::SeenCache;
 use crate::epoch::EpochClock;
 use crate::metrics::{KindMarket, KindMarketReason, MarketLabel, Metrics};
@@ -28,7 +30,7 @@ use crate::wire::{self, BatchResult, Digest, Gossip, SealedBatch, WireError};
 pub(crate) enum RejectReason {
     /// Above the size cap.
     Oversized,
-    /// Not a valid envelope.
+    /// Not a valid envelope (orders without a 64-byte origin signature included).
     Malformed,
     /// Another wire version.
     Version,
@@ -142,6 +144,9 @@ pub(crate) enum Payload {
         orders: Vec<Order>,
         /// Their order digests, index for index.
         digests: Vec<Digest>,
+        /// The message's bundle proof (the origin's signature over every order of the
+        /// message, duplicates included), for the batch to keep with each order.
+        proof: Arc<BundleProof>,
     },
     /// A heartbeat from the signer.
     PeerStatus(PeerStatus),
@@ -228,7 +233,9 @@ impl Validator {
         }
         let verdict = match Gossip::decode(&topic, author, data, self.max_message_bytes) {
             Err(e) => Verdict::Reject { reason: RejectReason::from(&e), detail: e.to_string() },
-            Ok(Gossip::Orders { market, orders }) => self.check_orders(market, orders, admit),
+            Ok(Gossip::Orders { market, orders, origin_signature }) => {
+                self.check_orders(market, orders, &origin_signature, admit)
+            }
             Ok(Gossip::PeerStatus(s)) => Verdict::Accept(Payload::PeerStatus(s)),
             Ok(Gossip::BatchSealed(s)) => match admit.epoch(&s.batch.market, s.batch.epoch, || "BatchSealed".into()) {
                 Ok(()) => Verdict::Accept(Payload::Seal(s)),
@@ -256,8 +263,23 @@ impl Validator {
         verdict
     }
 
-    /// Schema and epoch window of each order, then the seen-cache.
-    fn check_orders(&mut self, market: String, orders: Vec<Order>, admit: &Admission<'_>) -> Verdict {
+    /// Schema and epoch window of each order, the origin signature's length, then the
+    /// seen-cache.
+    ///
+    /// The signature is not verified here: GossipSub's strict validation already
+    /// authenticated the message's author, who is every order's origin, so checking the
+    /// bundle signature too would double the signature work per message for nothing this
+    /// node needs. It is kept, so that this node can prove the orders to a member that
+    /// repairs them from it; that member verifies it ([`crate::bundle::verify_orders`]).
+    /// Its length is checked after the epochs, so that a stale message is ignored as stale
+    /// whatever it carries.
+    fn check_orders(
+        &mut self,
+        market: String,
+        orders: Vec<Order>,
+        origin_signature: &[u8],
+        admit: &Admission<'_>,
+    ) -> Verdict {
         for (i, o) in orders.iter().enumerate() {
             if let Err(e) = wire::check_order_fields(o, self.max_freeze_proof_bytes) {
                 return Verdict::Reject { reason: RejectReason::from(&e), detail: format!("order #{i}: {e}") };
@@ -266,13 +288,20 @@ impl Validator {
                 return v;
             }
         }
+        let Ok(signature) = <[u8; SIGNATURE_LEN]>::try_from(origin_signature) else {
+            let detail = format!(
+                "GossipEnvelope.origin_signature: {} bytes, a bundle of orders needs {SIGNATURE_LEN}",
+                origin_signature.len()
+            );
+            return Verdict::Reject { reason: RejectReason::Malformed, detail };
+        };
         let total = orders.len();
+        let all: Box<[Digest]> = orders.iter().map(wire::order_digest).collect();
         let mut digests = Vec::with_capacity(total);
         let mut fresh = Vec::with_capacity(total);
-        for o in orders {
-            let d = wire::order_digest(&o);
-            if self.seen.insert(d) {
-                digests.push(d);
+        for (o, d) in orders.into_iter().zip(&all) {
+            if self.seen.insert(*d) {
+                digests.push(*d);
                 fresh.push(o);
             }
         }
@@ -283,7 +312,8 @@ impl Validator {
         if fresh.is_empty() {
             return Verdict::Ignore(IgnoreReason::Duplicate);
         }
-        Verdict::Accept(Payload::Orders { market, orders: fresh, digests })
+        let proof = Arc::new(BundleProof::new(signature, all));
+        Verdict::Accept(Payload::Orders { market, orders: fresh, digests, proof })
     }
 }
 
@@ -292,6 +322,7 @@ mod tests {
     use super::*;
     use crate::proto::{OrderGossip, OrderKind, Side, gossip_envelope::Body};
     use prometheus_client::registry::Registry;
+    use prost::Message as _;
 
     fn validator(rate: RateLimitConfig) -> (Validator, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::register(&mut Registry::default()));
@@ -330,8 +361,15 @@ mod tests {
         }
     }
 
+    /// A message of `orders` with a signature of the right length (receivers do not verify
+    /// it).
     fn msg(orders: Vec<Order>) -> Vec<u8> {
-        wire::encode(Body::Orders(OrderGossip { orders }))
+        signed(orders, vec![5; SIGNATURE_LEN])
+    }
+
+    fn signed(orders: Vec<Order>, origin_signature: Vec<u8>) -> Vec<u8> {
+        let body = Some(Body::Orders(OrderGossip { orders }));
+        crate::proto::GossipEnvelope { version: 1, body, origin_signature }.encode_to_vec()
     }
 
     const T: &str = "openmatch/n/orders/BTC-USDT";
@@ -355,6 +393,42 @@ mod tests {
         }
         let l = MarketLabel { market: "BTC-USDT".into() };
         assert_eq!(m.orders_duplicate.get_or_create(&l).get(), 2);
+    }
+
+    /// A message of orders needs a 64-byte origin signature: without one it is rejected as
+    /// malformed (and counted), its orders not marked seen. Checked after the epochs: a
+    /// stale message is still only stale. The accepted message's proof lists every order,
+    /// duplicates included, since the signature covers them all.
+    #[test]
+    fn orders_need_a_64_byte_origin_signature_which_is_kept() {
+        let (mut v, m) = validator(FAST);
+        let (src, author) = (PeerId::random(), PeerId::random());
+        for sig in [vec![], vec![5; 63], vec![5; 65]] {
+            let verdict = validate(&mut v, &src, Some(&author), T, &signed(vec![order(&author, 1)], sig.clone()));
+            assert!(
+                matches!(verdict, Verdict::Reject { reason: RejectReason::Malformed, ref detail } if detail.contains("origin_signature")),
+                "{} bytes: {verdict:?}",
+                sig.len()
+            );
+        }
+        let l = KindMarketReason { kind: "orders", market: "BTC-USDT".into(), reason: "malformed" };
+        assert_eq!(m.messages_rejected.get_or_create(&l).get(), 3);
+        let stale = Order { epoch: 1, ..order(&author, 2) };
+        assert_eq!(
+            validate(&mut v, &src, Some(&author), T, &signed(vec![stale], vec![])),
+            Verdict::Ignore(IgnoreReason::StaleEpoch)
+        );
+        assert!(matches!(validate(&mut v, &src, Some(&author), T, &msg(vec![order(&author, 3)])), Verdict::Accept(_)));
+        let both = vec![order(&author, 3), order(&author, 1)];
+        match validate(&mut v, &src, Some(&author), T, &signed(both.clone(), vec![9; 64])) {
+            Verdict::Accept(Payload::Orders { orders, proof, .. }) => {
+                assert_eq!(orders, vec![order(&author, 1)], "order 1 was not marked seen by the rejected messages");
+                let want: Vec<Digest> = both.iter().map(wire::order_digest).collect();
+                assert_eq!(proof.digests(), want.as_slice());
+                assert_eq!(proof.signature(), &[9; 64]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

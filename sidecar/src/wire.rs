@@ -11,6 +11,11 @@
 //! it, and serves them with it restored ([`with_market`]). No other module clears or
 //! restores these fields.
 //!
+//! ## Origin signature
+//! A message of orders carries, in its envelope, the origin's signature over the bundle
+//! ([`crate::bundle`]): [`encode_orders`] writes it after the body, and
+//! [`Gossip::decode`] hands it over as it came; [`crate::validation`] requires 64 bytes.
+//!
 //! ## Canonical order encoding (version 1)
 //! The order digest is SHA-256 over these bytes, all integers big-endian:
 //!
@@ -142,6 +147,8 @@ pub(crate) enum Gossip {
         market: String,
         /// The orders, in message order (at least one).
         orders: Vec<Order>,
+        /// `GossipEnvelope.origin_signature` as sent: not checked here.
+        origin_signature: Vec<u8>,
     },
     /// A batch seal.
     BatchSealed(SealedBatch),
@@ -162,9 +169,10 @@ fn body_name(body: Option<&Body>) -> &'static str {
     }
 }
 
-/// Encodes `body` in an envelope of the current version, as is (no field elided).
+/// Encodes `body` in an envelope of the current version, as is (no field elided), without
+/// an origin signature (see [`encode_orders`] for orders).
 pub fn encode(body: Body) -> Vec<u8> {
-    GossipEnvelope { version: WIRE_VERSION, body: Some(body) }.encode_to_vec()
+    GossipEnvelope { version: WIRE_VERSION, body: Some(body), origin_signature: Vec::new() }.encode_to_vec()
 }
 
 /// Encodes a seal for the market's batches topic.
@@ -190,6 +198,7 @@ pub(crate) fn encode_result(result: &BatchResult) -> Vec<u8> {
 mod tag {
     pub(super) const ENVELOPE_VERSION: u32 = 1;
     pub(super) const ENVELOPE_ORDERS: u32 = 2;
+    pub(super) const ENVELOPE_ORIGIN_SIGNATURE: u32 = 6;
     pub(super) const GOSSIP_ORDERS: u32 = 1;
     pub(super) const ID: u32 = 1;
     pub(super) const SIDE: u32 = 3;
@@ -250,11 +259,12 @@ pub(crate) fn framed_len(o: &Order) -> usize {
 }
 
 /// Encodes `orders` (all of one market, borrowed) as an `OrderGossip` envelope with each
-/// order's `origin` and `market` elided: the bytes equal prost's encoding of the same
-/// orders with those two fields cleared.
-pub fn encode_orders(orders: &[Order]) -> Vec<u8> {
+/// order's `origin` and `market` elided, and `origin_signature` (the origin's bundle
+/// signature, 64 bytes; empty writes none): the bytes equal prost's encoding of the same
+/// envelope with those two order fields cleared.
+pub fn encode_orders(orders: &[Order], origin_signature: &[u8]) -> Vec<u8> {
     let body: usize = orders.iter().map(framed_len).sum();
-    let mut buf = Vec::with_capacity(body + 16);
+    let mut buf = Vec::with_capacity(body + 16 + origin_signature.len());
     pb::uint32::encode(tag::ENVELOPE_VERSION, &WIRE_VERSION, &mut buf);
     pb::encode_key(tag::ENVELOPE_ORDERS, WireType::LengthDelimited, &mut buf);
     pb::encode_varint(body as u64, &mut buf);
@@ -262,6 +272,11 @@ pub fn encode_orders(orders: &[Order]) -> Vec<u8> {
         pb::encode_key(tag::GOSSIP_ORDERS, WireType::LengthDelimited, &mut buf);
         pb::encode_varint(elided_len(o) as u64, &mut buf);
         encode_elided(o, &mut buf);
+    }
+    if !origin_signature.is_empty() {
+        pb::encode_key(tag::ENVELOPE_ORIGIN_SIGNATURE, WireType::LengthDelimited, &mut buf);
+        pb::encode_varint(origin_signature.len() as u64, &mut buf);
+        buf.extend_from_slice(origin_signature);
     }
     buf
 }
@@ -295,7 +310,7 @@ impl Gossip {
         };
         let author = author.ok_or(WireError::Unsigned)?;
         match body {
-            Body::Orders(g) => restore_orders(topic, author, g.orders),
+            Body::Orders(g) => restore_orders(topic, author, g.orders, env.origin_signature),
             Body::BatchSealed(s) => {
                 let (batch, hash) = batch_and_hash(topic, s.batch_id, &s.batch_hash, "BatchSealed")?;
                 Ok(Gossip::BatchSealed(SealedBatch { batch, hash, order_count: s.order_count, revision: s.revision }))
@@ -316,7 +331,12 @@ impl Gossip {
 
 /// Fills in each order's elided market and origin; where a sender wrote them they must
 /// agree with the topic and the signer.
-fn restore_orders(topic: &Topic, author: &PeerId, mut orders: Vec<Order>) -> Result<Gossip, WireError> {
+fn restore_orders(
+    topic: &Topic,
+    author: &PeerId,
+    mut orders: Vec<Order>,
+    origin_signature: Vec<u8>,
+) -> Result<Gossip, WireError> {
     if orders.is_empty() {
         return Err(WireError::Invalid("OrderGossip without orders".into()));
     }
@@ -333,7 +353,7 @@ fn restore_orders(topic: &Topic, author: &PeerId, mut orders: Vec<Order>) -> Res
             return Err(WireError::ForgedOrigin(format!("order #{i}: origin")));
         }
     }
-    Ok(Gossip::Orders { market: topic.market.clone(), orders })
+    Ok(Gossip::Orders { market: topic.market.clone(), orders, origin_signature })
 }
 
 /// A seal's or result's batch (of the topic's market) and 32-byte hash.
@@ -485,7 +505,13 @@ mod tests {
         let cleared: Vec<Order> =
             orders.iter().map(|o| Order { origin: Default::default(), market: String::new(), ..o.clone() }).collect();
         let want = encode(Body::Orders(OrderGossip { orders: cleared.clone() }));
-        assert_eq!(encode_orders(&orders), want);
+        assert_eq!(encode_orders(&orders, &[]), want);
+        let signed = GossipEnvelope {
+            version: WIRE_VERSION,
+            body: Some(Body::Orders(OrderGossip { orders: cleared.clone() })),
+            origin_signature: vec![7; 64],
+        };
+        assert_eq!(encode_orders(&orders, &[7; 64]), signed.encode_to_vec());
         for (o, c) in orders.iter().zip(&cleared) {
             assert_eq!(elided_len(o), c.encoded_len());
         }
@@ -494,10 +520,11 @@ mod tests {
     #[test]
     fn decode_restores_origin_and_market_from_signer_and_topic() {
         let orders: Vec<Order> = (0..3).map(full_order).collect();
-        let data = encode_orders(&orders);
+        let data = encode_orders(&orders, &[3; 64]);
         let topic = Topic::orders("BTC-USDT");
         let got = Gossip::decode(&topic, Some(&author()), &data, CAP).unwrap();
-        assert_eq!(got, Gossip::Orders { market: "BTC-USDT".into(), orders: orders.clone() });
+        let origin_signature = vec![3; 64];
+        assert_eq!(got, Gossip::Orders { market: "BTC-USDT".into(), orders: orders.clone(), origin_signature });
         // Written out in full, they must agree with signer and topic.
         let full = encode(Body::Orders(OrderGossip { orders: orders.clone() }));
         assert!(Gossip::decode(&topic, Some(&author()), &full, CAP).is_ok());
@@ -520,11 +547,11 @@ mod tests {
         let (a, orders) = (author(), Topic::orders("M"));
         let decode = |t: &Topic, d: &[u8]| Gossip::decode(t, Some(&a), d, 1024).unwrap_err();
         assert!(matches!(decode(&orders, &[0xff, 0xff]), WireError::Malformed(_)));
-        let v2 = GossipEnvelope { version: 2, body: Some(Body::Orders(OrderGossip::default())) };
+        let v2 = GossipEnvelope { version: 2, body: Some(Body::Orders(OrderGossip::default())), ..Default::default() };
         assert_eq!(decode(&orders, &v2.encode_to_vec()), WireError::UnsupportedVersion(2));
         let status = encode(Body::PeerStatus(PeerStatus::default()));
         assert!(matches!(decode(&orders, &status), WireError::WrongTopic { .. }));
-        let empty = GossipEnvelope { version: 1, body: None }.encode_to_vec();
+        let empty = GossipEnvelope { version: 1, ..Default::default() }.encode_to_vec();
         assert!(matches!(decode(&Topic::control(), &empty), WireError::WrongTopic { .. }));
         assert!(matches!(decode(&orders, &encode(Body::Orders(OrderGossip::default()))), WireError::Invalid(_)));
     }

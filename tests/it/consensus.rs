@@ -264,6 +264,59 @@ async fn a_late_joiner_catches_up_on_the_open_batch() {
     late.shutdown().await;
 }
 
+/// The origin of a batch's orders is gone when a node that never saw them joins: it
+/// repairs them from members that only hold them (content addressing and the origin's
+/// bundle signatures, which the holders kept from gossip, prove them), and all agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_repairs_from_holders_when_the_origin_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut early = start_cluster(dir.path(), 3, &[BTC], engine_sealing).await;
+    wait_for_mesh(&early, WAIT).await;
+    let mut holder_events = Vec::new();
+    for n in &early[1..] {
+        holder_events.push(n.subscribe().await);
+    }
+    submit(&early[0], (0..5).map(|i| order(BTC, i)).collect()).await;
+    for ev in &mut holder_events {
+        collect_orders(ev, 5, WAIT).await;
+    }
+    let origin = early.remove(0);
+    let origin_id = origin.peer_id();
+    origin.shutdown().await;
+
+    let holders = early;
+    let late =
+        start_node(dir.path(), "late", &[BTC], holders.iter().map(|n| n.bootstrap_addr()).collect(), engine_sealing)
+            .await;
+    let all: Vec<&TestNode> = holders.iter().chain([&late]).collect();
+    wait_for_mesh(all.iter().copied(), WAIT).await;
+    let mut late_events = late.subscribe().await;
+    for n in &all {
+        seal(n).await;
+    }
+    let mut repaired = Vec::new();
+    let a = loop {
+        match next_event(&mut late_events, WAIT).await.expect("repair and agreement in time") {
+            Event { kind: Some(Kind::Orders(o)), .. } => repaired.extend(o.orders),
+            Event { kind: Some(Kind::BatchAgreed(a)), .. } => break a,
+            _ => {}
+        }
+    };
+    assert_eq!((a.order_count, a.revision, a.repaired_orders), (5, 1, 5));
+    assert!(repaired.iter().all(|o| o.origin == origin_id.to_bytes()), "every order is the origin's");
+    assert_eq!(ids(&repaired).into_iter().collect::<HashSet<_>>(), (0..5).collect::<HashSet<_>>());
+    assert_eq!(metric::repaired_orders(&late, BTC), 5);
+    for reason in ["not_asked", "invalid", "no_proof", "bad_signature"] {
+        assert_eq!(metric::repair_orders_refused(&late, BTC, reason), 0, "{reason}");
+    }
+    for ev in &mut holder_events {
+        assert_eq!(agreed(ev).await.batch_hash, a.batch_hash);
+    }
+    drop(all);
+    shutdown_all(holders).await;
+    late.shutdown().await;
+}
+
 /// The same orders give the same batch hash whatever the arrival order, on any node and in
 /// any run: the hash is SHA-256 over the sorted order digests (docs/PROTOCOL.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,7 +78,8 @@ async fn bad_messages_are_rejected_and_honest_ones_still_arrive() {
 }
 
 /// Bodies that decode but do not belong: a `PeerStatus` on an orders topic, an envelope
-/// of a future wire version, an order of another market, an empty `OrderGossip`.
+/// of a future wire version, an order of another market, an empty `OrderGossip`, valid
+/// orders without their origin's bundle signature.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_kind_version_and_schema_are_rejected() {
     use openmatch_gossip_sidecar::proto::{GossipEnvelope, OrderGossip, PeerStatus, gossip_envelope::Body};
@@ -92,13 +93,19 @@ async fn wrong_kind_version_and_schema_are_rejected() {
 
     let status = PeerStatus { node_id: raw.peer_id.to_bytes(), ..Default::default() };
     raw.publish_raw(openmatch_gossip_sidecar::encode_envelope(Body::PeerStatus(status))).await;
-    let v2 = GossipEnvelope { version: 2, body: Some(Body::Orders(OrderGossip { orders: vec![raw.order(1)] })) };
+    let v2 = GossipEnvelope {
+        version: 2,
+        body: Some(Body::Orders(OrderGossip { orders: vec![raw.order(1)] })),
+        origin_signature: vec![0; 64],
+    };
     raw.publish_raw(v2.encode_to_vec()).await;
     raw.publish(vec![Order { market: ETH.into(), ..raw.order(2) }]).await;
     raw.publish(vec![]).await;
     raw.publish(vec![Order { quantity_lots: 0, ..raw.order(3) }]).await;
+    let unsigned = Body::Orders(OrderGossip { orders: vec![raw.order(4)] });
+    raw.publish_raw(openmatch_gossip_sidecar::encode_envelope(unsigned)).await;
 
-    let want = [("wrong_topic", 1), ("version", 1), ("invalid", 3)];
+    let want = [("wrong_topic", 1), ("version", 1), ("invalid", 3), ("malformed", 1)];
     let seen = || want.map(|(r, _)| (r, metric::rejected(&node, BTC, r)));
     wait_until(WAIT, "each bad body rejected with its reason", || seen() == want, || format!("{:?}", seen())).await;
     expect_no_orders(&mut events, Duration::from_millis(200)).await;

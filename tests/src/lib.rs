@@ -29,7 +29,8 @@ use openmatch_gossip_sidecar::Topic;
 use openmatch_gossip_sidecar::config::{FaultInjector, NodeSettings};
 use openmatch_gossip_sidecar::proto::sidecar_client::SidecarClient;
 use openmatch_gossip_sidecar::proto::{
-    Event, NodeStatus, Order, OrderGossip, OrderKind, Side, SubscribeRequest, event::Kind, gossip_envelope::Body,
+    Event, GossipEnvelope, NodeStatus, Order, OrderGossip, OrderKind, Side, SubscribeRequest, event::Kind,
+    gossip_envelope::Body,
 };
 use openmatch_gossip_sidecar::server::RunningSidecar;
 use openmatch_gossip_sidecar::unix_now_ns;
@@ -372,7 +373,9 @@ pub fn ids(orders: &[Order]) -> Vec<u64> {
 
 /// Metric readers over [`RunningSidecar::metrics`] (label sets spelled out once here).
 pub mod metric {
-    use openmatch_gossip_sidecar::metrics::{KindMarket, KindMarketReason, MarketLabel, MarketOutcome, MethodCode};
+    use openmatch_gossip_sidecar::metrics::{
+        KindMarket, KindMarketReason, MarketLabel, MarketOutcome, MarketReason, MethodCode,
+    };
     use openmatch_gossip_sidecar::server::RunningSidecar;
 
     fn orders(market: &str) -> KindMarket {
@@ -441,6 +444,13 @@ pub mod metric {
         n.metrics.repaired_orders.get_or_create(&MarketLabel { market: market.into() }).get()
     }
 
+    /// Orders of `market` refused from repair or recovery answers, by `reason`
+    /// (`not_asked`, `invalid`, `no_proof`, `bad_signature`).
+    pub fn repair_orders_refused(n: &RunningSidecar, market: &str, reason: &'static str) -> u64 {
+        let l = MarketReason { market: market.into(), reason };
+        n.metrics.repair_orders_refused.get_or_create(&l).get()
+    }
+
     /// Peer results of `market` that differed from this node's.
     pub fn result_mismatches(n: &RunningSidecar, market: &str) -> u64 {
         n.metrics.result_mismatches.get_or_create(&MarketLabel { market: market.into() }).get()
@@ -477,6 +487,8 @@ enum RawCommand {
 pub struct RawPeer {
     /// Its peer id (= the author of everything it publishes).
     pub peer_id: PeerId,
+    /// Its identity key, which signs the bundles [`RawPeer::publish`] sends.
+    key: Keypair,
     market: String,
     commands: mpsc::UnboundedSender<RawCommand>,
 }
@@ -554,11 +566,11 @@ impl RawPeer {
     pub fn spawn(market: &str) -> RawPeer {
         let key = Keypair::generate_ed25519();
         let peer_id = key.public().to_peer_id();
-        let mut swarm = raw_swarm(key);
+        let mut swarm = raw_swarm(key.clone());
         swarm.behaviour_mut().subscribe(&Topic::orders(market).ident(NETWORK)).expect("subscribe");
         let (commands, rx) = mpsc::unbounded_channel();
         tokio::spawn(drive_raw(swarm, rx));
-        RawPeer { peer_id, market: market.to_owned(), commands }
+        RawPeer { peer_id, key, market: market.to_owned(), commands }
     }
 
     fn topic(&self) -> IdentTopic {
@@ -607,9 +619,15 @@ impl RawPeer {
         self.request(|tx| RawCommand::Publish(topic, data, tx)).await.expect("raw peer publish");
     }
 
-    /// Publishes one `OrderGossip` message holding `orders`, encoded as a node would.
+    /// Publishes one `OrderGossip` message holding `orders` as written (origin and market
+    /// not elided), signed as this peer's bundle of its market as a node would sign it
+    /// (`GossipEnvelope.origin_signature`).
     pub async fn publish(&self, orders: Vec<Order>) {
-        self.publish_raw(openmatch_gossip_sidecar::encode_envelope(Body::Orders(OrderGossip { orders }))).await
+        use prost::Message as _;
+        let origin_signature =
+            openmatch_gossip_sidecar::sign_orders(&self.key, NETWORK, &self.market, &orders).expect("Ed25519 signs");
+        let body = Some(Body::Orders(OrderGossip { orders }));
+        self.publish_raw(GossipEnvelope { version: 1, body, origin_signature }.encode_to_vec()).await
     }
 
     /// A valid order of this peer's market with `origin` = this peer (what a node requires

@@ -120,7 +120,7 @@ impl Node {
     /// Acts on an accepted message signed by `author`.
     fn on_payload(&mut self, payload: Payload, author: Option<PeerId>) {
         match payload {
-            Payload::Orders { market, orders, digests } => self.deliver(market, orders, digests),
+            Payload::Orders { market, orders, digests, proof } => self.deliver(market, orders, digests, proof),
             Payload::PeerStatus(_) => {
                 if let Some(peer) = author {
                     self.last_status.insert(peer, Instant::now());
@@ -140,10 +140,17 @@ impl Node {
         }
     }
 
-    /// Peers' new orders of `market`: each joins its batch, and those new to their batch
-    /// (the authoritative dedup, [`crate::dedup`]) reach the engine; orders for a batch
-    /// this node already sealed are counted as late and not delivered.
-    fn deliver(&mut self, market: String, orders: Vec<crate::proto::Order>, digests: Vec<crate::wire::Digest>) {
+    /// Peers' new orders of `market`: each joins its batch with `proof`, its bundle's, and
+    /// those new to their batch (the authoritative dedup, [`crate::dedup`]) reach the
+    /// engine; orders for a batch this node already sealed are counted as late and not
+    /// delivered.
+    fn deliver(
+        &mut self,
+        market: String,
+        orders: Vec<crate::proto::Order>,
+        digests: Vec<crate::wire::Digest>,
+        proof: std::sync::Arc<crate::bundle::BundleProof>,
+    ) {
         let now = unix_now_ns();
         let mut fresh = Vec::with_capacity(orders.len());
         let mut late = 0u64;
@@ -156,7 +163,7 @@ impl Node {
             if o.submitted_at_ns > 0 && now >= o.submitted_at_ns {
                 self.metrics.propagation_latency.observe((now - o.submitted_at_ns) as f64 * 1e-9);
             }
-            match self.consensus.add_order(&o, d) {
+            match self.consensus.add_order(&o, d, Some(proof.clone())) {
                 AddOutcome::Added => fresh.push(o),
                 AddOutcome::Duplicate => {}
                 AddOutcome::Late => late += 1,

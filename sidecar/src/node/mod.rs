@@ -92,6 +92,9 @@ fn new_incarnation() -> u64 {
 /// The node task's state.
 pub(crate) struct Node {
     swarm: Swarm<Behaviour>,
+    /// This node's identity key: signs each bundle of its orders it publishes
+    /// ([`crate::bundle`]).
+    key: libp2p::identity::ed25519::Keypair,
     /// The configuration in force, except `config.markets`: the market set lives in
     /// `markets`, its one copy.
     settings: NodeSettings,
@@ -138,8 +141,8 @@ impl Node {
     /// Builds the swarm, subscribes to every topic of the configured markets and starts
     /// listening. Returns the node (run it with [`Node::run`]), its handle and its metrics.
     ///
-    /// Errors: an invalid GossipSub configuration, a topic that cannot be subscribed, a
-    /// listen address that cannot be bound.
+    /// Errors: a key that is not Ed25519, an invalid GossipSub configuration, a topic that
+    /// cannot be subscribed, a listen address that cannot be bound.
     pub(crate) fn new(
         mut settings: NodeSettings,
         key: Keypair,
@@ -147,6 +150,7 @@ impl Node {
     ) -> anyhow::Result<(Node, NodeHandle, Arc<Metrics>)> {
         let metrics = Arc::new(Metrics::register(registry));
         let p2p_registry = registry.sub_registry_with_prefix("libp2p");
+        let signer = key.clone().try_into_ed25519().context("the node's identity key must be Ed25519")?;
         let mut swarm = build_swarm(key, &settings, p2p_registry)?;
         let p2p_metrics = libp2p::metrics::Metrics::new(p2p_registry);
         let markets: BTreeSet<String> = std::mem::take(&mut settings.config.markets).into_iter().collect();
@@ -192,6 +196,7 @@ impl Node {
             epochs: EpochClock::new(&c.consensus),
             reputation: Reputation::new(c.reputation.clone()),
             swarm,
+            key: signer,
             settings,
             info: info.clone(),
             markets,

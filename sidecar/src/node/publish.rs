@@ -1,13 +1,16 @@
 //! The engine's orders on their way out: stamping (origin, epoch, digest), joining their
-//! batch, the outbox, and publishing packs to GossipSub at the pacer's rate, retrying
-//! deferred packs without ever dropping them.
+//! batch, the outbox, and publishing packs to GossipSub at the pacer's rate, each signed
+//! as a bundle by this node ([`crate::bundle`]), retrying deferred packs without ever
+//! dropping them.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Node;
 use super::handle::{DuplicateId, Submitted};
 use super::own_orders::Seen;
+use crate::bundle::BundleProof;
 use crate::consensus::AddOutcome;
 use crate::epoch::unix_now_ns;
 use crate::metrics::{KindMarket, MarketLabel, MarketReason};
@@ -88,7 +91,8 @@ impl Node {
                 }
             }
             let receipt = Submitted { digest: wire::order_digest(&o), epoch: o.epoch };
-            if self.consensus.add_order(&o, receipt.digest) == AddOutcome::Late {
+            // Its proof comes when its pack is published (`publish_pack`).
+            if self.consensus.add_order(&o, receipt.digest, None) == AddOutcome::Late {
                 // This node sealed the epoch already (engine sealing closed it, or the
                 // clock passed the floor's predecessor): the order is refused, no receipt.
                 self.metrics.late_orders.get_or_create(&MarketLabel { market: o.market.clone() }).inc();
@@ -103,7 +107,7 @@ impl Node {
                     per_market.insert(o.market.clone(), 1);
                 }
             }
-            self.outbox.push(o);
+            self.outbox.push(o, receipt.digest);
         }
         self.credits.add_permits(not_queued);
         for ((market, epoch), ids) in recommitted {
@@ -158,13 +162,18 @@ impl Node {
         self.metrics.outbox_orders.set(self.outbox.len() as i64);
     }
 
-    /// Publishes one pack of `market` ([`wire::encode_orders`]); `true` if it went out.
+    /// Publishes one pack of `market` ([`wire::encode_orders`]), signed as a bundle; once it
+    /// went out (`true`), its orders keep the bundle's proof in their batch.
     fn publish_pack(&mut self, market: &str, now: Instant) -> bool {
-        let Some(orders) = self.outbox.take_pack(market) else { return false };
-        let n = orders.len();
+        let Some(pack) = self.outbox.take_pack(market) else { return false };
+        let n = pack.orders.len();
         let topic = Topic::orders(market).ident(&self.info.network);
-        let deferral = match self.swarm.behaviour_mut().gossipsub.publish(topic, wire::encode_orders(&orders)) {
+        // A deferred pack is signed again when it goes out: it may be packed differently.
+        let proof = BundleProof::sign(&self.key, &self.info.network, market, pack.digests.as_slice().into());
+        let data = wire::encode_orders(&pack.orders, proof.signature());
+        let deferral = match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
             Ok(_) => {
+                self.consensus.attach_proof(market, &pack.orders, &Arc::new(proof));
                 self.retry_at.remove(market);
                 self.credits.add_permits(n);
                 let m = MarketLabel { market: market.to_owned() };
@@ -194,7 +203,7 @@ impl Node {
             }
         };
         tracing::debug!(market, orders = n, reason = deferral.as_str(), "publish deferred; orders kept in the outbox");
-        self.outbox.requeue_front(market, orders);
+        self.outbox.requeue_front(market, pack);
         self.retry_at.insert(market.to_owned(), now + retry);
         false
     }

@@ -8,9 +8,11 @@
 //! ([`crate::consensus::Consensus::open`]). For every market, the floor's batch and the
 //! `retainedBatches` before it (a previous run may have gossiped orders into any of them),
 //! it asks a live peer for the batch as decided there (`RepairRequest.decided`). An agreed
-//! batch whose orders hash to its agreed hash joins this node as agreed: `BatchAgreed` goes
-//! to the event log (an engine resuming from `{incarnation, 0}` gets it), its orders from
-//! this node enter the own-order index as committed and their `OrdersCommitted` follows.
+//! batch whose orders are each signed by their origin ([`crate::bundle`]) and hash to its
+//! agreed hash joins this node as agreed (an answer that fails this is refused, and
+//! another peer asked): `BatchAgreed` goes to the event log (an engine resuming from
+//! `{incarnation, 0}` gets it), its orders from this node enter the own-order index as
+//! committed and their `OrdersCommitted` follows.
 //! Disputed and unknown batches hold no committed order; an undecided batch is asked again
 //! every `sealTimeoutMs` until peers decide it, unless every live peer says it holds no
 //! order of this node (on a fresh start, the usual case: nothing to wait for). Until every batch is answered,
@@ -32,8 +34,8 @@ use libp2p::PeerId;
 use super::Node;
 use super::handle::Submitted;
 use crate::batch_hash::batch_hash_sorted;
-use crate::proto::{BatchDecision, DecidedBatch, Order, OrdersCommitted, event::Kind};
-use crate::wire::{self, BatchKey, Digest};
+use crate::proto::{BatchDecision, DecidedBatch, OrdersCommitted, event::Kind};
+use crate::wire::{BatchKey, Digest};
 
 /// With no live member to ask for this long, recovery gives up.
 const GIVE_UP: Duration = Duration::from_secs(10);
@@ -138,70 +140,95 @@ impl Node {
     /// `peer`'s answer about `batch` (or `None`: the request failed, ask again).
     pub(super) fn on_decided(&mut self, peer: PeerId, batch: BatchKey, answer: Option<DecidedBatch>) {
         let me = self.info.peer_id.to_bytes();
-        let Recovery::Running { pending, committed, .. } = &mut self.recovery else { return };
+        let Recovery::Running { pending, .. } = &mut self.recovery else { return };
         let Some(entry) = pending.get_mut(&batch) else { return };
         let Some(answer) = answer else {
             entry.0 = None;
             return;
         };
         match BatchDecision::try_from(answer.decision).unwrap_or(BatchDecision::Unspecified) {
-            BatchDecision::Agreed => {
-                pending.remove(&batch);
-                let Some(hash) = Digest::try_from(answer.batch_hash.as_slice()).ok() else { return };
-                let valid = |o: &Order| {
-                    o.market == batch.market
-                        && o.epoch == batch.epoch
-                        && wire::check_order_fields(o, self.info.max_freeze_proof_bytes).is_ok()
-                };
-                let mut orders: Vec<(Digest, Order)> =
-                    answer.orders.into_iter().filter(valid).map(|o| (wire::order_digest(&o), o)).collect();
-                orders.sort_unstable_by_key(|(d, _)| *d);
-                let digests: Vec<Digest> = orders.iter().map(|(d, _)| *d).collect();
-                if batch_hash_sorted(&digests) != hash {
-                    tracing::warn!(%peer, batch = %batch, "recovered batch does not hash to its agreed hash; ignored");
-                    return;
-                }
-                let mine: Vec<(u64, Submitted)> = orders
-                    .iter()
-                    .filter(|(_, o)| o.origin == me.as_slice())
-                    .map(|(d, o)| (o.id, Submitted { digest: *d, epoch: o.epoch }))
-                    .collect();
-                *committed += mine.len();
-                let result = answer
-                    .result
-                    .as_ref()
-                    .and_then(|r| Digest::try_from(r.result_hash.as_slice()).ok().map(|h| (peer, h, r.trade_count)));
-                // The floor's batch is this node's own too (it votes on it): it is decided
-                // here in its own time, with the same hash; only its committed orders of a
-                // previous run are taken from the answer.
-                if let Some(agreed) = self.consensus.recover_agreed(&batch, hash, orders, result) {
-                    self.subscribers.broadcast(Kind::BatchAgreed(agreed));
-                }
-                for (id, receipt) in &mine {
-                    self.own.insert(&batch.market, *id, *receipt, true);
-                }
-                if !mine.is_empty() {
-                    let ids = mine.iter().map(|(id, _)| *id).collect();
-                    let ev = OrdersCommitted { batch_id: Some(batch.to_proto()), ids };
-                    self.subscribers.broadcast(Kind::OrdersCommitted(ev));
-                }
-            }
+            BatchDecision::Agreed => {}
             BatchDecision::Disputed => {
                 pending.remove(&batch);
+                return;
             }
             // Nothing of this node's there: the batch is done once every live peer says so
             // (another may know it, or hold an order of ours).
             BatchDecision::Unknown => {
                 entry.1.insert(peer);
                 entry.0 = None;
+                return;
             }
             BatchDecision::Undecided if answer.orders.iter().all(|o| o.origin != me.as_slice()) => {
                 entry.1.insert(peer);
                 entry.0 = None;
+                return;
             }
             // Our previous run's orders are in it: wait for the decision.
-            BatchDecision::Undecided | BatchDecision::Unspecified => {}
+            BatchDecision::Undecided | BatchDecision::Unspecified => return,
         }
+        let taken = self.take_agreed(peer, &batch, answer);
+        let Recovery::Running { pending, committed, .. } = &mut self.recovery else { return };
+        match taken {
+            Some(n) => {
+                pending.remove(&batch);
+                *committed += n;
+            }
+            // A peer whose answer fails the checks is not asked about the batch again;
+            // another is.
+            None => {
+                if let Some(entry) = pending.get_mut(&batch) {
+                    entry.1.insert(peer);
+                    entry.0 = None;
+                }
+            }
+        }
+    }
+
+    /// `peer`'s agreed `batch`: accepted if every order is of the batch, valid and signed
+    /// by its origin ([`Node::screen_repaired`]) and the orders hash to the agreed hash.
+    /// Returns the number of this node's own orders found committed in it, or `None` if
+    /// the answer was refused.
+    fn take_agreed(&mut self, peer: PeerId, batch: &BatchKey, answer: DecidedBatch) -> Option<usize> {
+        let me = self.info.peer_id.to_bytes();
+        let Ok(hash) = Digest::try_from(answer.batch_hash.as_slice()) else {
+            tracing::warn!(%peer, batch = %batch, "recovered batch has no 32-byte agreed hash; ignored");
+            return None;
+        };
+        let (mut orders, clean) = self.screen_repaired(peer, batch, answer.orders, None, &answer.proofs);
+        if !clean {
+            return None;
+        }
+        orders.sort_unstable_by_key(|(d, _, _)| *d);
+        let digests: Vec<Digest> = orders.iter().map(|(d, _, _)| *d).collect();
+        if batch_hash_sorted(&digests) != hash {
+            tracing::warn!(%peer, batch = %batch, "recovered batch does not hash to its agreed hash; ignored");
+            return None;
+        }
+        let mine: Vec<(u64, Submitted)> = orders
+            .iter()
+            .filter(|(_, o, _)| o.origin == me.as_slice())
+            .map(|(d, o, _)| (o.id, Submitted { digest: *d, epoch: o.epoch }))
+            .collect();
+        let result = answer
+            .result
+            .as_ref()
+            .and_then(|r| Digest::try_from(r.result_hash.as_slice()).ok().map(|h| (peer, h, r.trade_count)));
+        // The floor's batch is this node's own too (it votes on it): it is decided here in
+        // its own time, with the same hash; only its committed orders of a previous run are
+        // taken from the answer.
+        if let Some(agreed) = self.consensus.recover_agreed(batch, hash, orders, result) {
+            self.subscribers.broadcast(Kind::BatchAgreed(agreed));
+        }
+        for (id, receipt) in &mine {
+            self.own.insert(&batch.market, *id, *receipt, true);
+        }
+        if !mine.is_empty() {
+            let ids = mine.iter().map(|(id, _)| *id).collect();
+            let ev = OrdersCommitted { batch_id: Some(batch.to_proto()), ids };
+            self.subscribers.broadcast(Kind::OrdersCommitted(ev));
+        }
+        Some(mine.len())
     }
 
     fn finish_recovery(&mut self, why: &str) {

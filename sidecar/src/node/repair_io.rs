@@ -1,18 +1,26 @@
 //! Repair I/O over the request-response protocol ([`crate::repair`]): pulling members'
 //! digest sets (with their seals and results), fetching the orders an adopted batch lacks
-//! from a member holding them, serving such requests from our batches, and admitting
-//! fetched orders only as asked (each digest in the quorum-certified set).
+//! from a member holding them, serving such requests from our batches (each order with
+//! its origin's bundle proof), and admitting fetched orders only as asked (each digest in
+//! the quorum-certified set) and proven (its origin's signature, [`crate::bundle`]).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use libp2p::PeerId;
 use libp2p::request_response::{self, OutboundRequestId};
 
 use super::Node;
-use crate::metrics::MarketLabel;
-use crate::proto::{self, Order, OrderGossip, RepairRequest, RepairResponse, repair_request, repair_response};
+use crate::bundle::{self, BundleProof};
+use crate::metrics::{MarketLabel, MarketReason};
+use crate::proto::{self, Order, RepairRequest, RepairResponse, repair_request, repair_response};
+use crate::repair::MAX_REPAIR_BYTES;
 use crate::reputation::Offence;
 use crate::wire::{self, BatchKey, Digest};
+
+/// Largest `ProvenOrders` served, bytes: the frame cap less the response's own framing
+/// (field key and length prefix).
+const MAX_PROVEN_BYTES: usize = MAX_REPAIR_BYTES - 16;
 
 /// An outstanding repair request.
 pub(super) enum PendingRepair {
@@ -76,8 +84,8 @@ impl Node {
                     let actions = self.consensus.on_digest_set(peer, &set);
                     self.run_actions(actions);
                 }
-                (Some(PendingRepair::Fetch { batch, digests }), Some(repair_response::Kind::Orders(g))) => {
-                    self.on_fetched(peer, batch, digests, g.orders);
+                (Some(PendingRepair::Fetch { batch, digests }), Some(repair_response::Kind::Orders(answer))) => {
+                    self.on_fetched(peer, batch, digests, answer);
                 }
                 (Some(PendingRepair::Decided(batch)), Some(repair_response::Kind::Decided(d))) => {
                     self.on_decided(peer, batch, Some(d));
@@ -125,7 +133,7 @@ impl Node {
                 let digests: Vec<Digest> =
                     f.digests.iter().filter_map(|d| Digest::try_from(d.as_slice()).ok()).collect();
                 match self.consensus.orders_for(&BatchKey::from_proto(&id), &digests) {
-                    Some(orders) => R::Orders(OrderGossip { orders }),
+                    Some(held) => R::Orders(bundle::proven_orders(held, MAX_PROVEN_BYTES)),
                     None => R::Error(format!("batch {}#{} unknown", id.market, id.epoch)),
                 }
             }
@@ -136,28 +144,13 @@ impl Node {
 
     /// Orders fetched by repair from `peer`: accepted only as asked (each digest in the
     /// quorum-certified set, so content addressing proves it whoever sends it), for the
-    /// batch asked about, and only if well-formed; they join the batch and reach the engine
-    /// before its `BatchAgreed`.
-    fn on_fetched(&mut self, peer: PeerId, batch: BatchKey, asked: HashSet<Digest>, orders: Vec<Order>) {
-        let mut good = Vec::new();
-        let mut bad = 0;
-        for o in orders {
-            let d = wire::order_digest(&o);
-            let ok = asked.contains(&d)
-                && o.market == batch.market
-                && o.epoch == batch.epoch
-                && wire::check_order_fields(&o, self.info.max_freeze_proof_bytes).is_ok();
-            if ok {
-                good.push((d, o));
-            } else {
-                bad += 1;
-            }
-        }
-        if bad > 0 {
-            tracing::warn!(%peer, batch = %batch, bad, "repair response carried orders that were not asked for");
-            self.penalize(peer, Offence::BadRepair);
-        }
-        for (d, _) in &good {
+    /// batch asked about, well-formed, and signed by their origin ([`Node::screen_repaired`]);
+    /// they join the batch with their proofs and reach the engine before its `BatchAgreed`.
+    /// An answer may hold only part of what was asked (the responder's frame budget): the
+    /// adoption asks again for the rest.
+    fn on_fetched(&mut self, peer: PeerId, batch: BatchKey, asked: HashSet<Digest>, answer: proto::ProvenOrders) {
+        let (good, _) = self.screen_repaired(peer, &batch, answer.orders, Some(&asked), &answer.proofs);
+        for (d, _, _) in &good {
             self.validator.remember(*d);
         }
         let added = self.consensus.on_fetched(&batch, good);
@@ -167,5 +160,50 @@ impl Node {
             self.metrics.repaired_orders.get_or_create(&m).inc_by(added.len() as u64);
             self.hand_to_engine(&batch.market, added);
         }
+    }
+
+    /// Screens the `orders` of `batch` in `peer`'s repair (`asked`: the digests requested)
+    /// or recovery (`None`: the whole batch) answer: each must be of the batch, among those
+    /// asked, valid, and proven by its origin's signature in `proofs`
+    /// ([`bundle::verify_orders`]). Refusals are counted by reason
+    /// (`repair_orders_refused_total`); any refusal or malformed proof costs `peer` a
+    /// `bad_repair` penalty.
+    ///
+    /// Returns the accepted orders (digest, order, proof to keep), and whether the whole
+    /// answer passed.
+    pub(super) fn screen_repaired(
+        &mut self,
+        peer: PeerId,
+        batch: &BatchKey,
+        orders: Vec<Order>,
+        asked: Option<&HashSet<Digest>>,
+        proofs: &[proto::BundleProof],
+    ) -> (Vec<(Digest, Order, Arc<BundleProof>)>, bool) {
+        let mut refused: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut checked = Vec::with_capacity(orders.len());
+        for o in orders {
+            let d = wire::order_digest(&o);
+            if asked.is_some_and(|a| !a.contains(&d)) || o.market != batch.market || o.epoch != batch.epoch {
+                *refused.entry("not_asked").or_default() += 1;
+            } else if wire::check_order_fields(&o, self.info.max_freeze_proof_bytes).is_err() {
+                *refused.entry("invalid").or_default() += 1;
+            } else {
+                checked.push((d, o));
+            }
+        }
+        let verified = bundle::verify_orders(&self.info.network, &batch.market, checked, proofs);
+        for (reason, _) in &verified.refused {
+            *refused.entry(reason.as_str()).or_default() += 1;
+        }
+        let clean = refused.is_empty() && verified.malformed_proofs == 0;
+        if !clean {
+            tracing::warn!(%peer, batch = %batch, ?refused, malformed_proofs = verified.malformed_proofs, "repair answer carried orders that were not asked for, invalid or unproven; refused");
+            for (reason, n) in refused {
+                let l = MarketReason { market: batch.market.clone(), reason };
+                self.metrics.repair_orders_refused.get_or_create(&l).inc_by(n);
+            }
+            self.penalize(peer, Offence::BadRepair);
+        }
+        (verified.accepted, clean)
     }
 }

@@ -7,7 +7,8 @@
 //! of the application between them: no field checks, no rate limit, no order digests, no
 //! seen-cache, no batches, no outbox, no flow control. A submitted chunk is published at
 //! once, one signed GossipSub message per market (at most `publish.maxOrdersPerMessage`
-//! orders each, encoded by [`crate::wire::encode_orders`] as on the real wire); a received
+//! orders each, encoded by [`crate::wire::encode_orders`] as on the real wire, but without
+//! the origin's bundle signature, an application cost the sidecar pays); a received
 //! message is decoded by [`crate::wire::Gossip::decode`], origin and market restored, and
 //! its orders go to every subscriber. Received messages are reported to GossipSub as *ignored*, so they are not
 //! forwarded: in the benchmark's full mesh every node hears each message once, straight
@@ -177,7 +178,7 @@ pub async fn run(
                     }
                     for (market, orders) in by_market {
                         for pack in orders.chunks(max_orders.max(1)) {
-                            match swarm.behaviour_mut().gossipsub.publish(Topic::orders(&market).ident(&network), wire::encode_orders(pack)) {
+                            match swarm.behaviour_mut().gossipsub.publish(Topic::orders(&market).ident(&network), wire::encode_orders(pack, &[])) {
                                 Ok(_) => tally.published += 1,
                                 Err(e) => {
                                     tally.failed_publishes += 1;

@@ -1,13 +1,14 @@
 //! Checks the test vectors in docs/PROTOCOL.md against the crate's own functions, so the
 //! document cannot drift from the code: every order's canonical encoding and digest, the
-//! canonical order, the batch hash, the auction's trades and the result hash.
+//! canonical order, the batch hash, the auction's trades and the result hash, and the order
+//! bundle signature.
 
 use std::path::Path;
 
 use openmatch_gossip_sidecar::batch_hash;
 use openmatch_gossip_sidecar::proto::Order;
 use openmatch_gossip_sidecar::tools::auction::{Trade, result_hash, run_auction};
-use openmatch_gossip_sidecar::{canonical_encoding, order_digest};
+use openmatch_gossip_sidecar::{canonical_encoding, order_digest, signed_message};
 use serde_json::Value;
 
 fn hex(bytes: &[u8]) -> String {
@@ -118,4 +119,34 @@ fn protocol_md_vectors_match_the_code() {
 fn protocol_md_quotes_the_empty_batch_hash() {
     let empty = hex(&batch_hash([]));
     assert!(protocol_md().contains(&empty), "PROTOCOL.md gives the empty batch hash {empty}");
+}
+
+/// The ```text block giving an order bundle signature: each line's name (every word but
+/// the last) and its bytes (the last word, hex).
+fn bundle_vector(doc: &str) -> std::collections::HashMap<String, Vec<u8>> {
+    let marker = "\n```text\n# order bundle signature";
+    let start = doc.find(marker).expect("PROTOCOL.md gives an order bundle signature") + marker.len();
+    let block = doc[start..].split("\n```").next().expect("split yields at least one part");
+    let rows = block.split_once('\n').expect("rows after the heading").1;
+    rows.lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(name, bytes)| (name.trim().to_owned(), unhex(bytes)))
+        .collect()
+}
+
+#[test]
+fn protocol_md_bundle_signature_matches_the_code() {
+    let v = bundle_vector(&protocol_md());
+    let field = |name: &str| v.get(name).unwrap_or_else(|| panic!("the bundle vector gives {name:?}")).clone();
+    let key = libp2p::identity::Keypair::ed25519_from_bytes(field("seed")).expect("a 32-byte Ed25519 seed");
+    assert_eq!(hex(&key.public().to_peer_id().to_bytes()), hex(&field("peer id")), "peer id");
+    let network = String::from_utf8(field("network")).expect("UTF-8 network");
+    let market = String::from_utf8(field("market")).expect("UTF-8 market");
+    let digests: Vec<[u8; 32]> =
+        ["digest 1", "digest 2"].map(|d| field(d).try_into().expect("32-byte digests")).to_vec();
+    let message = signed_message(&network, &market, &digests);
+    assert_eq!(hex(&message), hex(&field("signed message")), "signed message");
+    let signature = key.sign(&message).expect("Ed25519 signs");
+    assert_eq!(hex(&signature), hex(&field("signature")), "signature");
+    assert!(key.public().verify(&message, &signature));
 }
