@@ -15,8 +15,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::str::FromStr as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -30,8 +30,8 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::proto::{Order, OrderKind, OrdersReceived, Side};
-use crate::tools::marketdata::{self, MarketEvent, OrderKind as MdKind, Scale, Side as MdSide};
 use crate::tools::journal::{self, Entry, Journal};
+use crate::tools::marketdata::{self, MarketEvent, OrderKind as MdKind, Scale, Side as MdSide};
 use crate::tools::matcher::{Matcher, MatcherState};
 use crate::tools::sidecar_link::{self, Feed, Handed};
 use crate::tools::stats::{Checksum, Latency, LatencySummary};

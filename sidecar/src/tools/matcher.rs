@@ -23,9 +23,7 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use crate::proto::sidecar_client::SidecarClient;
-use crate::proto::{
-    BatchId, Cursor, GetBatchRequest, Order, SubmitOrdersRequest, SubmitResultRequest, event::Kind,
-};
+use crate::proto::{BatchId, Cursor, GetBatchRequest, Order, SubmitOrdersRequest, SubmitResultRequest, event::Kind};
 use crate::tools::engine::{BatchTally, Receiver};
 use crate::tools::journal::{Entry, Journal};
 use crate::tools::sidecar_link::Feed;
@@ -276,7 +274,13 @@ impl Matcher {
             Kind::OrdersExcluded(x) => {
                 let (market, epoch) = key(x.batch_id.as_ref());
                 let again: Vec<Order> = x.ids.iter().filter_map(|&id| self.own_order(id).cloned()).collect();
-                tracing::info!(market, epoch, orders = again.len(), reason = x.reason, "own orders excluded; resubmitting them");
+                tracing::info!(
+                    market,
+                    epoch,
+                    orders = again.len(),
+                    reason = x.reason,
+                    "own orders excluded; resubmitting them"
+                );
                 let n = again.len() as u64;
                 let stamp = crate::epoch::unix_now_ns();
                 let again = again.into_iter().map(|mut o| {

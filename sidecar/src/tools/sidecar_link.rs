@@ -99,7 +99,11 @@ pub(super) async fn connect(socket: &Path, resume: Option<Cursor>) -> anyhow::Re
     let events = match resume {
         None => client.subscribe(SubscribeRequest { markets: vec![], resume_after: None }).await?.into_inner(),
         Some(c) => {
-            tracing::info!(incarnation = format!("{:016x}", c.incarnation), sequence = c.sequence, "resuming the event stream");
+            tracing::info!(
+                incarnation = format!("{:016x}", c.incarnation),
+                sequence = c.sequence,
+                "resuming the event stream"
+            );
             reader.resubscribe(&feed_tx).await.context("resubscribing")?
         }
     };

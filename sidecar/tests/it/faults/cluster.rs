@@ -69,7 +69,11 @@ struct Engine {
 }
 
 /// Starts `openmatch-gossip engine` with `args`, appending its stderr to `log`.
-fn spawn_engine(i: usize, args: &[std::ffi::OsString], log: &Path) -> anyhow::Result<(Child, ChildStdin, tokio::io::Lines<BufReader<ChildStdout>>)> {
+fn spawn_engine(
+    i: usize,
+    args: &[std::ffi::OsString],
+    log: &Path,
+) -> anyhow::Result<(Child, ChildStdin, tokio::io::Lines<BufReader<ChildStdout>>)> {
     let file = std::fs::File::options()
         .create(true)
         .append(true)
@@ -292,12 +296,12 @@ impl Cluster {
         let n = self.sidecars.len();
         for i in 0..n {
             let log = self.path.join(format!("engine{i}.log"));
-            let mut args: Vec<std::ffi::OsString> = ["engine", "--shard", &i.to_string(), "--shards", &n.to_string()]
-                .iter()
-                .map(Into::into)
-                .collect();
+            let mut args: Vec<std::ffi::OsString> =
+                ["engine", "--shard", &i.to_string(), "--shards", &n.to_string()].iter().map(Into::into).collect();
             match replay.speed {
-                Some(speed) => args.extend(["--pace".into(), "real".into(), "--speed".into(), speed.to_string().into()]),
+                Some(speed) => {
+                    args.extend(["--pace".into(), "real".into(), "--speed".into(), speed.to_string().into()])
+                }
                 None => args.extend(["--pace".into(), "max".into()]),
             }
             args.extend(["--from-s".into(), "10".into(), "--duration-s".into(), replay.duration_s.to_string().into()]);
