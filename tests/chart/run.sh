@@ -34,16 +34,16 @@ run() {
     local name="$1"
     shift
     echo "--- $name"
-    local rc=0
+    local rc=0 t0=$SECONDS
     "$@" > >(sed '/^SKIPPED: /!s/^/    /') 2>&1 || rc=$?
     wait
     if [ "$rc" = 0 ]; then
-        echo "PASS $name"
+        echo "PASS $name ($((SECONDS - t0)) s)"
         passed=$((passed + 1))
     elif [ "$rc" = 77 ]; then
         skipped=$((skipped + 1))
     else
-        echo "FAIL $name (exit $rc)"
+        echo "FAIL $name (exit $rc, $((SECONDS - t0)) s)"
         failed=$((failed + 1))
     fi
 }
