@@ -53,28 +53,21 @@ STANDARD_LABELS = [
 
 # (kind, name) of every object each scenario renders (release "og" in namespace "og-system").
 OP = "og-openmatch-gossip-operator"
+# What every install renders.
+BASE = {
+    ("CustomResourceDefinition", "gossipnetworks.gossip.openmatch.io"),
+    ("ServiceAccount", OP),
+    ("ClusterRole", OP),
+    ("ClusterRoleBinding", OP),
+    ("Role", OP + "-leader-election"),
+    ("RoleBinding", OP + "-leader-election"),
+    ("Deployment", OP),
+    ("PodDisruptionBudget", OP),
+    ("Service", OP + "-metrics"),
+}
 SCENARIOS = {
-    "default": {
-        ("CustomResourceDefinition", "gossipnetworks.gossip.openmatch.io"),
-        ("ServiceAccount", OP),
-        ("ClusterRole", OP),
-        ("ClusterRoleBinding", OP),
-        ("Role", OP + "-leader-election"),
-        ("RoleBinding", OP + "-leader-election"),
-        ("Deployment", OP),
-        ("PodDisruptionBudget", OP),
-        ("Service", OP + "-metrics"),
-    },
-    "all-on": {
-        ("CustomResourceDefinition", "gossipnetworks.gossip.openmatch.io"),
-        ("ServiceAccount", OP),
-        ("ClusterRole", OP),
-        ("ClusterRoleBinding", OP),
-        ("Role", OP + "-leader-election"),
-        ("RoleBinding", OP + "-leader-election"),
-        ("Deployment", OP),
-        ("PodDisruptionBudget", OP),
-        ("Service", OP + "-metrics"),
+    "default": BASE,
+    "all-on": BASE | {
         ("ServiceMonitor", OP),
         ("PodMonitor", "og-openmatch-gossip-sidecars"),
     },
