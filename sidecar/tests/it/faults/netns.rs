@@ -38,6 +38,8 @@ use anyhow::{Context as _, bail};
 const NETNS_DIR: &str = "/run/netns";
 /// Lab numbers `k` (the third octet of the addresses) that may be in use at once.
 const MAX_LABS: u16 = 250;
+/// How long a new lab's links may take to carry traffic ([`Lab::wait_connected`]).
+const LAB_READY: Duration = Duration::from_secs(10);
 /// nftables table of [`Lab::cut`].
 const CUT_TABLE: &str = "omg_cut";
 /// nftables table of [`Lab::split`].
@@ -194,7 +196,40 @@ impl Lab {
         }
         lab.created.push(hub.clone());
         lab.build(&hub)?;
+        lab.wait_connected()?;
         Ok(lab)
+    }
+
+    /// Waits until every node's link carries traffic: a veth that was just set up can
+    /// drop the first packets for a moment (carrier, bridge port state), which a test
+    /// would misread as a cut. Probes a ring (node `i` to node `i + 1`), so every port of
+    /// the bridge is crossed; fails after [`LAB_READY`].
+    fn wait_connected(&self) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + LAB_READY;
+        for i in (0..self.n).filter(|_| self.n > 1) {
+            let target = SocketAddr::from((self.addr((i + 1) % self.n), 9));
+            let ns = self.ns(i);
+            loop {
+                let probe = {
+                    let ns = ns.clone();
+                    std::thread::spawn(move || {
+                        enter(&ns).map(|()| {
+                            !matches!(
+                                TcpStream::connect_timeout(&target, Duration::from_millis(200)),
+                                Err(e) if e.kind() != std::io::ErrorKind::ConnectionRefused
+                            )
+                        })
+                    })
+                };
+                if probe.join().map_err(|_| anyhow::anyhow!("the probe thread panicked"))?? {
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    bail!("{ns} cannot reach {target} {LAB_READY:?} after the lab was built");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Creates the bridge, the node namespaces and their veth pairs (the hub exists).
@@ -413,7 +448,7 @@ mod tests {
     use super::*;
 
     /// Probe timeout: a dropped path costs this much per probe.
-    const PROBE: Duration = Duration::from_millis(300);
+    const PROBE: Duration = Duration::from_millis(500);
 
     async fn paths(lab: &Lab) -> Vec<(usize, usize, bool)> {
         let mut out = Vec::new();
