@@ -392,6 +392,15 @@ pub fn check_bootstrap_addr(addr: &str) -> Result<(), String> {
     }
 }
 
+/// Checks that `id` is a libp2p peer id in its base58 text form (`12D3KooW…` for an
+/// Ed25519 key): a multihash, as `/p2p/<id>` takes it.
+pub fn check_peer_id(id: &str) -> Result<(), String> {
+    match format!("/p2p/{id}").parse::<multiaddr::Multiaddr>() {
+        Ok(_) if !id.is_empty() && !id.contains('/') => Ok(()),
+        _ => Err(format!("{id:?} is not a peer id")),
+    }
+}
+
 impl GossipNetwork {
     /// The topic network name: `spec.network`, else `metadata.name`.
     pub fn network_name(&self) -> String {
@@ -764,5 +773,13 @@ mod tests {
         assert!(yaml.contains("x-kubernetes-list-type: set"));
         assert!(yaml.contains("x-kubernetes-list-map-keys:"));
         assert!(!yaml.contains("uniqueItems"));
+    }
+
+    #[test]
+    fn peer_ids_are_checked() {
+        assert_eq!(check_peer_id("12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5"), Ok(()));
+        for bad in ["", "not-a-peer-id", "12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5/tcp/1"] {
+            assert_eq!(check_peer_id(bad), Err(format!("{bad:?} is not a peer id")));
+        }
     }
 }

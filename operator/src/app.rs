@@ -80,7 +80,7 @@ pub async fn run_with(client: Client, args: RunArgs, shutdown: CancellationToken
     let health = Arc::new(Health::default());
     let http_stop = CancellationToken::new();
     let (addr, http_task) =
-        runtime::serve_http(args.http_addr, Arc::new(registry), health.clone(), http_stop.clone().cancelled_owned())
+        runtime::serve_http(args.http_addr, Arc::new(registry), health.clone(), None, http_stop.clone().cancelled_owned())
             .await
             .with_context(|| format!("binding the HTTP server to {}", args.http_addr))?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");

@@ -6,6 +6,7 @@
 //! - [`reconcile`]: one reconcile run (spec → pods → config → ConfigMap + Service →
 //!   status, Events) and the error policy;
 //! - [`peers`]: which selected pods are bootstrap peers, at which multiaddr;
+//! - [`peer_ids`]: learning ready pods' peer ids from their sidecars (zero-touch);
 //! - [`children`]: the owned ConfigMap and headless Service (server-side apply bodies);
 //! - [`inject`]: sidecar injection into annotated pods (the admission webhook's patch);
 //! - [`webhook`]: the admission webhook's HTTPS server;
@@ -29,6 +30,7 @@ pub mod health;
 pub mod inject;
 pub mod leader;
 pub mod metrics;
+pub mod peer_ids;
 pub mod peers;
 pub mod reconcile;
 pub mod status;

@@ -5,8 +5,9 @@
 //! 1. check the spec by rendering it without pods ([`GossipNetwork::render`]); an invalid
 //!    spec writes status `Ready=False/InvalidSpec` naming the field, publishes a Warning
 //!    Event, **applies nothing** and waits for the next spec change;
-//! 2. `GET pods?labelSelector=<podSelector>` in the network's namespace, and sort them into
-//!    bootstrap peers ([`crate::peers`]);
+//! 2. `GET pods?labelSelector=<podSelector>` in the network's namespace, learn the peer
+//!    ids of ready pods from their sidecars ([`crate::peer_ids`], cached; not an API
+//!    request), and sort the pods into bootstrap peers ([`crate::peers`]);
 //! 3. render the configuration with those peers, hash it;
 //! 4. server-side apply (field manager `openmatch-gossip-operator`, forced) the ConfigMap,
 //!    then the Service, each with a controller owner reference;
@@ -39,6 +40,7 @@ use openmatch_gossip_crds::{GossipNetwork, GossipNetworkStatus, SpecError};
 
 use crate::children::{self, FIELD_MANAGER};
 use crate::metrics::{FailureReason, Metrics};
+use crate::peer_ids::PeerIds;
 use crate::peers::{self, PeerSet};
 use crate::status::{self, Cond, Reason};
 
@@ -53,6 +55,8 @@ pub struct Context {
     /// Delay before a successful reconcile runs again without any trigger (a safety net
     /// for missed watch events). Default 5 min.
     pub resync: Duration,
+    /// Peer ids learned from the selected pods' sidecars (zero-touch discovery).
+    pub peer_ids: PeerIds,
     /// Consecutive failures per GossipNetwork (`namespace/name`), for the backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -60,7 +64,14 @@ pub struct Context {
 impl Context {
     /// A context with the default resync period (5 min).
     pub fn new(client: Client, recorder: Recorder, metrics: Arc<Metrics>) -> Self {
-        Self { client, recorder, metrics, resync: Duration::from_secs(300), failures: Mutex::default() }
+        Self {
+            client,
+            recorder,
+            metrics,
+            resync: Duration::from_secs(300),
+            peer_ids: PeerIds::default(),
+            failures: Mutex::default(),
+        }
     }
 
     fn key(gn: &GossipNetwork) -> String {
@@ -224,7 +235,8 @@ async fn reconcile_inner(gn: &GossipNetwork, ctx: &Context) -> Result<Action, Er
         .list(&ListParams::default().labels_from(&selector))
         .await
         .map_err(|source| Error::ListPods { network: key.clone(), source })?;
-    let peers = peers::collect(&pods.items, gn.spec.p2p_port);
+    let learned = ctx.peer_ids.learn(&pods.items).await;
+    let peers = peers::collect(&pods.items, gn.spec.p2p_port, &learned);
 
     // 3. The configuration.
     let config = match gn.render(&peers.addrs) {

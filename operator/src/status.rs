@@ -8,7 +8,7 @@
 //! | `Ready` | False | `NoPeers` | config applied, but no static peer and no ready selected pod with a peer id |
 //! | `Ready` | False | `InvalidSpec` | the spec cannot be rendered; nothing was applied (the last good ConfigMap stays) |
 //! | `Ready` | False | `ApplyFailed` | the API server refused or failed an apply; retried with backoff |
-//! | `Degraded` | True | `PeerIdMissing` | ready selected pods lack a usable `gossip.openmatch.io/peer-id` annotation |
+//! | `Degraded` | True | `PeerIdMissing` | ready selected pods whose peer id is not known (a bad `gossip.openmatch.io/peer-id` annotation, or no valid answer from the sidecar's `/peer-id`) |
 //! | `Degraded` | True | `PodsNotReady` | some selected pods are not ready |
 //! | `Degraded` | True | `InvalidSpec` / `ApplyFailed` | as for `Ready` |
 //! | `Degraded` | False | `AllPodsReady` | every selected pod is a bootstrap peer |

@@ -111,6 +111,7 @@ pub async fn start(settings: NodeSettings, key: Keypair) -> anyhow::Result<Runni
         settings.metrics_addr,
         registry.clone(),
         probes.clone(),
+        Some(peer_id.to_string()),
         http_stop.clone().cancelled_owned(),
     )
     .await

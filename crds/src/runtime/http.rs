@@ -10,6 +10,9 @@
 //!   message if a metric fails to encode;
 //! - `/healthz`: [`Probes::liveness`]; `/readyz`: [`Probes::readiness`]: 200 when the
 //!   [`Probe`] passes, else 503, with its body as one line of text;
+//! - [`PEER_ID_PATH`] (`/peer-id`): 200 with the node's libp2p peer id (base58) and a
+//!   newline, when the server was given one (the sidecar); the operator reads it to list
+//!   the pod as a bootstrap peer (zero-touch peer discovery, README "Peer discovery");
 //! - anything else: 404.
 
 use std::net::SocketAddr;
@@ -24,6 +27,9 @@ use prometheus_client::registry::Registry;
 
 /// Content type of `/metrics` (OpenMetrics 1.0 text).
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Where a sidecar's HTTP server answers its libp2p peer id.
+pub const PEER_ID_PATH: &str = "/peer-id";
 
 /// One probe's answer: pass or fail, and a line of text for whoever looks (`curl`, kubelet
 /// events).
@@ -50,6 +56,8 @@ pub trait Probes: Send + Sync + 'static {
 struct HttpState {
     registry: Arc<Registry>,
     probes: Arc<dyn Probes>,
+    /// `<peer id>\n`, when the server has one to answer at [`PEER_ID_PATH`].
+    peer_id: Option<Arc<str>>,
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
@@ -82,8 +90,15 @@ async fn readyz(State(s): State<HttpState>) -> (StatusCode, String) {
     answer(s.probes.readiness())
 }
 
+async fn peer_id_answer(State(s): State<HttpState>) -> (StatusCode, String) {
+    match s.peer_id {
+        Some(id) => (StatusCode::OK, id.to_string()),
+        None => (StatusCode::NOT_FOUND, "this server has no peer id\n".to_owned()),
+    }
+}
+
 /// Binds `addr` and serves `/metrics` (from `registry`), `/healthz` and `/readyz` (from
-/// `probes`) until `shutdown` completes; then stops accepting connections and lets the
+/// `probes`) and, if `peer_id` is given, [`PEER_ID_PATH`], until `shutdown` completes; then stops accepting connections and lets the
 /// open ones finish (graceful shutdown). Returns the bound address (useful with port 0)
 /// and the server task, which ends after the shutdown; a server failure is logged (error
 /// level), not returned.
@@ -93,6 +108,7 @@ pub async fn serve_http(
     addr: SocketAddr,
     registry: Arc<Registry>,
     probes: Arc<dyn Probes>,
+    peer_id: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -101,7 +117,8 @@ pub async fn serve_http(
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(HttpState { registry, probes });
+        .route(PEER_ID_PATH, get(peer_id_answer))
+        .with_state(HttpState { registry, probes, peer_id: peer_id.map(|id| format!("{}\n", id.trim()).into()) });
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
             tracing::error!(error = %e, "HTTP server failed");
@@ -172,11 +189,13 @@ mod tests {
         counter.inc();
         let probes = Arc::new(Fixed::default());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (addr, task) = serve_http("127.0.0.1:0".parse().unwrap(), Arc::new(registry), probes.clone(), async {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
+        let id = "12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5";
+        let (addr, task) =
+            serve_http("127.0.0.1:0".parse().unwrap(), Arc::new(registry), probes.clone(), Some(id.into()), async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
 
         let (code, content_type, body) = get(addr, "/metrics").await;
         assert_eq!((code, content_type.as_str()), (200, OPENMETRICS_CONTENT_TYPE));
@@ -191,6 +210,7 @@ mod tests {
         assert_eq!(text(get(addr, "/healthz").await), (503, "stuck\n".into()));
         assert_eq!(text(get(addr, "/readyz").await), (200, "ok\n".into()));
         assert_eq!(get(addr, "/nope").await.0, 404);
+        assert_eq!(text(get(addr, PEER_ID_PATH).await), (200, format!("{id}\n")));
 
         tx.send(()).unwrap();
         task.await.unwrap();
@@ -205,6 +225,7 @@ mod tests {
             "127.0.0.1:0".parse().unwrap(),
             Arc::new(registry),
             Arc::new(Fixed::default()),
+            None,
             std::future::pending(),
         )
         .await
@@ -212,5 +233,6 @@ mod tests {
         let (code, content_type, body) = get(addr, "/metrics").await;
         assert_eq!((code, content_type.as_str()), (500, "text/plain"));
         assert!(body.starts_with("encoding metrics failed"), "{body}");
+        assert_eq!(get(addr, PEER_ID_PATH).await.0, 404, "no peer id given, none answered");
     }
 }
