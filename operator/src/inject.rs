@@ -1,5 +1,10 @@
-//! Sidecar injection: what the mutating admission webhook does to a pod annotated
+//! Sidecar injection: what the mutating admission webhook does to a pod labelled
 //! `gossip.openmatch.io/network: <GossipNetwork name>`.
+//!
+//! Why a label, not an annotation: the webhook configuration's `objectSelector` can match
+//! only labels, and it is what keeps every other pod of the cluster away from the webhook
+//! (no added latency, no exposure to its failure policy). The same label on a pod template
+//! can also be the GossipNetwork's `podSelector`.
 //!
 //! The pod gets the sidecar as a **native sidecar** (an init container with
 //! `restartPolicy: Always`, GA in Kubernetes 1.33; placed first, so it is started, and has
@@ -13,11 +18,12 @@
 //! security context. Each app container also gets `OPENMATCH_GOSSIP_SOCKET` = the socket
 //! path.
 //!
-//! Pods are left alone (allowed, no patch) when they have no network annotation, opt out
-//! with `gossip.openmatch.io/inject: "false"`, or are already injected (annotation
-//! `gossip.openmatch.io/injected`, or a container named `openmatch-gossip`): injection is
-//! idempotent. A malformed annotation or a network that does not exist in the pod's
-//! namespace is refused with a message saying which and why, rather than half-injected.
+//! Pods are left alone (allowed, no patch) when they have no network label, opt out with
+//! the annotation `gossip.openmatch.io/inject: "false"`, or are already injected
+//! (annotation `gossip.openmatch.io/injected`, or a container named `openmatch-gossip`):
+//! injection is idempotent. A malformed label or annotation, or a network that does not
+//! exist in the pod's namespace, is refused with a message saying which and why, rather
+//! than half-injected.
 //!
 //! [`review`] answers an `AdmissionReview` with an RFC 6902 JSON patch computed by the
 //! `json-patch` crate from the pod before and after [`inject`].
@@ -32,8 +38,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 
-/// Pod annotation naming the GossipNetwork (in the pod's namespace) whose sidecar to inject.
-pub const NETWORK_ANNOTATION: &str = "gossip.openmatch.io/network";
+/// Pod label naming the GossipNetwork (in the pod's namespace) whose sidecar to inject (the
+/// key the operator's own children carry: [`crate::children::NETWORK_LABEL`]).
+pub const NETWORK_LABEL: &str = crate::children::NETWORK_LABEL;
 /// Pod annotation; `"false"` opts a pod out of injection.
 pub const INJECT_ANNOTATION: &str = "gossip.openmatch.io/inject";
 /// Pod annotation: the directory, in the app containers, holding the engine socket
@@ -116,8 +123,9 @@ pub fn inject(
     template: &SidecarTemplate,
 ) -> Decision {
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-    let Some(name) = annotations.get(NETWORK_ANNOTATION).map(|s| s.trim()) else {
-        return Decision::Skip("no network annotation");
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let Some(name) = labels.get(NETWORK_LABEL).map(|s| s.trim()) else {
+        return Decision::Skip("no network label");
     };
     match annotations.get(INJECT_ANNOTATION).map(|s| s.trim()) {
         Some("false") => return Decision::Skip("opted out"),
@@ -136,7 +144,7 @@ pub fn inject(
     }
     if !is_dns_subdomain(name) {
         return Decision::Refuse(format!(
-            "annotation {NETWORK_ANNOTATION}: {name:?} is not a GossipNetwork name (a DNS-1123 subdomain)"
+            "label {NETWORK_LABEL}: {name:?} is not a GossipNetwork name (a DNS-1123 subdomain)"
         ));
     }
     let socket_dir = annotations.get(SOCKET_DIR_ANNOTATION).map_or(DEFAULT_SOCKET_DIR, |s| s.trim());
@@ -147,8 +155,8 @@ pub fn inject(
     }
     let Some(net) = network(name) else {
         return Decision::Refuse(format!(
-            "GossipNetwork {name:?} (annotation {NETWORK_ANNOTATION}) does not exist in namespace {namespace:?}: \
-             create it first, or fix the annotation"
+            "GossipNetwork {name:?} (label {NETWORK_LABEL}) does not exist in namespace {namespace:?}: \
+             create it first, or fix the label"
         ));
     };
     Decision::Inject(Box::new(injected(pod, &net, socket_dir, template)))
@@ -374,14 +382,19 @@ mod tests {
         review.try_into().expect("with a request")
     }
 
-    fn engine_pod(annotations: serde_json::Value) -> serde_json::Value {
+    /// An engine pod labelled for `network` (if any) with `annotations`.
+    fn engine_pod(network: Option<&str>, annotations: serde_json::Value) -> serde_json::Value {
+        let mut labels = serde_json::json!({"app": "engine"});
+        if let Some(n) = network {
+            labels[NETWORK_LABEL] = n.into();
+        }
         serde_json::json!({
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
                 "generateName": "engine-",
                 "namespace": "trading",
-                "labels": {"app": "engine"},
+                "labels": labels,
                 "annotations": annotations
             },
             "spec": {
@@ -404,7 +417,7 @@ mod tests {
 
     #[test]
     fn annotated_pod_gets_a_native_sidecar() {
-        let req = review_json(engine_pod(serde_json::json!({NETWORK_ANNOTATION: "prod"})));
+        let req = review_json(engine_pod(Some("prod"), serde_json::json!({})));
         let (resp, decision) = review(&req, prod, &template());
         assert!(resp.allowed);
         let Decision::Inject(expected) = decision else { panic!("{decision:?}") };
@@ -448,7 +461,7 @@ mod tests {
 
     #[test]
     fn injection_is_idempotent() {
-        let req = review_json(engine_pod(serde_json::json!({NETWORK_ANNOTATION: "prod"})));
+        let req = review_json(engine_pod(Some("prod"), serde_json::json!({})));
         let (resp, _) = review(&req, prod, &template());
         let once = patched(&req, &resp);
         let again = review_json(serde_json::to_value(&once).unwrap());
@@ -459,11 +472,13 @@ mod tests {
 
     #[test]
     fn pods_left_alone() {
-        for (annotations, why) in [
-            (serde_json::json!({}), "no network annotation"),
-            (serde_json::json!({NETWORK_ANNOTATION: "prod", INJECT_ANNOTATION: "false"}), "opted out"),
+        for (network, annotations, why) in [
+            (None, serde_json::json!({}), "no network label"),
+            // The key as an annotation is not the label.
+            (None, serde_json::json!({NETWORK_LABEL: "prod"}), "no network label"),
+            (Some("prod"), serde_json::json!({INJECT_ANNOTATION: "false"}), "opted out"),
         ] {
-            let req = review_json(engine_pod(annotations));
+            let req = review_json(engine_pod(network, annotations));
             let (resp, decision) = review(&req, prod, &template());
             assert!(resp.allowed && resp.patch.is_none(), "{resp:?}");
             assert_eq!(decision, Decision::Skip(why));
@@ -472,19 +487,17 @@ mod tests {
 
     #[test]
     fn bad_annotations_and_unknown_networks_are_refused() {
-        for (annotations, needle) in [
+        for (network, annotations, needle) in [
             (
-                serde_json::json!({NETWORK_ANNOTATION: "staging"}),
-                "\"staging\" (annotation gossip.openmatch.io/network) does not exist in namespace \"trading\"",
+                "staging",
+                serde_json::json!({}),
+                "\"staging\" (label gossip.openmatch.io/network) does not exist in namespace \"trading\"",
             ),
-            (serde_json::json!({NETWORK_ANNOTATION: "Prod_1"}), "is not a GossipNetwork name"),
-            (
-                serde_json::json!({NETWORK_ANNOTATION: "prod", INJECT_ANNOTATION: "yes"}),
-                "neither \"true\" nor \"false\"",
-            ),
-            (serde_json::json!({NETWORK_ANNOTATION: "prod", SOCKET_DIR_ANNOTATION: "run/x"}), "not an absolute path"),
+            ("Prod_1", serde_json::json!({}), "is not a GossipNetwork name"),
+            ("prod", serde_json::json!({INJECT_ANNOTATION: "yes"}), "neither \"true\" nor \"false\""),
+            ("prod", serde_json::json!({SOCKET_DIR_ANNOTATION: "run/x"}), "not an absolute path"),
         ] {
-            let req = review_json(engine_pod(annotations));
+            let req = review_json(engine_pod(Some(network), annotations));
             let (resp, decision) = review(&req, prod, &template());
             assert!(!resp.allowed, "{resp:?}");
             assert!(resp.patch.is_none());
@@ -495,9 +508,7 @@ mod tests {
 
     #[test]
     fn socket_dir_annotation_moves_the_socket() {
-        let req = review_json(engine_pod(
-            serde_json::json!({NETWORK_ANNOTATION: "prod", SOCKET_DIR_ANNOTATION: "/var/run/gossip"}),
-        ));
+        let req = review_json(engine_pod(Some("prod"), serde_json::json!({SOCKET_DIR_ANNOTATION: "/var/run/gossip"})));
         let (resp, _) = review(&req, prod, &template());
         let spec = patched(&req, &resp).spec.unwrap();
         let sc = &spec.init_containers.unwrap()[0];

@@ -225,7 +225,9 @@ pub async fn run(
             Decision::Skip(why) => tracing::debug!(namespace = ?req.namespace, pod = ?pod, why, "pod left alone"),
             Decision::Refuse(message) => {
                 tracing::warn!(namespace = ?req.namespace, pod = ?pod, message, "pod refused");
-                if let Some(owner) = owner_of(req) {
+                // No Event for a dry run (the webhook configuration promises
+                // sideEffects: NoneOnDryRun).
+                if let Some(owner) = owner_of(req).filter(|_| !req.dry_run) {
                     let recorder = recorder.clone();
                     let event = kube::runtime::events::Event {
                         type_: kube::runtime::events::EventType::Warning,
@@ -320,7 +322,7 @@ mod tests {
                 "object": {
                     "apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": "engine-0", "namespace": "trading",
-                                 "annotations": {"gossip.openmatch.io/network": network}},
+                                 "labels": {"gossip.openmatch.io/network": network}},
                     "spec": {"containers": [{"name": "engine", "image": "engine:1"}]}
                 }
             }

@@ -32,16 +32,30 @@ from kubernetes_validate import utils as kv
 MIN_K8S = "1.33"
 K8S_VERSIONS = [MIN_K8S, kv.major_minor(kv.latest_version())]
 
-# README, "The GossipNetwork operator": "RBAC it needs".
+# README, "The GossipNetwork operator": "RBAC it needs". Keys: (API group, resource,
+# resourceNames); values: verbs.
 OPERATOR_RULES = {
-    ("gossip.openmatch.io", "gossipnetworks"): {"get", "list", "watch"},
-    ("gossip.openmatch.io", "gossipnetworks/status"): {"patch"},
-    ("", "pods"): {"get", "list", "watch"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
-    ("", "services"): {"get", "list", "watch", "create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
+    ("gossip.openmatch.io", "gossipnetworks", ()): {"get", "list", "watch"},
+    ("gossip.openmatch.io", "gossipnetworks/status", ()): {"patch"},
+    ("", "pods", ()): {"get", "list", "watch"},
+    ("", "configmaps", ()): {"get", "list", "watch", "create", "patch"},
+    ("", "services", ()): {"get", "list", "watch", "create", "patch"},
+    ("events.k8s.io", "events", ()): {"create", "patch"},
 }
-LEASE_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
+LEASE_RULES = {("coordination.k8s.io", "leases", ()): {"get", "create", "update"}}
+# What injection adds (README, same list): its own webhook configuration, cluster-wide; its
+# serving certificate's Secret in the release namespace (read only under cert-manager).
+WEBHOOK_CONFIGURATION = "og-openmatch-gossip-sidecar-injector"
+WEBHOOK_SERVICE = "og-openmatch-gossip-webhook"
+WEBHOOK_SECRET = "og-openmatch-gossip-webhook-tls"
+WEBHOOK_CLUSTER_RULES = {
+    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", (WEBHOOK_CONFIGURATION,)): {"get", "patch"},
+}
+WEBHOOK_SECRET_RULES = {
+    ("", "secrets", (WEBHOOK_SECRET,)): {"get", "update"},
+    ("", "secrets", ()): {"create"},
+}
+WEBHOOK_SECRET_RULES_CERT_MANAGER = {("", "secrets", (WEBHOOK_SECRET,)): {"get"}}
 
 STANDARD_LABELS = [
     "helm.sh/chart",
@@ -64,12 +78,22 @@ BASE = {
     ("Deployment", OP),
     ("PodDisruptionBudget", OP),
     ("Service", OP + "-metrics"),
+} | {
+    # The injection webhook (on by default).
+    ("Service", WEBHOOK_SERVICE),
+    ("MutatingWebhookConfiguration", WEBHOOK_CONFIGURATION),
+    ("ClusterRole", OP + "-webhook"),
+    ("ClusterRoleBinding", OP + "-webhook"),
+    ("Role", OP + "-webhook"),
+    ("RoleBinding", OP + "-webhook"),
 }
 SCENARIOS = {
     "default": BASE,
     "all-on": BASE | {
         ("ServiceMonitor", OP),
         ("PodMonitor", "og-openmatch-gossip-sidecars"),
+        ("Issuer", "og-openmatch-gossip-selfsigned"),
+        ("Certificate", "og-openmatch-gossip-webhook"),
     },
     # One replica without leader election, watching one namespace: namespaced RBAC, no
     # Lease Role, no PodDisruptionBudget (it would block drains), no metrics Service.
@@ -79,6 +103,12 @@ SCENARIOS = {
         ("Role", OP),
         ("RoleBinding", OP),
         ("Deployment", OP),
+        ("Service", WEBHOOK_SERVICE),
+        ("MutatingWebhookConfiguration", WEBHOOK_CONFIGURATION),
+        ("ClusterRole", OP + "-webhook"),
+        ("ClusterRoleBinding", OP + "-webhook"),
+        ("Role", OP + "-webhook"),
+        ("RoleBinding", OP + "-webhook"),
     },
 }
 
@@ -129,30 +159,42 @@ def strict_json_schema(node):
     return node
 
 
-_monitor_validators = {}
+_crd_validators = {}
+# apiVersion of a third-party kind the chart renders -> cloudcoil's models of it (pydantic,
+# generated from that project's CRDs).
+CRD_MODELS = {
+    "monitoring.coreos.com/v1": "cloudcoil.models.prometheus_operator.v1",
+    "cert-manager.io/v1": "cloudcoil.models.cert_manager.v1",
+}
 
 
-def monitor_validate(o, where):
-    """ServiceMonitor / PodMonitor against prometheus-operator's schema (cloudcoil's pydantic
-    models, generated from the prometheus-operator CRDs), unknown fields rejected."""
-    from cloudcoil.models.prometheus_operator import v1
+def crd_validate(o, where):
+    """ServiceMonitor / PodMonitor against prometheus-operator's schema, Issuer / Certificate
+    against cert-manager's (cloudcoil's models of their CRDs), unknown fields rejected."""
+    import importlib
 
-    kind = o["kind"]
-    if kind not in _monitor_validators:
-        schema = strict_json_schema(getattr(v1, kind).model_json_schema(by_alias=True))
-        _monitor_validators[kind] = jsonschema.Draft202012Validator(schema)
-    errors = sorted(_monitor_validators[kind].iter_errors(o), key=lambda e: list(e.path))
+    k = (o["apiVersion"], o["kind"])
+    if k not in _crd_validators:
+        models = importlib.import_module(CRD_MODELS[o["apiVersion"]])
+        schema = strict_json_schema(getattr(models, o["kind"]).model_json_schema(by_alias=True))
+        _crd_validators[k] = jsonschema.Draft202012Validator(schema)
+    errors = sorted(_crd_validators[k].iter_errors(o), key=lambda e: list(e.path))
     if errors:
         fail(f"{where}: {key(o)}: " + "; ".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors))
+
+
+def validate(o, where):
+    """The object against its kind's schema (Kubernetes' or the third party's CRD)."""
+    if o["apiVersion"] in CRD_MODELS:
+        crd_validate(o, where)
+    else:
+        k8s_validate(o, where)
 
 
 def must_reject(o, where, what):
     """The validation of `o` (its kind's validator) must fail."""
     try:
-        if o["apiVersion"] == "monitoring.coreos.com/v1":
-            monitor_validate(o, where)
-        else:
-            k8s_validate(o, where)
+        validate(o, where)
     except SystemExit:
         return
     fail(f"{where}: {key(o)} with {what} passes validation: the validator does not check")
@@ -237,15 +279,17 @@ def restricted_pod_security(pod_spec, where):
 
 
 def rules_of(role):
+    """{(API group, resource, resourceNames): verbs} of a Role or ClusterRole."""
     got = {}
     for r in role["rules"]:
-        if set(r) - {"apiGroups", "resources", "verbs"}:
-            fail(f"{key(role)}: rule with {set(r)} (resourceNames / nonResourceURLs not expected)")
+        if set(r) - {"apiGroups", "resources", "resourceNames", "verbs"}:
+            fail(f"{key(role)}: rule with {set(r)} (nonResourceURLs not expected)")
+        names = tuple(sorted(r.get("resourceNames", [])))
         for g in r["apiGroups"]:
             for res in r["resources"]:
                 if "*" in (g, res) or "*" in r["verbs"]:
                     fail(f"{key(role)}: wildcard in {r}")
-                got.setdefault((g, res), set()).update(r["verbs"])
+                got.setdefault((g, res, names), set()).update(r["verbs"])
     return got
 
 
@@ -262,10 +306,7 @@ def check_render(path, scenario):
 
     # Schemas.
     for o in objs:
-        if o["apiVersion"] == "monitoring.coreos.com/v1":
-            monitor_validate(o, where)
-        else:
-            k8s_validate(o, where)
+        validate(o, where)
     # The validators bite: an unknown field and a wrong type are rejected (no green from a
     # validator that accepts anything, e.g. for a kind it has no schema for).
     for k in sorted(got):
@@ -277,7 +318,7 @@ def check_render(path, scenario):
     must_reject(dep, where, "a string runAsNonRoot")
     kinds = sorted({o["kind"] for o in objs})
     ok(f"{where}: every object validates strictly against Kubernetes {' and '.join(K8S_VERSIONS)} "
-       f"(kubernetes-validate) or prometheus-operator's schema: {', '.join(kinds)}; "
+       f"(kubernetes-validate) or prometheus-operator's / cert-manager's schema: {', '.join(kinds)}; "
        f"each rejects an unknown field")
 
     # Labels (the CRD comes verbatim from crds/, generated by the operator).
@@ -382,6 +423,8 @@ def check_render(path, scenario):
                 pm["spec"]["namespaceSelector"] != {"any": True}:
             fail(f"{where}: PodMonitor {pm['spec']}")
         ok(f"{where}: PodMonitor selects injected pods (gossip.openmatch.io/injected=true), port metrics, all namespaces")
+    check_webhook(by, where, scenario, sel, c)
+
     if scenario == "all-on":
         tmpl = spec["template"]
         if tmpl["metadata"].get("annotations", {}).get("example.com/scrape") != "false" or \
@@ -392,6 +435,86 @@ def check_render(path, scenario):
             fail(f"{where}: optional values not all applied: {tmpl}")
         ok(f"{where}: optional values applied (digest, pull secrets, pod annotations, priority class, "
            f"tolerations, extra args, common labels)")
+
+
+def check_webhook(by, where, scenario, operator_selector, container):
+    """The injection webhook: its configuration reaches only labelled pods outside
+    kube-system and the release namespace, through a Service to the operator's webhook port;
+    the operator's flags name the same Service, Secret and configuration; its RBAC is exactly
+    what injection needs; under cert-manager, a Certificate for those names."""
+    cert_manager = scenario == "all-on"
+    args = container["args"]
+    mwc = by[("MutatingWebhookConfiguration", WEBHOOK_CONFIGURATION)]
+    [wh] = mwc["webhooks"]
+    svc = by[("Service", WEBHOOK_SERVICE)]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    if svc["spec"]["selector"] != operator_selector or svc["spec"]["ports"] != [
+            {"name": "https", "port": 443, "targetPort": "webhook", "protocol": "TCP"}] or "webhook" not in ports:
+        fail(f"{where}: webhook Service {svc['spec']} vs the operator's ports {ports}")
+    want_client = {"service": {"name": WEBHOOK_SERVICE, "namespace": "og-system", "path": "/mutate-pods", "port": 443}}
+    if wh["clientConfig"] != want_client:
+        fail(f"{where}: webhook clientConfig {wh['clientConfig']} != {want_client} (the caBundle is not in the chart)")
+    if wh["rules"] != [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"],
+                        "scope": "Namespaced"}]:
+        fail(f"{where}: webhook rules {wh['rules']}")
+    if wh["objectSelector"] != {"matchExpressions": [{"key": "gossip.openmatch.io/network", "operator": "Exists"}]}:
+        fail(f"{where}: objectSelector {wh['objectSelector']}: only labelled pods may reach the webhook")
+    ns_exprs = wh["namespaceSelector"]["matchExpressions"]
+    skip = {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "og-system"]}
+    if skip not in ns_exprs:
+        fail(f"{where}: namespaceSelector {ns_exprs} does not skip kube-system and the release namespace")
+    if scenario == "namespaced" and \
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["trading"]} not in ns_exprs:
+        fail(f"{where}: namespaceSelector {ns_exprs} does not keep to the watched namespace")
+    if (wh["failurePolicy"], wh["sideEffects"], wh["admissionReviewVersions"]) != ("Fail", "NoneOnDryRun", ["v1"]):
+        fail(f"{where}: webhook {wh}")
+    want_args = [f"--webhook-addr=0.0.0.0:{ports['webhook']}", f"--webhook-service={WEBHOOK_SERVICE}",
+                 f"--webhook-secret={WEBHOOK_SECRET}", f"--webhook-configuration={WEBHOOK_CONFIGURATION}",
+                 "--sidecar-metrics-port=9090"]
+    if cert_manager:
+        want_args.append("--webhook-cert-manager")
+    if [a for a in want_args if a not in args] or (not cert_manager and "--webhook-cert-manager" in args):
+        fail(f"{where}: operator args {args} do not wire the webhook ({want_args})")
+    [res] = [a.split("=", 1)[1] for a in args if a.startswith("--sidecar-resources=")]
+    import json
+    if json.loads(res) != {"limits": {"memory": "512Mi"}, "requests": {"cpu": "250m", "memory": "128Mi"}}:
+        fail(f"{where}: --sidecar-resources={res} is not values.yaml's sidecar.resources")
+    image = "registry.example.com/og/openmatch-gossip:0.1.0" if cert_manager else "openmatch-gossip:0.1.0"
+    if f"--sidecar-image={image}" not in args:
+        fail(f"{where}: --sidecar-image is not {image}: {args}")
+    ok(f"{where}: MutatingWebhookConfiguration: CREATE pods labelled gossip.openmatch.io/network only, not in "
+       f"kube-system or og-system, failurePolicy Fail, sideEffects NoneOnDryRun, through Service {WEBHOOK_SERVICE}:443 "
+       f"to the operator's webhook port {ports['webhook']}; the operator's --webhook-*/--sidecar-* flags agree")
+
+    cr = by[("ClusterRole", OP + "-webhook")]
+    role = by[("Role", OP + "-webhook")]
+    want_secret = WEBHOOK_SECRET_RULES_CERT_MANAGER if cert_manager else WEBHOOK_SECRET_RULES
+    if rules_of(cr) != WEBHOOK_CLUSTER_RULES or rules_of(role) != want_secret or \
+            role["metadata"]["namespace"] != "og-system":
+        fail(f"{where}: webhook RBAC {rules_of(cr)} / {rules_of(role)}, expected {WEBHOOK_CLUSTER_RULES} / {want_secret}")
+    for kind in ("ClusterRoleBinding", "RoleBinding"):
+        b = by[(kind, OP + "-webhook")]
+        if b["roleRef"]["name"] != OP + "-webhook" or b["subjects"] != [
+                {"kind": "ServiceAccount", "name": OP, "namespace": "og-system"}]:
+            fail(f"{where}: {key(b)} binds {b['roleRef']} to {b['subjects']}")
+    ok(f"{where}: webhook RBAC: get/patch of {WEBHOOK_CONFIGURATION} only; Secret {WEBHOOK_SECRET} "
+       f"{'get only (cert-manager writes it)' if cert_manager else 'get/update, and create'} in og-system")
+
+    if cert_manager:
+        cert = by[("Certificate", "og-openmatch-gossip-webhook")]
+        names = [WEBHOOK_SERVICE, f"{WEBHOOK_SERVICE}.og-system", f"{WEBHOOK_SERVICE}.og-system.svc",
+                 f"{WEBHOOK_SERVICE}.og-system.svc.cluster.local"]
+        if cert["spec"]["secretName"] != WEBHOOK_SECRET or cert["spec"]["dnsNames"] != names or \
+                cert["spec"]["issuerRef"] != {"name": "og-openmatch-gossip-selfsigned", "kind": "Issuer",
+                                              "group": "cert-manager.io"}:
+            fail(f"{where}: Certificate {cert['spec']}")
+        if mwc["metadata"].get("annotations", {}).get("cert-manager.io/inject-ca-from") != \
+                "og-system/og-openmatch-gossip-webhook":
+            fail(f"{where}: no cert-manager CA injection annotation: {mwc['metadata']}")
+        ok(f"{where}: cert-manager: Certificate into {WEBHOOK_SECRET} for the Service's DNS names, from the "
+           f"chart's self-signed Issuer; the CA injector annotation on the webhook configuration")
+    elif "annotations" in mwc["metadata"]:
+        fail(f"{where}: webhook configuration annotated {mwc['metadata']['annotations']} without cert-manager")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,8 +547,8 @@ def check_examples(examples_dir, crd_path):
     tmpl = spec["template"]
     if spec["replicas"] != 3:
         fail(f"{engine_path}: replicas {spec['replicas']}")
-    if tmpl["metadata"]["annotations"].get("gossip.openmatch.io/network") != name:
-        fail(f"{engine_path}: not annotated gossip.openmatch.io/network: {name}")
+    if tmpl["metadata"]["labels"].get("gossip.openmatch.io/network") != name:
+        fail(f"{engine_path}: not labelled gossip.openmatch.io/network: {name}")
     labels = tmpl["metadata"]["labels"]
     if any(labels.get(k) != val for k, val in gn["spec"]["podSelector"]["matchLabels"].items()):
         fail(f"{engine_path}: pod labels {labels} not selected by {gn['spec']['podSelector']}")
@@ -446,7 +569,7 @@ def check_examples(examples_dir, crd_path):
     if not state or not any(state[0].split("=", 1)[1].startswith(m + "/") for m in mounts):
         fail(f"{engine_path}: --state-file {state} is not on a mounted volume {mounts}")
     restricted_pod_security(tmpl["spec"], f"{engine_path}: StatefulSet")
-    ok(f"{engine_path}: 3 replicas annotated for {name}, selected by its podSelector, serviceName {name}-gossip, "
+    ok(f"{engine_path}: 3 replicas labelled for {name}, selected by its podSelector, serviceName {name}-gossip, "
        f"engine on the documented socket with the image's data, shard = pod index, state on a volume")
 
 

