@@ -417,19 +417,24 @@ impl GossipNetwork {
         format!("{}-gossip", self.name_any())
     }
 
-    /// Renders the sidecar configuration from the spec and the live bootstrap peers (the
-    /// ready selected pods' multiaddrs, each ending in `/p2p/<peer id>`). Pure: the same
-    /// inputs give the same configuration; the order of `live_peers` is kept.
+    /// Renders the sidecar configuration from the spec, the live bootstrap peers (the
+    /// ready selected pods' multiaddrs, each ending in `/p2p/<peer id>`) and the number of
+    /// `members` (the selected pods, ready or not, plus the static bootstrap peers). Pure:
+    /// the same inputs give the same configuration; the order of `live_peers` is kept.
     ///
     /// Bootstrap peers are `spec.bootstrapPeers` followed by `live_peers`, duplicates
-    /// removed. The listen address is `/ip4/0.0.0.0/tcp/<p2pPort>`. Fields the spec omits
-    /// keep [`SidecarConfig::default`]'s values.
+    /// removed. `consensus.members` is `members`, raised to `spec.consensus.quorum` if
+    /// that is larger (0 leaves it 0: the sidecars count the members they know). So a
+    /// sidecar that starts before its peers are ready (or known) waits for a quorum of the
+    /// selected pods instead of deciding batches alone. The listen address is
+    /// `/ip4/0.0.0.0/tcp/<p2pPort>`. Fields the spec omits keep
+    /// [`SidecarConfig::default`]'s values.
     ///
     /// Errors: a [`SpecError`] naming the spec field when the result fails
     /// [`SidecarConfig::validate`] (cross-field rules the schema cannot express), when a
     /// static bootstrap peer is not a multiaddr ending in `/p2p/<peer id>`, or when the
     /// network name defaults to a `metadata.name` that is not a DNS label.
-    pub fn render(&self, live_peers: &[String]) -> Result<SidecarConfig, SpecError> {
+    pub fn render(&self, live_peers: &[String], members: u32) -> Result<SidecarConfig, SpecError> {
         let spec = &self.spec;
         let mut config = SidecarConfig { network: self.network_name(), ..SidecarConfig::default() };
         if spec.network.is_none() && !is_valid_network(&config.network) {
@@ -480,6 +485,9 @@ impl GossipNetwork {
             set(&mut c.seal_timeout_ms, s.seal_timeout_ms);
             set(&mut c.repair_window_ms, s.repair_window_ms);
             set(&mut c.result_timeout_ms, s.result_timeout_ms);
+        }
+        if members > 0 {
+            config.consensus.members = members.max(config.consensus.quorum);
         }
         if let Some(r) = &spec.reputation {
             let c = &mut config.reputation;
@@ -576,7 +584,7 @@ mod tests {
 
     #[test]
     fn omitted_fields_keep_sidecar_defaults() {
-        let config = network(spec(&["BTC-USDT"])).render(&[]).unwrap();
+        let config = network(spec(&["BTC-USDT"])).render(&[], 0).unwrap();
         let expected =
             SidecarConfig { network: "prod".into(), markets: vec!["BTC-USDT".into()], ..SidecarConfig::default() };
         assert_eq!(config, expected);
@@ -615,7 +623,7 @@ mod tests {
             ban_ms: Some(120_000),
             recovery_per_minute: Some(2.5),
         });
-        let c = network(s).render(&[]).unwrap();
+        let c = network(s).render(&[], 0).unwrap();
         assert_eq!(c.network, "prod-eu");
         assert_eq!(c.p2p.listen_addrs, vec!["/ip4/0.0.0.0/tcp/4101"]);
         assert_eq!((c.gossipsub.mesh_n, c.gossipsub.mesh_n_low, c.gossipsub.mesh_n_high), (8, 5, 16));
@@ -646,8 +654,21 @@ mod tests {
         let pod = format!("/ip4/10.0.0.7/tcp/4001/p2p/{PEER_A}");
         let mut s = spec(&["BTC-USDT"]);
         s.bootstrap_peers = vec![seed.clone()];
-        let c = network(s).render(&[pod.clone(), seed.clone(), pod.clone()]).unwrap();
+        let c = network(s).render(&[pod.clone(), seed.clone(), pod.clone()], 0).unwrap();
         assert_eq!(c.p2p.bootstrap_peers, vec![seed, pod]);
+    }
+
+    #[test]
+    fn members_are_rendered_and_never_below_the_quorum() {
+        let c = network(spec(&["BTC-USDT"])).render(&[], 3).unwrap();
+        assert_eq!((c.consensus.members, c.consensus.quorum), (3, 0));
+        assert_eq!(network(spec(&["BTC-USDT"])).render(&[], 0).unwrap().consensus.members, 0);
+        let mut s = spec(&["BTC-USDT"]);
+        s.consensus = Some(ConsensusSpec { quorum: Some(3), ..Default::default() });
+        assert_eq!(network(s.clone()).render(&[], 2).unwrap().consensus.members, 3, "raised to the quorum");
+        // A quorum that is not a majority of the selected pods is the spec's error.
+        let err = network(s).render(&[], 7).unwrap_err();
+        assert_eq!(err.field, "spec.consensus.quorum");
     }
 
     /// The operator's rendering is the exact format the sidecar parses: one type, written
@@ -660,7 +681,7 @@ mod tests {
             ..Default::default()
         });
         let live = vec![format!("/ip4/10.0.0.7/tcp/4001/p2p/{PEER_A}"), format!("/ip6/fd00::7/tcp/4001/p2p/{PEER_A}")];
-        let config = network(s).render(&live).unwrap();
+        let config = network(s).render(&live, 2).unwrap();
         let text = config.to_yaml();
         let parsed = SidecarConfig::from_yaml(&text).unwrap();
         parsed.validate().unwrap();
@@ -717,7 +738,7 @@ mod tests {
         for (edit, field) in cases {
             let mut s = spec(&["BTC-USDT"]);
             edit(&mut s);
-            let err = network(s).render(&[]).expect_err(field);
+            let err = network(s).render(&[], 0).expect_err(field);
             assert_eq!(err.field, field, "{err}");
             assert!(err.to_string().starts_with(field), "{err}");
         }
@@ -726,9 +747,9 @@ mod tests {
     #[test]
     fn metadata_name_that_is_not_a_dns_label_needs_spec_network() {
         let mut gn = GossipNetwork::new("prod.eu", spec(&["BTC-USDT"]));
-        assert_eq!(gn.render(&[]).unwrap_err().field, "metadata.name");
+        assert_eq!(gn.render(&[], 0).unwrap_err().field, "metadata.name");
         gn.spec.network = Some("prod-eu".into());
-        assert_eq!(gn.render(&[]).unwrap().network, "prod-eu");
+        assert_eq!(gn.render(&[], 0).unwrap().network, "prod-eu");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! 2. `GET pods?labelSelector=<podSelector>` in the network's namespace, learn the peer
 //!    ids of ready pods from their sidecars ([`crate::peer_ids`], cached; not an API
 //!    request), and sort the pods into bootstrap peers ([`crate::peers`]);
-//! 3. render the configuration with those peers, hash it;
+//! 3. render the configuration with those peers and the member count (selected pods plus
+//!    static peers), hash it;
 //! 4. server-side apply (field manager `openmatch-gossip-operator`, forced) the ConfigMap,
 //!    then the Service, each with a controller owner reference;
 //! 5. server-side apply the status subresource (`observedGeneration`, `Ready`/`Degraded`,
@@ -219,7 +220,7 @@ async fn reconcile_inner(gn: &GossipNetwork, ctx: &Context) -> Result<Action, Er
     }
 
     // 1. The spec, before anything is read or written.
-    if let Err(e) = gn.render(&[]) {
+    if let Err(e) = gn.render(&[], 0) {
         return invalid_spec(gn, ctx, &ns, e).await;
     }
     let selector = match Selector::try_from(gn.spec.pod_selector.clone()) {
@@ -239,7 +240,11 @@ async fn reconcile_inner(gn: &GossipNetwork, ctx: &Context) -> Result<Action, Er
     let peers = peers::collect(&pods.items, gn.spec.p2p_port, &learned);
 
     // 3. The configuration.
-    let config = match gn.render(&peers.addrs) {
+    let members = match peers.selected() {
+        0 => 0,
+        pods => u32::try_from(pods + gn.spec.bootstrap_peers.len()).unwrap_or(u32::MAX),
+    };
+    let config = match gn.render(&peers.addrs, members) {
         Ok(c) => c,
         Err(e) => return invalid_spec(gn, ctx, &ns, e).await,
     };

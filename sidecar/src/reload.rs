@@ -1,9 +1,9 @@
 //! Hot reload of the configuration file (DESIGN §6): the file is checked every second
 //! (content hash, so ConfigMap updates, which swap a symlink, are seen like in-place
 //! edits); a changed file is loaded exactly as at start-up (flags and environment
-//! variables still override it) and handed to the node. Markets, bootstrap peers, rate
-//! limits and reputation thresholds take effect at once; other changed fields are logged
-//! as needing a restart. A file that fails to load is rejected with its reason in the log
+//! variables still override it) and handed to the node. Markets, bootstrap peers,
+//! `consensus.members`, rate limits and reputation thresholds take effect at once; other
+//! changed fields are logged as needing a restart. A file that fails to load is rejected with its reason in the log
 //! and the last good configuration stays in force. Every attempt is counted in
 //! `openmatch_gossip_config_reloads_total{result}` (`applied` or `rejected`).
 

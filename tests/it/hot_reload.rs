@@ -1,5 +1,6 @@
-//! Hot reload: a live node takes new markets and rate limits from a rewritten config file
-//! and keeps its last good configuration when the new file is invalid.
+//! Hot reload: a live node takes new markets, rate limits and member count from a
+//! rewritten config file and keeps its last good configuration when the new file is
+//! invalid.
 
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ async fn markets_and_rate_limits_reload_and_a_bad_file_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let node = start_node(dir.path(), "node", &[BTC], vec![], |_| {}).await;
     let file = dir.path().join("config.yaml");
-    let config = |markets: &[&str], rate: u32| {
+    let config_with = |markets: &[&str], rate: u32, members: u32| {
         let mut c = SidecarConfig {
             network: NETWORK.into(),
             markets: markets.iter().map(|m| m.to_string()).collect(),
@@ -27,8 +28,10 @@ async fn markets_and_rate_limits_reload_and_a_bad_file_changes_nothing() {
         c.p2p.listen_addrs = vec![node.listen.to_string()];
         c.limits.rate_limit.messages_per_second = rate;
         c.limits.rate_limit.burst = rate;
+        c.consensus.members = members;
         c.to_yaml()
     };
+    let config = |markets: &[&str], rate: u32| config_with(markets, rate, 0);
     replace_file(&file, config(&[BTC], 2000)).unwrap();
     let (socket, key, path) = (node.socket.clone(), dir.path().join("node.key"), file.clone());
     node.watch_config(
@@ -75,6 +78,26 @@ async fn markets_and_rate_limits_reload_and_a_bad_file_changes_nothing() {
     )
     .await;
 
+    // consensus.members applies at once (the operator renders it from the selected pods):
+    // alone among 3 members, the node is isolated and decides nothing.
+    assert_eq!(client.get_status(GetStatusRequest {}).await.unwrap().into_inner().health, "healthy");
+    replace_file(&file, config_with(&[BTC, ETH], 1, 3)).unwrap();
+    wait_until(
+        WAIT,
+        "the member count reloaded",
+        || reloads(&node, "applied") == 2,
+        || format!("applied {}", reloads(&node, "applied")),
+    )
+    .await;
+    wait_for(WAIT, "isolated among 3 members", async || {
+        let status = client.clone().get_status(GetStatusRequest {}).await.unwrap().into_inner();
+        match (status.health.as_str(), status.health_reason.contains("(3 members)")) {
+            ("isolated", true) => Ok(()),
+            _ => Err(format!("{}: {}", status.health, status.health_reason)),
+        }
+    })
+    .await;
+
     // A bad file: rejected, counted, and the running configuration stays.
     replace_file(&file, "markets: [eth]\nlimits: {maxMessageBytes: nope}\n").unwrap();
     wait_until(
@@ -85,7 +108,7 @@ async fn markets_and_rate_limits_reload_and_a_bad_file_changes_nothing() {
     )
     .await;
     client.submit_order(eth(3)).await.expect("still trading ETH-USDT");
-    assert_eq!(reloads(&node, "applied"), 1);
+    assert_eq!(reloads(&node, "applied"), 2);
     node.shutdown().await;
 }
 

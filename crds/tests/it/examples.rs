@@ -115,7 +115,7 @@ fn valid_examples_pass_the_schema_and_render() {
         assert!(errors.is_empty(), "{}: {errors:?}", path.display());
 
         let gn: GossipNetwork = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let config = gn.render(&[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let config = gn.render(&[], 0).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let back = SidecarConfig::from_yaml(&config.to_yaml()).unwrap();
         assert_eq!(back, config, "{}", path.display());
         assert_eq!(config.markets, gn.spec.markets, "{}", path.display());
@@ -147,7 +147,7 @@ fn operator_rejects_what_the_schema_cannot_express() {
         let errors = schema_errors(&v, &value);
         assert!(errors.is_empty(), "{}: the schema already rejects it: {errors:?}", path.display());
         let gn: GossipNetwork = serde_saphyr::from_str(&text).unwrap();
-        let err = gn.render(&[]).expect_err(&format!("{}: rendered", path.display()));
+        let err = gn.render(&[], 0).expect_err(&format!("{}: rendered", path.display()));
         assert_eq!(err.field, expected, "{}: {err}", path.display());
     }
 }

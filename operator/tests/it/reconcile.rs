@@ -295,25 +295,29 @@ async fn pods_added_and_removed_change_the_bootstrap_peers() {
     let b = pod("engine-1", "10.1.0.6", true, Some(PEER_IDS[1]));
     let b_starting = pod("engine-1", "10.1.0.6", false, Some(PEER_IDS[1]));
 
-    // Each step: the pods the API server lists, the bootstrap peers expected, whether the
-    // configuration changed (an Event), and the Degraded reason.
-    let steps: Vec<(Vec<Pod>, Vec<String>, bool, &str)> = vec![
-        (vec![a.clone()], vec![addr("10.1.0.5", PEER_IDS[0])], true, "AllPodsReady"),
-        (vec![a.clone(), b_starting.clone()], vec![addr("10.1.0.5", PEER_IDS[0])], false, "PodsNotReady"),
+    // Each step: the pods the API server lists, the bootstrap peers expected, the members
+    // (selected pods, ready or not), whether the configuration changed (an Event), and the
+    // Degraded reason.
+    let steps: Vec<(Vec<Pod>, Vec<String>, u32, bool, &str)> = vec![
+        (vec![a.clone()], vec![addr("10.1.0.5", PEER_IDS[0])], 1, true, "AllPodsReady"),
+        // A starting pod is not a bootstrap peer yet, but already a member.
+        (vec![a.clone(), b_starting.clone()], vec![addr("10.1.0.5", PEER_IDS[0])], 2, true, "PodsNotReady"),
         (
             vec![a.clone(), b.clone()],
             vec![addr("10.1.0.5", PEER_IDS[0]), addr("10.1.0.6", PEER_IDS[1])],
+            2,
             true,
             "AllPodsReady",
         ),
-        (vec![b.clone()], vec![addr("10.1.0.6", PEER_IDS[1])], true, "AllPodsReady"),
-        (vec![b.clone()], vec![addr("10.1.0.6", PEER_IDS[1])], false, "AllPodsReady"),
+        (vec![b.clone()], vec![addr("10.1.0.6", PEER_IDS[1])], 1, true, "AllPodsReady"),
+        (vec![b.clone()], vec![addr("10.1.0.6", PEER_IDS[1])], 1, false, "AllPodsReady"),
     ];
-    for (i, (pods, expected, changed, degraded)) in steps.into_iter().enumerate() {
+    for (i, (pods, expected, members, changed, degraded)) in steps.into_iter().enumerate() {
         let run = tokio::spawn(reconcile(Arc::new(gn.clone()), h.ctx.clone()));
         serve_pods(&mut h.server, &pods).await;
         let (config, _) = take_config_map(&mut h.server).await;
         assert_eq!(config.p2p.bootstrap_peers, expected, "step {i}");
+        assert_eq!(config.consensus.members, members, "step {i}");
         take_service(&mut h.server, 4001).await;
         let status = take_status(&mut h.server, &gn).await;
         assert_eq!(status.bootstrap_peers, expected, "step {i}");

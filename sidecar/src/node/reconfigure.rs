@@ -1,7 +1,7 @@
 //! Hot reload inside the node: applies a new configuration's markets (subscribing and
-//! unsubscribing their topics, then publishing the new market set), bootstrap peers, rate
-//! limits and reputation thresholds; every other changed field keeps its running value and
-//! is named in a note as needing a restart.
+//! unsubscribing their topics, then publishing the new market set), bootstrap peers,
+//! `consensus.members`, rate limits and reputation thresholds; every other changed field
+//! keeps its running value and is named in a note as needing a restart.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -35,7 +35,15 @@ impl Node {
         restart_only!(limits.dedup_capacity, "limits.dedupCapacity");
         restart_only!(publish, "publish");
         restart_only!(heartbeat, "heartbeat");
+        // consensus.members applies at once (the operator renders it from the selected
+        // pods): every later decision counts the new number. The rest needs a restart.
+        let members = cfg.consensus.members;
+        cfg.consensus.members = old.consensus.members;
         restart_only!(consensus, "consensus");
+        cfg.consensus.members = members;
+        if members != old.consensus.members {
+            tracing::info!(from = old.consensus.members, to = members, "consensus.members changed");
+        }
         self.set_markets(wanted);
         if cfg.limits.rate_limit != old.limits.rate_limit {
             self.validator.set_rate_limit(cfg.limits.rate_limit);
