@@ -79,10 +79,15 @@ pub async fn run_with(client: Client, args: RunArgs, shutdown: CancellationToken
     let metrics = Arc::new(Metrics::new(&mut registry));
     let health = Arc::new(Health::default());
     let http_stop = CancellationToken::new();
-    let (addr, http_task) =
-        runtime::serve_http(args.http_addr, Arc::new(registry), health.clone(), None, http_stop.clone().cancelled_owned())
-            .await
-            .with_context(|| format!("binding the HTTP server to {}", args.http_addr))?;
+    let (addr, http_task) = runtime::serve_http(
+        args.http_addr,
+        Arc::new(registry),
+        health.clone(),
+        None,
+        http_stop.clone().cancelled_owned(),
+    )
+    .await
+    .with_context(|| format!("binding the HTTP server to {}", args.http_addr))?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
 
     let identity = identity(args.identity.as_deref());
@@ -155,13 +160,7 @@ fn webhook_settings(args: &RunArgs, addr: std::net::SocketAddr, namespace: &str)
             service: args.webhook_service.clone(),
             provision: (!args.webhook_cert_manager).then(|| args.webhook_configuration.clone()),
         },
-        template: crate::inject::SidecarTemplate {
-            image: args.sidecar_image.clone(),
-            image_pull_policy: args.sidecar_image_pull_policy.clone(),
-            resources: args.sidecar_resources.clone(),
-            metrics_port: args.sidecar_metrics_port,
-            version: env!("CARGO_PKG_VERSION").into(),
-        },
+        template: args.sidecar.template(),
         namespace: args.namespace.clone(),
     }
 }

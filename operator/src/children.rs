@@ -44,18 +44,24 @@ pub fn owner_reference(gn: &GossipNetwork) -> Option<OwnerReference> {
     gn.controller_owner_ref(&())
 }
 
-fn child_meta(gn: &GossipNetwork, name: String, owner: &OwnerReference) -> ObjectMeta {
+fn child_meta(gn: &GossipNetwork, name: String, owner: Option<&OwnerReference>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: gn.namespace(),
         labels: Some(labels(gn)),
-        owner_references: Some(vec![owner.clone()]),
+        owner_references: owner.map(|o| vec![o.clone()]),
         ..Default::default()
     }
 }
 
-/// The ConfigMap holding `config_yaml` (with hash `config_hash`).
-pub fn config_map(gn: &GossipNetwork, owner: &OwnerReference, config_yaml: &str, config_hash: &str) -> ConfigMap {
+/// The ConfigMap holding `config_yaml` (with hash `config_hash`), owned by `owner` (`None`
+/// only outside a cluster: `openmatch-gossip-operator render`).
+pub fn config_map(
+    gn: &GossipNetwork,
+    owner: Option<&OwnerReference>,
+    config_yaml: &str,
+    config_hash: &str,
+) -> ConfigMap {
     let mut metadata = child_meta(gn, gn.config_map_name(), owner);
     metadata.annotations = Some(BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_owned(), config_hash.to_owned())]));
     ConfigMap {
@@ -69,7 +75,7 @@ pub fn config_map(gn: &GossipNetwork, owner: &OwnerReference, config_yaml: &str,
 pub fn service(gn: &GossipNetwork, owner: &OwnerReference) -> Service {
     let port = i32::from(gn.spec.p2p_port);
     Service {
-        metadata: child_meta(gn, gn.service_name(), owner),
+        metadata: child_meta(gn, gn.service_name(), Some(owner)),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
@@ -111,7 +117,7 @@ mod tests {
         assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()), ("GossipNetwork", "prod", "uid-1"));
         assert_eq!(owner.api_version, "gossip.openmatch.io/v1alpha1");
 
-        let cm = config_map(&gn, &owner, "markets: [BTC-USDT]\n", "sha256:00");
+        let cm = config_map(&gn, Some(&owner), "markets: [BTC-USDT]\n", "sha256:00");
         assert_eq!(cm.metadata.name.as_deref(), Some("prod-gossip-config"));
         assert_eq!(cm.metadata.namespace.as_deref(), Some("trading"));
         assert_eq!(cm.metadata.owner_references, Some(vec![owner.clone()]));
@@ -131,7 +137,7 @@ mod tests {
     fn apply_bodies_carry_api_version_and_kind() {
         let gn = gn();
         let owner = owner_reference(&gn).unwrap();
-        let cm = serde_json::to_value(config_map(&gn, &owner, "x", "h")).unwrap();
+        let cm = serde_json::to_value(config_map(&gn, Some(&owner), "x", "h")).unwrap();
         assert_eq!((cm["apiVersion"].as_str(), cm["kind"].as_str()), (Some("v1"), Some("ConfigMap")));
         let svc = serde_json::to_value(service(&gn, &owner)).unwrap();
         assert_eq!((svc["apiVersion"].as_str(), svc["kind"].as_str()), (Some("v1"), Some("Service")));

@@ -1,5 +1,6 @@
-//! Command line of `openmatch-gossip-operator`: `run` (the operator) and `crdgen` (print or
-//! write the CRD manifest). Every `run` flag has an environment variable
+//! Command line of `openmatch-gossip-operator`: `run` (the operator), `crdgen` (print or
+//! write the CRD manifest), `inject` (manual sidecar injection) and `render` (the
+//! ConfigMap for a network and its pods). Every `run` flag has an environment variable
 //! (`OPENMATCH_GOSSIP_OPERATOR_*`); flags win over the environment.
 
 use std::net::SocketAddr;
@@ -29,6 +30,49 @@ pub enum Command {
     /// Print the GossipNetwork CustomResourceDefinition as YAML, or write it into the
     /// repository (`--write`).
     Crdgen(CrdgenArgs),
+    /// Manual injection: print manifests with the sidecar injected into every pod (and pod
+    /// template of a Deployment, StatefulSet, DaemonSet, ReplicaSet or Job) labelled
+    /// `gossip.openmatch.io/network`, exactly as the admission webhook would. For clusters
+    /// without the webhook, and to see what it does.
+    Inject(InjectArgs),
+    /// Print the ConfigMap the operator would render for a GossipNetwork and a list of pods
+    /// (e.g. `kubectl get pods -o json`), asking each ready pod's sidecar for its peer id.
+    Render(RenderArgs),
+}
+
+/// Flags of `openmatch-gossip-operator inject`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InjectArgs {
+    /// Manifests to inject (YAML, several documents allowed); `-` reads stdin.
+    #[arg(long, short = 'f', value_name = "FILE", default_value = "-")]
+    pub file: PathBuf,
+
+    /// GossipNetwork manifests the labels may name (the webhook looks them up in the
+    /// cluster). Repeatable.
+    #[arg(long = "network-file", value_name = "FILE", required = true)]
+    pub network_files: Vec<PathBuf>,
+
+    /// Namespace of objects (and networks) whose manifest names none.
+    #[arg(long, short = 'n', value_name = "NS", default_value = "default")]
+    pub namespace: String,
+
+    /// What to inject.
+    #[command(flatten)]
+    pub sidecar: SidecarArgs,
+}
+
+/// Flags of `openmatch-gossip-operator render`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RenderArgs {
+    /// The GossipNetwork manifest (YAML).
+    #[arg(long = "network-file", value_name = "FILE")]
+    pub network_file: PathBuf,
+
+    /// The pods its podSelector selects, as a PodList or a list of Pods in JSON or YAML
+    /// (`kubectl get pods -l ... -o json`); the selector is not applied again. `-` reads
+    /// stdin. Default: no pods.
+    #[arg(long, value_name = "FILE")]
+    pub pods: Option<PathBuf>,
 }
 
 /// Flags of `openmatch-gossip-operator run`.
@@ -143,6 +187,14 @@ pub struct RunArgs {
     #[arg(long, env = "OPENMATCH_GOSSIP_OPERATOR_WEBHOOK_CERT_MANAGER")]
     pub webhook_cert_manager: bool,
 
+    /// What the webhook injects.
+    #[command(flatten)]
+    pub sidecar: SidecarArgs,
+}
+
+/// The injected sidecar (flags of `run`, for the webhook, and of `inject`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SidecarArgs {
     /// Image of the injected sidecar (`sidecar/Dockerfile`).
     #[arg(
         long,
@@ -176,6 +228,20 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(u16).range(1..)
     )]
     pub sidecar_metrics_port: u16,
+}
+
+impl SidecarArgs {
+    /// The injection template these flags describe; `version` goes into the injected
+    /// annotation.
+    pub fn template(&self) -> crate::inject::SidecarTemplate {
+        crate::inject::SidecarTemplate {
+            image: self.sidecar_image.clone(),
+            image_pull_policy: self.sidecar_image_pull_policy.clone(),
+            resources: self.sidecar_resources.clone(),
+            metrics_port: self.sidecar_metrics_port,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
 }
 
 /// Parses `--sidecar-resources`.

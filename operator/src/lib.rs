@@ -16,6 +16,7 @@
 //! - [`leader`]: leader election on a Lease (client-go semantics);
 //! - [`metrics`]: the Prometheus metrics (served on `/metrics`);
 //! - [`health`]: the replica's phase and what `/healthz` and `/readyz` answer in it;
+//! - [`offline`]: `inject` and `render` without a cluster (manifests in, manifests out);
 //! - [`cli`], [`app`]: flags, and the process's life (HTTP server, election, signals,
 //!   shutdown).
 //!
@@ -30,6 +31,7 @@ pub mod health;
 pub mod inject;
 pub mod leader;
 pub mod metrics;
+pub mod offline;
 pub mod peer_ids;
 pub mod peers;
 pub mod reconcile;

@@ -98,7 +98,10 @@ impl PeerIds {
             Ok(Ok(id)) => id,
             Ok(Err(e)) => return Err(format!("asking its sidecar at http://{addr}{PEER_ID_PATH}: {e}")),
             Err(_) => {
-                return Err(format!("its sidecar at http://{addr}{PEER_ID_PATH} did not answer within {:?}", self.timeout));
+                return Err(format!(
+                    "its sidecar at http://{addr}{PEER_ID_PATH} did not answer within {:?}",
+                    self.timeout
+                ));
             }
         };
         tracing::debug!(pod = %pod.name_any(), %addr, peer_id = %id, "learned a peer id");

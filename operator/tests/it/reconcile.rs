@@ -298,7 +298,8 @@ async fn pods_added_and_removed_change_the_bootstrap_peers() {
     // Each step: the pods the API server lists, the bootstrap peers expected, the members
     // (selected pods, ready or not), whether the configuration changed (an Event), and the
     // Degraded reason.
-    let steps: Vec<(Vec<Pod>, Vec<String>, u32, bool, &str)> = vec![
+    type Step = (Vec<Pod>, Vec<String>, u32, bool, &'static str);
+    let steps: Vec<Step> = vec![
         (vec![a.clone()], vec![addr("10.1.0.5", PEER_IDS[0])], 1, true, "AllPodsReady"),
         // A starting pod is not a bootstrap peer yet, but already a member.
         (vec![a.clone(), b_starting.clone()], vec![addr("10.1.0.5", PEER_IDS[0])], 2, true, "PodsNotReady"),
