@@ -17,6 +17,9 @@ Run with the venv's python (tests/chart/tools.sh). Subcommands:
                          GossipNetwork.
   values-comments FILE   every value in values.yaml is documented by a `# --` comment (on it
                          or on an enclosing key).
+  injected FILE          `openmatch-gossip-operator inject` output for examples/: each object
+                         validates strictly (kubernetes-validate), its pod template carries
+                         the native sidecar and keeps the restricted pod security profile.
 
 Each check prints `ok: ...`; the first failure raises and exits non-zero.
 """
@@ -606,6 +609,19 @@ def check_values_comments(path):
     ok(f"{path}: all {count} values documented")
 
 
+def check_injected(path):
+    objs = load_all(path)
+    for o in objs:
+        k8s_validate(o, path)
+        spec = o["spec"]["template"]["spec"]
+        [sidecar] = [c for c in spec.get("initContainers", []) if c["name"] == "openmatch-gossip"]
+        if sidecar.get("restartPolicy") != "Always":
+            fail(f"{path}: {key(o)}: the sidecar is not a native sidecar: {sidecar}")
+        restricted_pod_security(spec, f"{path}: {key(o)} injected")
+    ok(f"{path}: the injected {', '.join(o['kind'] for o in objs)} validates strictly against Kubernetes "
+       f"{' and '.join(K8S_VERSIONS)}, with openmatch-gossip as a native sidecar (initContainer, restartPolicy Always)")
+
+
 def main():
     cmd = sys.argv[1]
     if cmd == "render":
@@ -614,6 +630,8 @@ def main():
         check_examples(sys.argv[2], sys.argv[3])
     elif cmd == "values-comments":
         check_values_comments(sys.argv[2])
+    elif cmd == "injected":
+        check_injected(sys.argv[2])
     else:
         fail(f"unknown subcommand {cmd}")
 

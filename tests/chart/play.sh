@@ -3,8 +3,10 @@
 # of the example engine pods as the webhook injects them, with the ConfigMap the operator
 # renders, and zero-touch peer discovery between them:
 #   1. `openmatch-gossip-operator inject` (the webhook's code) injects the sidecar into
-#      examples/reference-engine.yaml's pod template; three pods reference-engine-0..2 are
-#      made from it, as the StatefulSet controller would (pod-index label = shard);
+#      examples/reference-engine.yaml's pod template; the result validates strictly against
+#      Kubernetes 1.33 and 1.37 with restricted pod security (tests/chart/check.py); three
+#      pods reference-engine-0..2 are made from it, as the StatefulSet controller would
+#      (pod-index label = shard);
 #   2. `openmatch-gossip-operator render` renders demo-gossip-config for them while they do
 #      not exist yet (members 3, no bootstrap peers); the pods are played with it on
 #      podman's bridge network, each with its own IP;
@@ -97,6 +99,7 @@ export CONTAINERS_CONF="$work/containers.conf"
     exit 1
 }
 echo "operator inject: $(cat "$work/inject.log")"
+"$PY" tests/chart/check.py injected "$work/injected.yaml" | sed 's/^ok: /    /' 
 "$PY" - "$work" "$image" <<'PY'
 import json, os, re, sys
 work, image = sys.argv[1], sys.argv[2]
