@@ -423,9 +423,13 @@ def check_render(path, scenario):
     if pm:
         if pm["spec"]["selector"] != {"matchLabels": {"gossip.openmatch.io/injected": "true"}} or \
                 pm["spec"]["podMetricsEndpoints"][0]["port"] != "metrics" or \
-                pm["spec"]["namespaceSelector"] != {"any": True}:
+                pm["spec"]["namespaceSelector"] != {"any": True} or \
+                pm["spec"]["podMetricsEndpoints"][0]["relabelings"] != [
+                    {"sourceLabels": ["__meta_kubernetes_pod_label_gossip_openmatch_io_network"],
+                     "targetLabel": "gossip_network"}]:
             fail(f"{where}: PodMonitor {pm['spec']}")
-        ok(f"{where}: PodMonitor selects injected pods (gossip.openmatch.io/injected=true), port metrics, all namespaces")
+        ok(f"{where}: PodMonitor selects injected pods (gossip.openmatch.io/injected=true), port metrics, all "
+           f"namespaces, the pod's network label as gossip_network")
     check_webhook(by, where, scenario, sel, c)
 
     if scenario == "all-on":
