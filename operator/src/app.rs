@@ -8,10 +8,12 @@
 //!    deadline, or another holder appears, the controller is aborted at once and the process
 //!    exits with an error, so Kubernetes restarts it as a candidate (what client-go based
 //!    controllers do). Without election the controller runs at once;
-//! 3. on SIGTERM/SIGINT (phase `shutting-down`): the controller stops taking work and
-//!    running reconciles finish (at most renew deadline − retry period, so the Lease is
-//!    still ours meanwhile; longer ones are aborted), the Lease is released (a standby takes
-//!    over within about a second), the HTTP server stops, exit 0.
+//! 3. on SIGTERM/SIGINT (phase `shutting-down` at once: `/readyz` 503): the controller
+//!    stops taking work and running reconciles finish (at most renew deadline − retry
+//!    period with election, so the Lease is still ours meanwhile; [`SHUTDOWN_DRAIN`]
+//!    without; longer ones are aborted, e.g. waiting on an API server that does not
+//!    answer), the Lease is released (a standby takes over within about a second), the
+//!    HTTP server stops, exit 0.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +31,10 @@ use crate::health::{Health, Lifecycle};
 use crate::leader::{Held, LeaderElector, LeaseSettings};
 use crate::metrics::Metrics;
 use crate::reconcile::Context;
+
+/// How long, after SIGTERM, running reconciles (without leader election) and the webhook's
+/// open requests may take before they are aborted. Under the chart's 30 s grace period.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 
 /// This replica's identity: `--identity`, else `$POD_NAME`, `$HOSTNAME`, else
 /// `openmatch-gossip-operator-<pid>`.
@@ -92,6 +98,14 @@ pub async fn run_with(client: Client, args: RunArgs, shutdown: CancellationToken
 
     let identity = identity(args.identity.as_deref());
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity.clone()) };
+    // Not ready from the moment the signal arrives, whatever the rest of the shutdown waits for.
+    {
+        let (health, shutdown) = (health.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            health.set(Lifecycle::ShuttingDown);
+        });
+    }
     let recorder = Recorder::new(client.clone(), reporter);
     let webhook_stop = shutdown.child_token();
     let webhook_task = args.webhook_addr.map(|addr| {
@@ -120,7 +134,8 @@ pub async fn run_with(client: Client, args: RunArgs, shutdown: CancellationToken
         };
         settings.validate().map_err(|e| anyhow!("leader election: {e}"))?;
         tracing::info!(lease = %settings.name, namespace = %settings.namespace, identity = %settings.identity, "waiting for the leader lease");
-        let mut elector = LeaderElector::new(Api::namespaced(client.clone(), &settings.namespace), settings);
+        let mut elector = LeaderElector::new(Api::namespaced(client.clone(), &settings.namespace), settings)
+            .with_metrics(metrics.clone());
         health.set(Lifecycle::Standby);
         if elector.acquire(shutdown.cancelled()).await {
             lead(&mut elector, ctx, args.namespace.clone(), debounce, &shutdown, &health, &metrics).await
@@ -131,17 +146,37 @@ pub async fn run_with(client: Client, args: RunArgs, shutdown: CancellationToken
         tracing::warn!("leader election is off: run only one replica");
         health.set(Lifecycle::Leader);
         metrics.leader.set(1);
-        crate::controller::run(ctx, args.namespace.clone(), debounce, shutdown.clone().cancelled_owned()).await;
+        let mut controller = tokio::spawn(crate::controller::run(
+            ctx,
+            args.namespace.clone(),
+            debounce,
+            shutdown.clone().cancelled_owned(),
+        ));
+        tokio::select! {
+            _ = &mut controller => {}
+            _ = shutdown.cancelled() => {
+                // Running reconciles may wait on an API server that does not answer:
+                // they get SHUTDOWN_DRAIN, then are aborted.
+                if tokio::time::timeout(SHUTDOWN_DRAIN, &mut controller).await.is_err() {
+                    tracing::warn!(drain_s = SHUTDOWN_DRAIN.as_secs(), "reconciles still running at the drain limit; aborted");
+                    controller.abort();
+                }
+            }
+        }
         metrics.leader.set(0);
         Ok(())
     };
     health.set(Lifecycle::ShuttingDown);
     webhook_stop.cancel();
-    if let Some(task) = webhook_task {
-        match task.await {
-            Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "the webhook failed"),
-            Err(e) => tracing::error!(error = %e, "the webhook task panicked"),
-            Ok(Ok(())) => {}
+    if let Some(mut task) = webhook_task {
+        match tokio::time::timeout(SHUTDOWN_DRAIN, &mut task).await {
+            Ok(Ok(Err(e))) => tracing::error!(error = %format!("{e:#}"), "the webhook failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "the webhook task panicked"),
+            Ok(Ok(Ok(()))) => {}
+            Err(_) => {
+                tracing::warn!(drain_s = SHUTDOWN_DRAIN.as_secs(), "the webhook did not stop in time; aborted");
+                task.abort();
+            }
         }
     }
     http_stop.cancel();

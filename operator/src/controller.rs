@@ -31,7 +31,7 @@ use kube::{Api, Client, ResourceExt as _};
 use openmatch_gossip_crds::GossipNetwork;
 
 use crate::children::{FIELD_MANAGER, MANAGED_BY_LABEL};
-use crate::metrics::Metrics;
+use crate::metrics::{ApiOperation, Metrics};
 use crate::reconcile::{Context, error_policy, reconcile};
 
 /// The GossipNetworks a pod event concerns: same namespace, and either selected by the
@@ -107,6 +107,7 @@ pub async fn run(
         .applied_objects()
         .predicate_filter(predicates::generation, PredicateConfig::default());
 
+    let metrics = ctx.metrics.clone();
     let store = reader.clone();
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
     Controller::for_stream(networks, reader)
@@ -118,13 +119,20 @@ pub async fn run(
         .with_config(controller::Config::default().debounce(debounce))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => tracing::debug!(network = %obj, "reconcile finished"),
-                Err(controller::Error::ReconcilerFailed(e, obj)) => {
-                    tracing::debug!(network = %obj, error = %e, "reconcile failed (see error policy)")
+        .for_each(|result| {
+            let metrics = metrics.clone();
+            async move {
+                match result {
+                    Ok((obj, _)) => tracing::debug!(network = %obj, "reconcile finished"),
+                    Err(controller::Error::ReconcilerFailed(e, obj)) => {
+                        tracing::debug!(network = %obj, error = %e, "reconcile failed (see error policy)")
+                    }
+                    Err(controller::Error::QueueError(e)) => {
+                        metrics.api_error(ApiOperation::Watch);
+                        tracing::warn!(error = %e, "watch failed; retrying with backoff")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "controller error"),
                 }
-                Err(e) => tracing::warn!(error = %e, "controller error"),
             }
         })
         .await;

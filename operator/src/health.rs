@@ -44,9 +44,12 @@ impl Lifecycle {
 pub struct Health(Mutex<Lifecycle>);
 
 impl Health {
-    /// Sets the phase.
+    /// Sets the phase; `ShuttingDown` is final (a late `Leader` does not undo it).
     pub fn set(&self, phase: Lifecycle) {
-        *self.0.lock().expect("health lock") = phase;
+        let mut current = self.0.lock().expect("health lock");
+        if *current != Lifecycle::ShuttingDown {
+            *current = phase;
+        }
     }
 
     /// The current phase.
@@ -87,5 +90,9 @@ mod tests {
         assert_eq!(probes(&health), ((true, "leader".into()), (true, "leader".into())));
         health.set(Lifecycle::ShuttingDown);
         assert_eq!(probes(&health), ((true, "shutting-down".into()), (false, "shutting-down".into())));
+        // Final: a phase set late (a leader that took the Lease as the signal came) does
+        // not make a stopping replica ready again.
+        health.set(Lifecycle::Leader);
+        assert_eq!(probes(&health).1, (false, "shutting-down".into()));
     }
 }

@@ -108,13 +108,27 @@ pub struct LeaderElector {
     lease: Option<Lease>,
     /// The Lease record last seen and when it was first seen (local monotonic clock).
     observed: Option<(LeaseSpec, Instant)>,
+    /// Where failed Lease requests are counted (`api_errors_total{operation="lease"}`).
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl LeaderElector {
     /// An elector for `settings` (validate them first) talking to the Lease API `api`
     /// (namespaced to `settings.namespace`).
     pub fn new(api: Api<Lease>, settings: LeaseSettings) -> Self {
-        Self { api, settings, lease: None, observed: None }
+        Self { api, settings, lease: None, observed: None, metrics: None }
+    }
+
+    /// Counts failed Lease requests in `metrics`.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count_api_error(&self) {
+        if let Some(m) = &self.metrics {
+            m.api_error(crate::metrics::ApiOperation::Lease);
+        }
     }
 
     /// This replica's settings.
@@ -244,7 +258,10 @@ impl LeaderElector {
             match self.try_acquire_or_renew(Instant::now()).await {
                 Ok(true) => return true,
                 Ok(false) => tracing::debug!(lease = %self.settings.name, "lease held by another replica"),
-                Err(e) => tracing::warn!(lease = %self.settings.name, error = %e, "could not acquire the lease"),
+                Err(e) => {
+                    self.count_api_error();
+                    tracing::warn!(lease = %self.settings.name, error = %e, "could not acquire the lease")
+                }
             }
             tokio::select! {
                 _ = &mut shutdown => return false,
@@ -273,8 +290,14 @@ impl LeaderElector {
                     return Held::Lost;
                 }
                 Ok(Ok(false)) => tracing::warn!(lease = %self.settings.name, "lease renewal conflicted; retrying"),
-                Ok(Err(e)) => tracing::warn!(lease = %self.settings.name, error = %e, "lease renewal failed; retrying"),
-                Err(_) => {}
+                Ok(Err(e)) => {
+                    self.count_api_error();
+                    tracing::warn!(lease = %self.settings.name, error = %e, "lease renewal failed; retrying")
+                }
+                Err(_) => {
+                    self.count_api_error();
+                    tracing::warn!(lease = %self.settings.name, "lease renewal timed out at the renew deadline");
+                }
             }
             if last_renew + self.settings.renew_deadline <= Instant::now() {
                 tracing::error!(lease = %self.settings.name, "lease not renewed within the renew deadline");

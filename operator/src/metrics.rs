@@ -97,6 +97,43 @@ pub struct InjectionLabel {
     pub result: InjectionResult,
 }
 
+/// Which kind of Kubernetes API request failed, for
+/// `openmatch_gossip_operator_api_errors_total{operation}`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ApiOperation {
+    /// A list or watch of the controller (GossipNetworks, pods, ConfigMaps, Services),
+    /// retried with backoff (`watch`).
+    Watch,
+    /// A request of a reconcile run: listing pods, applying children, writing status
+    /// (`reconcile`).
+    Reconcile,
+    /// Reading or writing the leader Lease (`lease`).
+    Lease,
+}
+
+impl ApiOperation {
+    /// Every operation, for creating their series at 0.
+    pub const ALL: [ApiOperation; 3] = [ApiOperation::Watch, ApiOperation::Reconcile, ApiOperation::Lease];
+}
+
+impl EncodeLabelValue for ApiOperation {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let s = match self {
+            ApiOperation::Watch => "watch",
+            ApiOperation::Reconcile => "reconcile",
+            ApiOperation::Lease => "lease",
+        };
+        EncodeLabelValue::encode(&s, encoder)
+    }
+}
+
+/// Label set of `openmatch_gossip_operator_api_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiErrorLabel {
+    /// What was being done.
+    pub operation: ApiOperation,
+}
+
 /// Labels of a per-network gauge: the GossipNetwork's namespace and name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NetworkLabels {
@@ -123,6 +160,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// `openmatch_gossip_operator_injections_total{result}`.
     pub injections: Family<InjectionLabel, Counter>,
+    /// `openmatch_gossip_operator_api_errors_total{operation}`.
+    pub api_errors: Family<ApiErrorLabel, Counter>,
     /// The networks that have a `ready_peers` series (prometheus-client's `Family` cannot
     /// be iterated).
     series: Mutex<HashSet<NetworkLabels>>,
@@ -141,8 +180,12 @@ impl Metrics {
             ready_peers: Family::default(),
             leader: Gauge::default(),
             injections: Family::default(),
+            api_errors: Family::default(),
             series: Mutex::default(),
         };
+        for operation in ApiOperation::ALL {
+            let _ = m.api_errors.get_or_create(&ApiErrorLabel { operation });
+        }
         for result in [InjectionResult::Injected, InjectionResult::Skipped, InjectionResult::Refused] {
             let _ = m.injections.get_or_create(&InjectionLabel { result });
         }
@@ -154,7 +197,17 @@ impl Metrics {
         r.register("ready_peers", "Ready selected pods in a network's bootstrap list", m.ready_peers.clone());
         r.register("leader", "1 while this replica leads (holds the Lease), else 0", m.leader.clone());
         r.register("injections", "Pods the admission webhook answered, by result", m.injections.clone());
+        r.register(
+            "api_errors",
+            "Kubernetes API requests that failed (refused, timed out, unreachable), by operation",
+            m.api_errors.clone(),
+        );
         m
+    }
+
+    /// Counts a failed API request.
+    pub fn api_error(&self, operation: ApiOperation) {
+        self.api_errors.get_or_create(&ApiErrorLabel { operation }).inc();
     }
 
     /// Counts a failed reconcile run.
@@ -221,6 +274,8 @@ pub(crate) mod tests {
             "openmatch_gossip_operator_ready_peers{namespace=\"trading\",network=\"prod\"} 3",
             "openmatch_gossip_operator_leader 1",
             "openmatch_gossip_operator_injections_total{result=\"refused\"} 0",
+            "openmatch_gossip_operator_api_errors_total{operation=\"watch\"} 0",
+            "openmatch_gossip_operator_api_errors_total{operation=\"lease\"} 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -197,6 +197,9 @@ pub fn backoff(attempt: u32) -> Duration {
 /// object after [`backoff`] of its consecutive failures.
 pub fn error_policy(gn: Arc<GossipNetwork>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failure(err.metric_reason());
+    if !matches!(err, Error::Incomplete(_)) {
+        ctx.metrics.api_error(crate::metrics::ApiOperation::Reconcile);
+    }
     let attempt = ctx.record_failure(&gn);
     let delay = backoff(attempt);
     tracing::warn!(

@@ -60,8 +60,9 @@ pub(crate) fn spawn(
                 _ = stop.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            let current = match std::fs::read(&path) {
-                Ok(b) => Some(hash(&b)),
+            let bytes = std::fs::read(&path);
+            let current = match &bytes {
+                Ok(b) => Some(hash(b)),
                 Err(e) => {
                     if last.is_some() {
                         tracing::warn!(path = %path.display(), error = %e, "configuration file unreadable; keeping the last good configuration");
@@ -78,7 +79,20 @@ pub(crate) fn spawn(
                 continue;
             }
             last = current;
+            let reject = |why: &str| {
+                tracing::warn!(path = %path.display(), reason = why, "new configuration rejected; keeping the last good one");
+                metrics.config_reloads.get_or_create(&ResultLabel { result: ReloadOutcome::Rejected.as_str() }).inc();
+            };
+            if bytes.as_ref().is_ok_and(|b| b.iter().all(u8::is_ascii_whitespace)) {
+                // At start-up an empty file means "all defaults"; on reload it is far more
+                // likely a writer that truncates before it rewrites.
+                reject("the file is empty (truncated while being rewritten?)");
+                continue;
+            }
             match load() {
+                Ok(settings) if settings.config.markets.is_empty() && !node.markets().is_empty() => {
+                    reject("it lists no market: it would drop every market this node trades (truncated?)");
+                }
                 Ok(settings) => match node.reload(settings).await {
                     Ok(notes) => {
                         tracing::info!(path = %path.display(), restart_needed = ?notes, "configuration reloaded");
@@ -89,13 +103,7 @@ pub(crate) fn spawn(
                     }
                     Err(_) => return,
                 },
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "new configuration rejected; keeping the last good one");
-                    metrics
-                        .config_reloads
-                        .get_or_create(&ResultLabel { result: ReloadOutcome::Rejected.as_str() })
-                        .inc();
-                }
+                Err(e) => reject(&format!("{e:#}")),
             }
         }
     })

@@ -108,13 +108,27 @@ async fn markets_and_rate_limits_reload_and_a_bad_file_changes_nothing() {
     )
     .await;
     client.submit_order(eth(3)).await.expect("still trading ETH-USDT");
+
+    // An empty file (a writer that truncates before rewriting) and one that lists no
+    // market would drop every market live: both rejected, counted, nothing changes.
+    for (i, text) in ["", "network: test\n"].into_iter().enumerate() {
+        std::fs::write(&file, text).unwrap();
+        wait_until(
+            WAIT,
+            "the emptied file rejected",
+            || reloads(&node, "rejected") == 2 + i as u64,
+            || format!("rejected {}", reloads(&node, "rejected")),
+        )
+        .await;
+        client.submit_order(eth(4 + i as u64)).await.expect("still trading ETH-USDT");
+    }
     assert_eq!(reloads(&node, "applied"), 2);
     node.shutdown().await;
 }
 
 /// Replaces `path`'s content in one step (write a sibling, rename over), as a ConfigMap
 /// update does: a plain `fs::write` truncates first, and a watcher that reads in between
-/// sees an empty file (which, until issue 13 is done, would apply as all defaults).
+/// sees an empty file (rejected, and counted).
 fn replace_file(path: &std::path::Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, contents)?;

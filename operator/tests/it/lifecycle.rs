@@ -157,3 +157,63 @@ async fn lost_leadership_stops_the_controller_and_fails() {
     started_rx.await.expect("the controller never started");
     assert!(seen.lease.iter().all(|(m, _)| m != Method::PUT), "no release after losing: {:?}", seen.lease);
 }
+
+/// An API server that takes every request and never answers (a partition, an overloaded
+/// control plane): after SIGTERM the operator is not ready at once, and exits within its
+/// drain limit instead of waiting for the API server; the hung requests count as
+/// `api_errors_total` only once they fail, so nothing is asserted about them here.
+#[tokio::test]
+async fn stops_in_time_and_unready_when_the_api_server_never_answers() {
+    let (client, mut api) = mock_client();
+    let (first_tx, first_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        let mut first = Some(first_tx);
+        while let Some(call) = api.try_next().await {
+            if let Some(tx) = first.take() {
+                let _ = tx.send(());
+            }
+            held.push(call);
+        }
+    });
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let cli = Cli::try_parse_from([
+        "openmatch-gossip-operator",
+        "run",
+        &format!("--http-addr=127.0.0.1:{port}"),
+        "--leader-elect=false",
+        "--identity=op-0",
+    ])
+    .unwrap();
+    let Command::Run(args) = cli.command else { unreachable!() };
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(app::run_with(client, *args, shutdown.clone()));
+    tokio::time::timeout(Duration::from_secs(10), first_rx).await.expect("the controller never called").unwrap();
+    let readyz = || async move {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        out.get(9..12).map(str::to_owned)
+    };
+    assert_eq!(readyz().await.as_deref(), Some("200"), "ready while running without election");
+
+    let signalled = tokio::time::Instant::now();
+    shutdown.cancel();
+    // Not ready from the signal on: 503 while stopping (or the server already gone).
+    let deadline = signalled + Duration::from_secs(2);
+    loop {
+        match readyz().await.as_deref() {
+            Some("503") | None => break,
+            other => assert!(tokio::time::Instant::now() < deadline, "/readyz {other:?} after SIGTERM"),
+        }
+        tokio::task::yield_now().await;
+    }
+    let limit = app::SHUTDOWN_DRAIN + Duration::from_secs(5);
+    tokio::time::timeout(limit, run).await.expect("the operator did not stop within its drain limit").unwrap().unwrap();
+    server.abort();
+}
