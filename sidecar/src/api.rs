@@ -45,10 +45,12 @@ const BATCH_CHUNK_ORDERS: usize = 4096;
 impl From<BatchError> for Status {
     fn from(e: BatchError) -> Self {
         let code = match e {
-            BatchError::Unknown(_) | BatchError::UnknownMarket(_) => tonic::Code::NotFound,
-            BatchError::NotServed { .. } | BatchError::NotAgreed { .. } | BatchError::ClockSealing => {
-                tonic::Code::FailedPrecondition
-            }
+            BatchError::Unknown(_) => tonic::Code::NotFound,
+            // A market this node does not trade is FAILED_PRECONDITION in every RPC.
+            BatchError::UnknownMarket(_)
+            | BatchError::NotServed { .. }
+            | BatchError::NotAgreed { .. }
+            | BatchError::ClockSealing => tonic::Code::FailedPrecondition,
         };
         Status::new(code, e.to_string())
     }
@@ -406,7 +408,7 @@ mod tests {
                 Code::FailedPrecondition,
                 "the network seals by clock (consensus.sealing: clock)",
             ),
-            (BatchError::UnknownMarket("X".into()), Code::NotFound, "market \"X\" is not traded here"),
+            (BatchError::UnknownMarket("X".into()), Code::FailedPrecondition, "market \"X\" is not traded here"),
         ];
         for (e, code, message) in cases {
             let s = Status::from(e);

@@ -3,7 +3,9 @@
 //! `recoveryPerMinute`. The score is fed into GossipSub as the peer's application score
 //! (P₅ of the GossipSub v1.1 score function), so low-reputation peers are also pruned from
 //! meshes; at or below `banThreshold` the peer is banned: disconnected and blocked for
-//! `banMs`, after which it starts again from 0.
+//! `banMs`, after which it starts again from 0. A score stops at the threshold: offences
+//! counted while a peer is banned do not push it further down (a ban is the most a peer
+//! can get, and the score stays a readable figure).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -76,14 +78,14 @@ impl Reputation {
         (score + minutes * self.config.recovery_per_minute).min(0.0)
     }
 
-    /// Records an offence; returns the new score and whether the peer is now to be banned
-    /// (it was not banned before and fell to the threshold).
+    /// Records an offence; returns the new score (never below `banThreshold`) and whether
+    /// the peer is now to be banned (it was not banned before and fell to the threshold).
     pub(crate) fn penalize(&mut self, peer: PeerId, offence: Offence, now: Instant) -> (f64, bool) {
         let penalty = match offence {
             Offence::BatchMinority | Offence::ResultMinority => self.config.minority_penalty,
             Offence::InvalidMessage | Offence::BadRepair => self.config.invalid_message_penalty,
         };
-        let score = self.score(&peer, now) - penalty;
+        let score = (self.score(&peer, now) - penalty).max(self.config.ban_threshold);
         self.scores.insert(peer, (score, now));
         let ban = score <= self.config.ban_threshold && !self.bans.contains_key(&peer);
         if ban {
@@ -141,8 +143,13 @@ mod tests {
         assert_eq!(r.penalize(p, Offence::BatchMinority, t), (-20.0, false));
         assert_eq!(r.penalize(p, Offence::BatchMinority, t), (-30.0, true));
         assert!(r.is_banned(&p, t));
-        assert!(!r.penalize(p, Offence::BatchMinority, t).1, "already banned");
+        assert_eq!(r.penalize(p, Offence::BatchMinority, t), (-30.0, false), "already banned; stops at the threshold");
+        for _ in 0..20 {
+            r.penalize(p, Offence::InvalidMessage, t);
+        }
+        assert_eq!(r.score(&p, t), -30.0, "never below the ban threshold");
         assert_eq!(r.summary(t).banned, 1);
+        assert_eq!(r.summary(t).min, -30.0);
     }
 
     #[test]
