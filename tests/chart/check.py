@@ -81,8 +81,9 @@ BASE = {
     ("Deployment", OP),
     ("PodDisruptionBudget", OP),
     ("Service", OP + "-metrics"),
-} | {
-    # The injection webhook (on by default).
+}
+# The injection webhook (on by default, in every scenario).
+WEBHOOK_OBJECTS = {
     ("Service", WEBHOOK_SERVICE),
     ("MutatingWebhookConfiguration", WEBHOOK_CONFIGURATION),
     ("ClusterRole", OP + "-webhook"),
@@ -90,6 +91,7 @@ BASE = {
     ("Role", OP + "-webhook"),
     ("RoleBinding", OP + "-webhook"),
 }
+BASE |= WEBHOOK_OBJECTS
 SCENARIOS = {
     "default": BASE,
     "all-on": BASE | {
@@ -106,13 +108,7 @@ SCENARIOS = {
         ("Role", OP),
         ("RoleBinding", OP),
         ("Deployment", OP),
-        ("Service", WEBHOOK_SERVICE),
-        ("MutatingWebhookConfiguration", WEBHOOK_CONFIGURATION),
-        ("ClusterRole", OP + "-webhook"),
-        ("ClusterRoleBinding", OP + "-webhook"),
-        ("Role", OP + "-webhook"),
-        ("RoleBinding", OP + "-webhook"),
-    },
+    } | WEBHOOK_OBJECTS,
 }
 
 
