@@ -48,8 +48,8 @@ use openmatch_gossip_crds::sidecar_config::ConsensusConfig;
 use crate::batch_hash::batch_hash_sorted;
 use crate::bundle::{BundleProof, ProofList};
 use crate::proto::{
-    BatchAgreed, BatchDecision, BatchDisputed, BatchSealed, DecidedBatch, DigestSet, Order, OriginDigest, ResultAgreed,
-    ResultMismatch, TradeResult,
+    BatchAgreed, BatchDecision, BatchDisputed, BatchSealed, DecidedBatch, DigestSet, HaltCause, Order, OriginDigest,
+    ResultAgreed, ResultMismatch, TradeResult,
 };
 use crate::reputation::Offence;
 use crate::wire::{self, BatchKey, BatchResult, Digest, SealedBatch};
@@ -150,8 +150,19 @@ pub(crate) enum Action {
     Disputed(BatchDisputed),
     /// Tell the engine.
     ResultAgreed(ResultAgreed),
-    /// Tell the engine (a determinism violation).
+    /// Tell the engine: results differed (a determinism violation) or were unconfirmed
+    /// (`cause`).
     ResultMismatch(ResultMismatch),
+    /// A strict majority of the members' results differs from this node's engine's: this
+    /// node is the odd one out. It flags itself and penalises nobody.
+    OutvotedResult {
+        /// The batch.
+        batch: BatchKey,
+        /// How many results carried the majority hash, and how many were compared.
+        majority: usize,
+        /// Results compared, this node's included.
+        of: usize,
+    },
     /// Lower `peer`'s reputation.
     Penalize {
         /// The peer.
@@ -226,6 +237,14 @@ struct Batch {
     /// Digest sets offered by members whose hash is not ours: hash → (member, digests).
     offers: HashMap<Digest, (PeerId, Vec<Digest>)>,
     adoption: Option<Adoption>,
+    /// Members that abstained (restarted after the batch, PROTOCOL §11.10): they will never
+    /// seal it, and any later seal of theirs for it is ignored (a seal their old run may
+    /// have sent that reached this node before stays counted).
+    abstained: HashSet<PeerId>,
+    /// Members that reported they will never agree the batch (`DigestSet.no_quorum`).
+    no_quorum_reports: HashSet<PeerId>,
+    /// This node will never agree the batch, as of the last tick (served as `no_quorum`).
+    no_quorum: bool,
     /// Last time seals were pulled from the silent live members.
     pulled_at: Option<Instant>,
     repaired: u64,
@@ -247,6 +266,9 @@ impl Batch {
             reported_agreed: None,
             offers: HashMap::new(),
             adoption: None,
+            abstained: HashSet::new(),
+            no_quorum_reports: HashSet::new(),
+            no_quorum: false,
             pulled_at: None,
             repaired: 0,
             result: None,
@@ -459,6 +481,9 @@ impl Consensus {
             return false;
         }
         let b = self.batches.entry(seal.batch.clone()).or_insert_with(Batch::new);
+        if b.abstained.contains(&peer) {
+            return true; // its vote on this batch is frozen
+        }
         let newer = b.peer_seals.get(&peer).is_none_or(|s| seal.revision >= s.revision);
         if newer {
             b.peer_seals.insert(peer, Seal { revision: seal.revision, hash: seal.hash });
@@ -489,6 +514,20 @@ impl Consensus {
                 trade_count: trades,
             }),
             agreed: b.phase.agreed(),
+            abstain: false,
+            no_quorum: b.phase == BatchPhase::Disputed || (b.phase == BatchPhase::Sealed && b.no_quorum),
+        })
+    }
+
+    /// Clock sealing: the answer to a member's pull of `batch` when this node holds no vote
+    /// on it — the batch is older than its floor and not held (a restarted node's old run
+    /// may have voted on it, this run never will); `None` otherwise.
+    pub(crate) fn abstention(&self, batch: &BatchKey) -> Option<DigestSet> {
+        let below_floor = self.floor.get(&batch.market).is_some_and(|f| batch.epoch < *f);
+        (below_floor && !self.batches.contains_key(batch)).then(|| DigestSet {
+            batch_id: Some(batch.to_proto()),
+            abstain: true,
+            ..Default::default()
         })
     }
 
@@ -608,6 +647,15 @@ impl Consensus {
         {
             a.asked_at = None; // answered: the next tick may ask again if still needed
         }
+        if set.abstain {
+            if b.abstained.insert(peer) {
+                tracing::info!(batch = %key, %peer, "member abstains: it restarted after this batch and will not vote on it");
+            }
+            return Vec::new();
+        }
+        if b.abstained.contains(&peer) {
+            return Vec::new(); // its vote on this batch is frozen
+        }
         if let Some(r) = &set.result
             && let Ok(hash) = Digest::try_from(r.result_hash.as_slice())
         {
@@ -636,6 +684,11 @@ impl Consensus {
         }
         if set.agreed {
             b.reported_agreed = Some(hash);
+        }
+        if set.no_quorum {
+            b.no_quorum_reports.insert(peer);
+        } else {
+            b.no_quorum_reports.remove(&peer);
         }
         if b.hash != Some(hash) {
             b.offers.entry(hash).or_insert((peer, digests));
@@ -740,7 +793,7 @@ impl Consensus {
                 BatchPhase::Settling => compare_results(&ctx, key, b, &mut actions),
                 _ => {}
             }
-            judge_results(&ctx, b, &mut actions);
+            judge_results(&ctx, key, b, &mut actions);
         }
         self.prune();
         actions
@@ -801,25 +854,64 @@ fn decide(ctx: &TickContext<'_>, key: &BatchKey, b: &mut Batch, actions: &mut Ve
         adopt(ctx, key, b, hash, actions);
         return;
     }
+    // Members not heard from could still vote for the best hash, except those that
+    // abstained: they will never vote (their old run's seal, if it reached us, is counted).
+    let heard = 1 + b.peer_seals.len();
+    let abstaining = b.abstained.iter().filter(|p| !b.peer_seals.contains_key(p)).count();
+    let best = votes.values().copied().max().unwrap_or(1);
+    let unheard = ctx.members.saturating_sub(heard);
+    // Certain from our seals alone: every member's first seal is final.
+    let hopeless = best + unheard < ctx.quorum;
+    // With abstainers, another member may count a seal of an abstainer's old run that we
+    // never got: the batch is disputed only once every member that sealed it (and did not
+    // abstain) reported it cannot agree it either (PROTOCOL §11.10).
+    let closed = !hopeless && abstaining > 0 && unheard <= abstaining && best < ctx.quorum;
+    b.no_quorum = hopeless || closed;
+    let waiting: Vec<PeerId> = if closed {
+        let mut w: Vec<PeerId> = b
+            .peer_seals
+            .keys()
+            .filter(|p| !b.abstained.contains(p) && !b.no_quorum_reports.contains(p))
+            .copied()
+            .collect();
+        w.sort_unstable();
+        w
+    } else {
+        Vec::new()
+    };
+    if hopeless || (closed && waiting.is_empty()) {
+        b.phase = BatchPhase::Disputed;
+        let reason = if hopeless {
+            format!(
+                "no hash can reach the quorum of {}: best {best} of {heard} seals heard among {} members",
+                ctx.quorum, ctx.members
+            )
+        } else {
+            format!(
+                "no hash can reach the quorum of {}: best {best} of {heard} seals, {abstaining} member(s) abstained \
+                 (restarted after the batch), and every other member reported it cannot agree it either",
+                ctx.quorum
+            )
+        };
+        tracing::warn!(batch = %key, reason, "batch disputed: it will not be matched");
+        actions.push(Action::Disputed(BatchDisputed { batch_id: Some(key.to_proto()), reason }));
+        return;
+    }
+    // Pull the seals of silent live members, and the reports of those we wait for.
     let waited = b.first_sealed.is_some_and(|t| ctx.now.duration_since(t) >= ctx.seal_timeout);
     if waited && b.pulled_at.is_none_or(|t| ctx.now.duration_since(t) >= ctx.seal_timeout) {
         b.pulled_at = Some(ctx.now);
-        let mut silent: Vec<PeerId> = ctx.live.iter().filter(|p| !b.peer_seals.contains_key(p)).copied().collect();
-        silent.sort_unstable();
-        for peer in silent {
+        let mut pull: Vec<PeerId> = ctx
+            .live
+            .iter()
+            .filter(|p| !b.peer_seals.contains_key(p) && !b.abstained.contains(p))
+            .copied()
+            .chain(waiting.into_iter().filter(|p| ctx.live.contains(p)))
+            .collect();
+        pull.sort_unstable();
+        for peer in pull {
             actions.push(Action::RequestDigests { peer, batch: key.clone() });
         }
-    }
-    let heard = 1 + b.peer_seals.len();
-    let best = votes.values().copied().max().unwrap_or(1);
-    if best + ctx.members.saturating_sub(heard) < ctx.quorum {
-        b.phase = BatchPhase::Disputed;
-        let reason = format!(
-            "no hash can reach the quorum of {}: best {best} of {heard} seals heard among {} members",
-            ctx.quorum, ctx.members
-        );
-        tracing::warn!(batch = %key, reason, "batch disputed: it will not be matched");
-        actions.push(Action::Disputed(BatchDisputed { batch_id: Some(key.to_proto()), reason }));
     }
 }
 
@@ -906,14 +998,19 @@ fn compare_results(ctx: &TickContext<'_>, key: &BatchKey, b: &mut Batch, actions
     let have = b.peer_results.len() + 1;
     let all_live_answered = ctx.live.iter().all(|p| b.peer_results.contains_key(p));
     let timed_out = b.result_at.is_some_and(|t| ctx.now.duration_since(t) >= ctx.result_timeout);
-    let halt = |b: &mut Batch, reason: String, actions: &mut Vec<Action>| {
+    let halt = |b: &mut Batch, cause: HaltCause, reason: String, actions: &mut Vec<Action>| {
         b.phase = BatchPhase::Halted;
-        actions.push(Action::ResultMismatch(ResultMismatch { batch_id: Some(key.to_proto()), halt: true, reason }));
+        actions.push(Action::ResultMismatch(ResultMismatch {
+            batch_id: Some(key.to_proto()),
+            halt: true,
+            reason,
+            cause: cause as i32,
+        }));
     };
     if differing > 0 {
         let reason = format!("{differing} peer(s) computed a different result hash");
         tracing::error!(severity = "critical", batch = %key, reason, "RESULT MISMATCH: determinism violation; matching halted for this batch");
-        halt(b, reason, actions);
+        halt(b, HaltCause::ResultMismatch, reason, actions);
     } else if have >= ctx.quorum && (all_live_answered || timed_out) {
         b.phase = BatchPhase::Settled;
         actions.push(Action::ResultAgreed(ResultAgreed { batch_id: Some(key.to_proto()), result_hash: ours.to_vec() }));
@@ -922,14 +1019,16 @@ fn compare_results(ctx: &TickContext<'_>, key: &BatchKey, b: &mut Batch, actions
             "only {} of {} members' results within {:?}; quorum {}",
             have, ctx.members, ctx.result_timeout, ctx.quorum
         );
-        tracing::error!(severity = "critical", batch = %key, reason, "results unconfirmed; matching halted for this batch");
-        halt(b, reason, actions);
+        tracing::error!(batch = %key, reason, "results unconfirmed; matching halted for this batch");
+        halt(b, HaltCause::ResultsUnconfirmed, reason, actions);
     }
 }
 
 /// Once every live peer answered (or the time is up), even after an early halt: the peers
-/// outside a strict-majority result lose reputation. Judged once per batch.
-fn judge_results(ctx: &TickContext<'_>, b: &mut Batch, actions: &mut Vec<Action>) {
+/// outside a strict-majority result lose reputation, unless this node is outside it
+/// itself: it then flags itself ([`Action::OutvotedResult`]) and penalises nobody (a node
+/// whose own engine is wrong must not punish the honest majority). Judged once per batch.
+fn judge_results(ctx: &TickContext<'_>, key: &BatchKey, b: &mut Batch, actions: &mut Vec<Action>) {
     if !matches!(b.phase, BatchPhase::Halted | BatchPhase::Settled) || b.results_judged {
         return;
     }
@@ -946,7 +1045,14 @@ fn judge_results(ctx: &TickContext<'_>, b: &mut Batch, actions: &mut Vec<Action>
     }
     let (top, n) = votes.iter().max_by_key(|(h, n)| (**n, **h)).map(|(h, n)| (*h, *n)).expect("ours");
     // Only a strict majority can single out a minority.
-    if n >= majority(b.peer_results.len() + 1) {
+    let of = b.peer_results.len() + 1;
+    if n < majority(of) {
+        return;
+    }
+    if top != ours {
+        tracing::error!(batch = %key, majority = n, of, "this node's result differs from the majority's: its engine disagrees with the quorum");
+        actions.push(Action::OutvotedResult { batch: key.clone(), majority: n, of });
+    } else {
         for (peer, (h, _)) in &b.peer_results {
             if *h != top {
                 actions.push(Action::Penalize { peer: *peer, offence: Offence::ResultMinority });
@@ -1248,6 +1354,93 @@ mod tests {
         assert_eq!(c.committed(&key(), &d), None);
     }
 
+    fn disputed(actions: &[Action]) -> bool {
+        has(actions, |a| matches!(a, Action::Disputed(_)))
+    }
+
+    fn pulled(actions: &[Action]) -> Vec<PeerId> {
+        let mut peers: Vec<PeerId> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::RequestDigests { peer, .. } => Some(*peer),
+                _ => None,
+            })
+            .collect();
+        peers.sort_unstable();
+        peers
+    }
+
+    /// Fault scenario (c): a member killed mid-epoch restarts above the batch. The two
+    /// survivors sealed different parts of its in-flight orders, so no hash can reach 2 of 3
+    /// without it. It abstains (it holds no vote below its floor); its later seals are
+    /// ignored; each survivor disputes once the other reported it cannot agree either.
+    #[test]
+    fn a_tie_left_by_a_restarted_member_is_disputed_once_every_voter_reports_no_quorum() {
+        let (pa, pb, pr) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let t0 = Instant::now();
+        let mut restarted = Consensus::new(cfg());
+        let floor = BatchKey { market: "M".into(), epoch: 2 };
+        restarted.open(&floor);
+        let abstain = restarted.abstention(&key()).expect("batch 1 is below its floor");
+        assert!(abstain.abstain && abstain.seal.is_none());
+        assert!(restarted.abstention(&floor).is_none(), "it votes from its floor on");
+
+        let (mut a, mut b) = (Consensus::new(cfg()), Consensus::new(cfg()));
+        let (o1, d1) = order(&pr, 1);
+        let (o2, d2) = order(&pr, 2);
+        a.add_order(&o1, d1, None);
+        b.add_order(&o2, d2, None);
+        let (sa, sb) = (seal_of(&a.seal(&key(), t0)), seal_of(&b.seal(&key(), t0)));
+        a.on_peer_seal(pb, &sb);
+        b.on_peer_seal(pa, &sa);
+        let (live_a, live_b) = (HashSet::from([pb, pr]), HashSet::from([pa, pr]));
+        let t1 = t0 + Duration::from_millis(200);
+        let acts = tick(&mut a, t1, &live_a);
+        assert!(!disputed(&acts), "the restarted member could still vote: {acts:?}");
+        assert_eq!(pulled(&acts), vec![pr], "the silent member is pulled");
+
+        a.on_digest_set(pr, &abstain);
+        b.on_digest_set(pr, &abstain);
+        a.on_peer_seal(pr, &sa); // an old run's seal after the abstention: ignored
+        let t2 = t1 + Duration::from_millis(200);
+        let acts = tick(&mut a, t2, &live_a);
+        assert!(!has(&acts, |x| matches!(x, Action::Agreed(_))), "a frozen vote does not count: {acts:?}");
+        assert!(!disputed(&acts), "b may count a seal of the old run that a never got: {acts:?}");
+        assert_eq!(pulled(&acts), vec![pb], "a asks b for its report, not the abstainer again");
+        assert!(a.digest_set(&key()).unwrap().no_quorum);
+        assert!(!disputed(&tick(&mut b, t2, &live_b)));
+
+        a.on_digest_set(pb, &b.digest_set(&key()).unwrap());
+        assert!(disputed(&tick(&mut a, t2, &live_a)));
+        assert_eq!(a.phase(&key()), Some(BatchPhase::Disputed));
+        b.on_digest_set(pa, &a.digest_set(&key()).unwrap());
+        assert!(disputed(&tick(&mut b, t2, &live_b)));
+        assert_eq!(b.committed(&key(), &d2), None, "nothing of a disputed batch is committed");
+    }
+
+    /// With an abstainer, a member not heard from may still count an old seal of the
+    /// abstainer's and agree: no report is asked for, and nothing disputed, until every
+    /// member sealed or abstained.
+    #[test]
+    fn an_abstainer_does_not_close_a_batch_while_a_member_is_unheard() {
+        let (pb, pr, pw) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let t0 = Instant::now();
+        let mut a = Consensus::new(cfg());
+        a.seal(&key(), t0);
+        a.on_peer_seal(pb, &SealedBatch { batch: key(), hash: [7; 32], order_count: 1, revision: 0 });
+        a.on_digest_set(pr, &DigestSet { batch_id: Some(key().to_proto()), abstain: true, ..Default::default() });
+        let live = HashSet::from([pb, pr, pw]);
+        let members = Membership { members: 4, live: &live }; // quorum 3
+        let acts = a.tick(t0 + Duration::from_secs(60), &members);
+        assert!(!disputed(&acts), "pw may still agree with an old seal of pr's: {acts:?}");
+        assert!(!a.digest_set(&key()).unwrap().no_quorum);
+        a.on_peer_seal(pw, &SealedBatch { batch: key(), hash: [7; 32], order_count: 1, revision: 0 });
+        let acts = a.tick(t0 + Duration::from_secs(61), &members);
+        assert!(!disputed(&acts), "closed now (2 of 3 at best), but pb and pw have not reported: {acts:?}");
+        assert_eq!(pulled(&acts), vec![pb.min(pw), pb.max(pw)], "both are asked for their reports");
+        assert!(a.digest_set(&key()).unwrap().no_quorum);
+    }
+
     #[test]
     fn a_quorum_agrees_at_once_and_penalises_only_a_dishonest_minority() {
         let (p1, p2, liar) = (PeerId::random(), PeerId::random(), PeerId::random());
@@ -1312,7 +1505,10 @@ mod tests {
         c.submit_result(&key(), [5; 32], 3, t0).unwrap();
         c.on_peer_result(bad, &result(6));
         let acts = tick(&mut c, t0, &live);
-        assert!(has(&acts, |a| matches!(a, Action::ResultMismatch(m) if m.halt)), "halts on the first mismatch");
+        assert!(
+            has(&acts, |a| matches!(a, Action::ResultMismatch(m) if m.halt && m.cause() == HaltCause::ResultMismatch)),
+            "halts on the first mismatch"
+        );
         assert!(!has(&acts, |a| matches!(a, Action::Penalize { .. })), "no majority known yet");
         c.on_peer_result(p1, &result(5));
         let acts = tick(&mut c, t0, &live);
@@ -1320,8 +1516,26 @@ mod tests {
             has(&acts, |a| matches!(a, Action::Penalize { peer, offence: Offence::ResultMinority } if *peer == bad)),
             "{acts:?}"
         );
+        assert!(!has(&acts, |a| matches!(a, Action::OutvotedResult { .. })), "this node is in the majority");
         assert_eq!(c.phase(&key()), Some(BatchPhase::Halted));
         assert!(tick(&mut c, t0, &live).is_empty(), "judged once");
+    }
+
+    /// A node whose own engine computed the odd result halts, flags itself and penalises
+    /// nobody: the majority is honest.
+    #[test]
+    fn a_node_outvoted_on_results_flags_itself_and_penalises_nobody() {
+        let (mut c, p1, p2, live, t0) = agreed_pair();
+        c.submit_result(&key(), [9; 32], 3, t0).unwrap();
+        c.on_peer_result(p1, &result(5));
+        c.on_peer_result(p2, &result(5));
+        let acts = tick(&mut c, t0, &live);
+        assert!(has(&acts, |a| matches!(a, Action::ResultMismatch(m) if m.cause() == HaltCause::ResultMismatch)));
+        assert!(
+            has(&acts, |a| matches!(a, Action::OutvotedResult { batch, majority: 2, of: 3 } if *batch == key())),
+            "{acts:?}"
+        );
+        assert!(!has(&acts, |a| matches!(a, Action::Penalize { .. })), "{acts:?}");
     }
 
     #[test]
@@ -1330,7 +1544,9 @@ mod tests {
         c.submit_result(&key(), [5; 32], 3, t0).unwrap();
         let acts = tick(&mut c, t0 + Duration::from_millis(100), &live);
         assert!(
-            has(&acts, |a| matches!(a, Action::ResultMismatch(m) if m.halt && m.reason.contains("only 1 of 3"))),
+            has(&acts, |a| matches!(a, Action::ResultMismatch(m) if m.halt
+                && m.cause() == HaltCause::ResultsUnconfirmed
+                && m.reason.contains("only 1 of 3"))),
             "{acts:?}"
         );
     }

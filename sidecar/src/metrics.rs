@@ -123,9 +123,13 @@ pub struct Metrics {
     /// `openmatch_gossip_batch_mismatches_total`: batches whose seal at this node lost to
     /// a quorum-certified hash (the node adopted it).
     pub batch_mismatches: Family<MarketLabel, Counter>,
-    /// `openmatch_gossip_result_mismatches_total`: peer results that differed from ours
-    /// (determinism violations).
+    /// `openmatch_gossip_result_mismatches_total`: batches halted because a member's result
+    /// hash differed from this node's (a determinism violation), per market.
     pub result_mismatches: Family<MarketLabel, Counter>,
+    /// `openmatch_gossip_results_outvoted_total`: batches whose result here differed from a
+    /// strict majority of the members' results: this node's engine disagrees with the
+    /// quorum (health `degraded` for 60 s), per market.
+    pub results_outvoted: Family<MarketLabel, Counter>,
     /// `openmatch_gossip_repaired_orders_total`: orders fetched by repair.
     pub repaired_orders: Family<MarketLabel, Counter>,
     /// `openmatch_gossip_repair_orders_refused_total`: orders in a repair answer
@@ -177,12 +181,14 @@ pub(crate) enum BatchOutcome {
     Disputed,
     /// Every result matched.
     ResultAgreed,
-    /// Halted: results differed or were unconfirmed.
+    /// Halted: a member's result differed (a determinism violation).
     Halted,
+    /// Halted: too few results arrived to confirm it, none differing.
+    Unconfirmed,
 }
 
 impl BatchOutcome {
-    /// `sealed`, `agreed`, `repaired`, `disputed`, `result_agreed`, `halted`.
+    /// `sealed`, `agreed`, `repaired`, `disputed`, `result_agreed`, `halted`, `unconfirmed`.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             BatchOutcome::Sealed => "sealed",
@@ -191,6 +197,7 @@ impl BatchOutcome {
             BatchOutcome::Disputed => "disputed",
             BatchOutcome::ResultAgreed => "result_agreed",
             BatchOutcome::Halted => "halted",
+            BatchOutcome::Unconfirmed => "unconfirmed",
         }
     }
 }
@@ -241,6 +248,7 @@ impl Metrics {
             batches: Family::default(),
             batch_mismatches: Family::default(),
             result_mismatches: Family::default(),
+            results_outvoted: Family::default(),
             repaired_orders: Family::default(),
             repair_orders_refused: Family::default(),
             late_orders: Family::default(),
@@ -303,8 +311,13 @@ impl Metrics {
         );
         r.register(
             "result_mismatches",
-            "Peer trade results that differed from this node's",
+            "Batches halted because a member's trade result differed from this node's",
             m.result_mismatches.clone(),
+        );
+        r.register(
+            "results_outvoted",
+            "Batches whose trade result here differed from a strict majority of the members' results",
+            m.results_outvoted.clone(),
         );
         r.register("repaired_orders", "Orders fetched by batch repair", m.repaired_orders.clone());
         r.register(

@@ -164,7 +164,10 @@ pub(crate) struct Validator {
     network: String,
     max_message_bytes: usize,
     max_freeze_proof_bytes: usize,
+    /// Order messages, per propagation source.
     rate: PeerRateLimiter,
+    /// Seals, results and heartbeats, per propagation source.
+    consensus_rate: PeerRateLimiter,
     seen: SeenCache,
     metrics: Arc<Metrics>,
 }
@@ -176,8 +179,11 @@ pub(crate) struct ValidatorLimits {
     pub(crate) max_message_bytes: usize,
     /// Size cap per freeze proof, bytes.
     pub(crate) max_freeze_proof_bytes: usize,
-    /// Per-peer token bucket.
+    /// Per-peer token bucket for order messages.
     pub(crate) rate_limit: RateLimitConfig,
+    /// Per-peer token bucket for seals, results and heartbeats
+    /// ([`crate::ratelimit::consensus_budget`]).
+    pub(crate) consensus_rate_limit: RateLimitConfig,
     /// Seen-cache entries.
     pub(crate) dedup_capacity: usize,
 }
@@ -190,14 +196,17 @@ impl Validator {
             max_message_bytes: limits.max_message_bytes,
             max_freeze_proof_bytes: limits.max_freeze_proof_bytes,
             rate: PeerRateLimiter::new(limits.rate_limit),
+            consensus_rate: PeerRateLimiter::new(limits.consensus_rate_limit),
             seen: SeenCache::new(limits.dedup_capacity),
             metrics,
         }
     }
 
-    /// Replaces the per-peer token buckets (hot reload; buckets restart full).
-    pub(crate) fn set_rate_limit(&mut self, rate: RateLimitConfig) {
-        self.rate = PeerRateLimiter::new(rate);
+    /// Replaces the per-peer token buckets, for orders and for consensus traffic (hot
+    /// reload; buckets restart full).
+    pub(crate) fn set_rate_limits(&mut self, orders: RateLimitConfig, consensus: RateLimitConfig) {
+        self.rate = PeerRateLimiter::new(orders);
+        self.consensus_rate = PeerRateLimiter::new(consensus);
     }
 
     /// Records an order digest learnt outside gossip (repair), so a later gossip copy of the
@@ -206,9 +215,10 @@ impl Validator {
         self.seen.insert(digest);
     }
 
-    /// The token buckets, for periodic cleanup.
-    pub(crate) fn rate_limiter(&self) -> &PeerRateLimiter {
-        &self.rate
+    /// Drops the state of peers whose buckets are full again (call periodically).
+    pub(crate) fn forget_idle_buckets(&self) {
+        self.rate.retain_recent();
+        self.consensus_rate.retain_recent();
     }
 
     /// Validates one message that `propagation_source` forwarded, signed by `author`, on
@@ -230,7 +240,8 @@ impl Validator {
         let labels = KindMarket { kind: topic.kind.as_str(), market: topic.market.clone() };
         self.metrics.messages_received.get_or_create(&labels).inc();
 
-        if !self.rate.check(propagation_source) {
+        let bucket = if topic.kind == TopicKind::Orders { &self.rate } else { &self.consensus_rate };
+        if !bucket.check(propagation_source) {
             self.metrics.messages_rate_limited.get_or_create(&labels).inc();
             return Verdict::Ignore(IgnoreReason::RateLimited);
         }
@@ -342,6 +353,7 @@ mod tests {
             max_message_bytes: 4096,
             max_freeze_proof_bytes: 64,
             rate_limit: rate,
+            consensus_rate_limit: rate,
             dedup_capacity: 100,
         };
         (Validator::new("n", limits, metrics.clone()), metrics)

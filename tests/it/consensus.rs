@@ -12,7 +12,7 @@ use openmatch_gossip_crds::SidecarConfig;
 use openmatch_gossip_crds::sidecar_config::SealingMode;
 use openmatch_gossip_sidecar::batch_hash;
 use openmatch_gossip_sidecar::proto::{
-    BatchAgreed, BatchId, Event, GetBatchRequest, ResultMismatch, SealBatchRequest, SubmitOrdersRequest,
+    BatchAgreed, BatchId, Event, GetBatchRequest, HaltCause, ResultMismatch, SealBatchRequest, SubmitOrdersRequest,
     SubmitResultRequest, event::Kind,
 };
 use openmatch_gossip_tests::*;
@@ -152,10 +152,12 @@ async fn five_nodes_repair_the_node_that_missed_orders() {
     lossy.shutdown().await;
 }
 
-/// A node whose engine reports a different result: every honest node halts the batch; after
-/// three offences the honest nodes ban it (disconnect + block).
+/// A node whose engine reports a different result: every node halts the batch (cause: result
+/// mismatch); the odd one out flags itself (`results_outvoted`, health "this node disagrees
+/// with the quorum") and penalises nobody; after three offences the honest nodes ban it
+/// (disconnect + block).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_results_halt_everywhere_and_the_repeat_offender_is_banned() {
+async fn wrong_results_halt_everywhere_the_repeat_offender_is_banned_and_flags_itself() {
     let dir = tempfile::tempdir().unwrap();
     let (nodes, mut events) = meshed_cluster(dir.path(), 3).await;
     let liar = nodes[2].peer_id();
@@ -182,7 +184,22 @@ async fn wrong_results_halt_everywhere_and_the_repeat_offender_is_banned() {
         for ev in events.iter_mut() {
             let m = mismatch(ev).await;
             assert!(m.halt, "round {round}: {m:?}");
+            assert_eq!(m.cause(), HaltCause::ResultMismatch);
             assert_eq!(m.batch_id, batch);
+        }
+        // The liar finds itself outvoted (before the others ban it, which would isolate it).
+        let liar_node = &nodes[2];
+        wait_until(
+            WAIT,
+            "the liar flags itself",
+            || metric::results_outvoted(liar_node, BTC) == round + 1,
+            || format!("outvoted {}", metric::results_outvoted(liar_node, BTC)),
+        )
+        .await;
+        if round == 0 {
+            let status = liar_node.status().await;
+            assert_eq!(status.health, "degraded");
+            assert!(status.health_reason.contains("this node disagrees with the quorum"), "{}", status.health_reason);
         }
     }
     for honest in &nodes[..2] {
@@ -198,7 +215,12 @@ async fn wrong_results_halt_everywhere_and_the_repeat_offender_is_banned() {
         assert!(!connected.contains(&liar.to_string()), "banned peer disconnected: {connected:?}");
         assert_eq!(honest.status().await.health, "degraded");
     }
-    assert_eq!(nodes[2].metrics.banned_peers.get(), 0, "the liar bans nobody: the others were the majority");
+    let liar_node = &nodes[2];
+    assert_eq!(liar_node.metrics.banned_peers.get(), 0, "the liar bans nobody: the others were the majority");
+    assert_eq!(metric::penalties(liar_node), 0, "nor penalises them");
+    for honest in &nodes[..2] {
+        assert_eq!(metric::results_outvoted(honest, BTC), 0, "{}: in the majority", honest.name);
+    }
     shutdown_all(nodes).await;
 }
 

@@ -374,7 +374,7 @@ pub fn ids(orders: &[Order]) -> Vec<u64> {
 /// Metric readers over [`RunningSidecar::metrics`] (label sets spelled out once here).
 pub mod metric {
     use openmatch_gossip_sidecar::metrics::{
-        KindMarket, KindMarketReason, MarketLabel, MarketOutcome, MarketReason, MethodCode,
+        KindMarket, KindMarketReason, MarketLabel, MarketOutcome, MarketReason, MethodCode, ReasonLabel,
     };
     use openmatch_gossip_sidecar::server::RunningSidecar;
 
@@ -407,6 +407,30 @@ pub mod metric {
     /// `messages_rate_limited{kind="orders", market}`.
     pub fn rate_limited(n: &RunningSidecar, market: &str) -> u64 {
         n.metrics.messages_rate_limited.get_or_create(&orders(market)).get()
+    }
+
+    /// `messages_rate_limited{kind, market}` for any topic kind (`batches`, `results`, and
+    /// `control` with market `""`).
+    pub fn rate_limited_on(n: &RunningSidecar, kind: &'static str, market: &str) -> u64 {
+        n.metrics.messages_rate_limited.get_or_create(&KindMarket { kind, market: market.to_owned() }).get()
+    }
+
+    /// Reputation penalties this node gave, all reasons.
+    pub fn penalties(n: &RunningSidecar) -> u64 {
+        ["batch_minority", "result_minority", "invalid_message", "bad_repair"]
+            .into_iter()
+            .map(|reason| n.metrics.penalties.get_or_create(&ReasonLabel { reason }).get())
+            .sum()
+    }
+
+    /// Peers this node has banned now.
+    pub fn banned_peers(n: &RunningSidecar) -> i64 {
+        n.metrics.banned_peers.get()
+    }
+
+    /// `late_orders{market}`: arrived after this node sealed their batch.
+    pub fn late(n: &RunningSidecar, market: &str) -> u64 {
+        n.metrics.late_orders.get_or_create(&MarketLabel { market: market.to_owned() }).get()
     }
 
     /// `messages_duplicate{kind="orders", market}`.
@@ -451,9 +475,14 @@ pub mod metric {
         n.metrics.repair_orders_refused.get_or_create(&l).get()
     }
 
-    /// Peer results of `market` that differed from this node's.
+    /// Batches of `market` halted because a member's result differed from this node's.
     pub fn result_mismatches(n: &RunningSidecar, market: &str) -> u64 {
         n.metrics.result_mismatches.get_or_create(&MarketLabel { market: market.into() }).get()
+    }
+
+    /// Batches of `market` whose result here differed from a strict majority's.
+    pub fn results_outvoted(n: &RunningSidecar, market: &str) -> u64 {
+        n.metrics.results_outvoted.get_or_create(&MarketLabel { market: market.into() }).get()
     }
 
     /// `api_requests{method, code}`, e.g. `api(n, "Sidecar/SubmitOrder", tonic::Code::InvalidArgument)`.

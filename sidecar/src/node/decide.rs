@@ -181,11 +181,19 @@ impl Node {
                 }
                 Action::ResultMismatch(m) => {
                     let market = market_of(m.batch_id.as_ref());
-                    self.metrics.count_batch(&market, BatchOutcome::Halted);
-                    self.metrics.result_mismatches.get_or_create(&MarketLabel { market }).inc();
+                    if m.cause() == proto::HaltCause::ResultsUnconfirmed {
+                        self.metrics.count_batch(&market, BatchOutcome::Unconfirmed);
+                    } else {
+                        self.metrics.count_batch(&market, BatchOutcome::Halted);
+                        self.metrics.result_mismatches.get_or_create(&MarketLabel { market }).inc();
+                    }
                     let trouble = Degradation::BatchHalted(m.reason.clone());
                     self.subscribers.broadcast(Kind::ResultMismatch(m));
                     self.record_trouble(trouble);
+                }
+                Action::OutvotedResult { batch, majority, of } => {
+                    self.metrics.results_outvoted.get_or_create(&MarketLabel { market: batch.market.clone() }).inc();
+                    self.record_trouble(Degradation::OutvotedResult { batch: batch.to_string(), majority, of });
                 }
                 Action::Penalize { peer, offence } => self.penalize(peer, offence),
             }

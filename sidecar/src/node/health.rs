@@ -59,6 +59,16 @@ pub enum Degradation {
     BatchDisputed(String),
     /// A batch was halted (results differed or were unconfirmed) within the last minute.
     BatchHalted(String),
+    /// Within the last minute, a strict majority of the members' results for a batch
+    /// differed from this node's engine's: this node is the odd one out.
+    OutvotedResult {
+        /// The batch, `market#epoch`.
+        batch: String,
+        /// Results carrying the majority hash.
+        majority: usize,
+        /// Results compared, this node's included.
+        of: usize,
+    },
     /// A peer is banned now.
     PeerBanned,
 }
@@ -102,6 +112,9 @@ impl Health {
             }
             Health::Degraded(Degradation::BatchDisputed(r)) => format!("batch disputed: {r}"),
             Health::Degraded(Degradation::BatchHalted(r)) => format!("batch halted: {r}"),
+            Health::Degraded(Degradation::OutvotedResult { batch, majority, of }) => format!(
+                "this node disagrees with the quorum: its engine's result for batch {batch} differs from {majority} of {of} members'"
+            ),
             Health::Degraded(Degradation::PeerBanned) => "a peer is banned".to_owned(),
         }
     }

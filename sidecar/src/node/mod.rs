@@ -166,6 +166,7 @@ impl Node {
             max_message_bytes: c.limits.max_message_bytes as usize,
             max_freeze_proof_bytes: c.limits.max_freeze_proof_bytes as usize,
             rate_limit: c.limits.rate_limit,
+            consensus_rate_limit: crate::ratelimit::consensus_budget(c, markets.len()),
             dedup_capacity: c.limits.dedup_capacity as usize,
         };
         let info = Arc::new(NodeInfo {

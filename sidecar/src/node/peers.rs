@@ -123,7 +123,7 @@ impl Node {
                 .get_or_create(&KindMarket { kind: t.kind.as_str(), market: t.market })
                 .set(n as i64);
         }
-        self.validator.rate_limiter().retain_recent();
+        self.validator.forget_idle_buckets();
     }
 
     /// Publishes this node's `PeerStatus` heartbeat on the control topic: every

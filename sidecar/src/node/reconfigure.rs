@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::Node;
 use crate::config::NodeSettings;
-use crate::ratelimit::Pacer;
+use crate::ratelimit::{Pacer, consensus_budget};
 use crate::topics::{Topic, TopicKind};
 
 impl Node {
@@ -44,11 +44,13 @@ impl Node {
         if members != old.consensus.members {
             tracing::info!(from = old.consensus.members, to = members, "consensus.members changed");
         }
+        let budget = |c, markets: &BTreeSet<String>| consensus_budget(c, markets.len());
+        let (old_budget, new_budget) = (budget(&old, &self.markets.borrow()), budget(&cfg, &wanted));
         self.set_markets(wanted);
-        if cfg.limits.rate_limit != old.limits.rate_limit {
-            self.validator.set_rate_limit(cfg.limits.rate_limit);
+        if cfg.limits.rate_limit != old.limits.rate_limit || new_budget != old_budget {
+            self.validator.set_rate_limits(cfg.limits.rate_limit, new_budget);
             self.pacer = Pacer::new(cfg.limits.rate_limit);
-            tracing::info!(rate = ?cfg.limits.rate_limit, "rate limits changed");
+            tracing::info!(orders = ?cfg.limits.rate_limit, consensus = ?new_budget, "rate limits changed");
         }
         self.reputation.set_config(cfg.reputation.clone());
         self.settings.bootstrap_peers = new.bootstrap_peers;

@@ -124,10 +124,13 @@ impl Node {
             Some(repair_request::Kind::Decided(id)) => {
                 R::Decided(self.consensus.decided(&BatchKey::from_proto(&id), &peer.to_bytes()))
             }
-            Some(repair_request::Kind::Digests(id)) => match self.consensus.digest_set(&BatchKey::from_proto(&id)) {
-                Some(set) => R::Digests(set),
-                None => R::Error(format!("batch {}#{} unknown", id.market, id.epoch)),
-            },
+            Some(repair_request::Kind::Digests(id)) => {
+                let batch = BatchKey::from_proto(&id);
+                match self.consensus.digest_set(&batch).or_else(|| self.consensus.abstention(&batch)) {
+                    Some(set) => R::Digests(set),
+                    None => R::Error(format!("batch {batch} unknown")),
+                }
+            }
             Some(repair_request::Kind::Fetch(f)) => {
                 let Some(id) = f.batch_id else { return RepairResponse { kind: Some(R::Error("no batch id".into())) } };
                 let digests: Vec<Digest> =

@@ -273,7 +273,13 @@ impl Matcher {
             Kind::OrdersCommitted(c) => Some(Effect::Committed { ids: c.ids }),
             Kind::OrdersExcluded(x) => {
                 let (market, epoch) = key(x.batch_id.as_ref());
-                let again: Vec<Order> = x.ids.iter().filter_map(|&id| self.own_order(id).cloned()).collect();
+                let stamp = crate::epoch::unix_now_ns();
+                let again: Vec<Order> = x
+                    .ids
+                    .iter()
+                    .filter_map(|&id| self.own_order(id))
+                    .map(|o| Order { submitted_at_ns: stamp, ..o.clone() })
+                    .collect();
                 tracing::info!(
                     market,
                     epoch,
@@ -281,15 +287,8 @@ impl Matcher {
                     reason = x.reason,
                     "own orders excluded; resubmitting them"
                 );
-                let n = again.len() as u64;
-                let stamp = crate::epoch::unix_now_ns();
-                let again = again.into_iter().map(|mut o| {
-                    o.submitted_at_ns = stamp;
-                    o
-                });
-                let req = SubmitOrdersRequest { orders: again.collect() };
-                let resubmitted = match self.client.submit_orders(futures::stream::iter([req])).await {
-                    Ok(_) => n,
+                let resubmitted = match self.submit_chunked(&again).await {
+                    Ok(n) => n,
                     Err(s) => {
                         tracing::error!(market, epoch, status = %s, "resubmitting excluded orders failed");
                         0
@@ -308,7 +307,7 @@ impl Matcher {
             }
             Kind::ResultMismatch(r) => {
                 let (market, epoch) = key(r.batch_id.as_ref());
-                tracing::error!(market, epoch, reason = r.reason, "result mismatch: batch halted, not settled");
+                tracing::error!(market, epoch, cause = r.cause().as_str_name(), reason = r.reason, "batch halted, not settled");
                 Some(Effect::Halted { market, epoch })
             }
             _ => None,
@@ -320,6 +319,18 @@ impl Matcher {
         self.own.get(id as usize).filter(|o| o.id == id)
     }
 
+    /// Submits `orders` on one `SubmitOrders` stream, 512 per message (a few tens of KiB,
+    /// well under the socket's 1 MiB message cap however many there are); returns how many
+    /// went.
+    ///
+    /// Errors: the sidecar's status (the stream stops at the first refused message).
+    async fn submit_chunked(&mut self, orders: &[Order]) -> Result<u64, tonic::Status> {
+        let chunks: Vec<SubmitOrdersRequest> =
+            orders.chunks(512).map(|c| SubmitOrdersRequest { orders: c.to_vec() }).collect();
+        self.client.submit_orders(futures::stream::iter(chunks)).await?;
+        Ok(orders.len() as u64)
+    }
+
     /// Submits again every order handed to the sidecar and not known committed (same id,
     /// same content: the sidecar answers those it knows with their outcome and takes the
     /// others); returns how many went.
@@ -329,11 +340,8 @@ impl Matcher {
             let n = self.handed.load(Ordering::Acquire) as usize;
             self.own[..n.min(self.own.len())].iter().filter(|o| !st.committed.contains(&o.id)).cloned().collect()
         };
-        let n = again.len() as u64;
-        let chunks: Vec<SubmitOrdersRequest> =
-            again.chunks(512).map(|c| SubmitOrdersRequest { orders: c.to_vec() }).collect();
-        match self.client.submit_orders(futures::stream::iter(chunks)).await {
-            Ok(_) => {
+        match self.submit_chunked(&again).await {
+            Ok(n) => {
                 tracing::info!(orders = n, "resubmitted the orders not known committed");
                 n
             }
