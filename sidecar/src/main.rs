@@ -86,9 +86,18 @@ async fn run(cmd: Cmd) -> anyhow::Result<std::process::ExitCode> {
                     openmatch_gossip_sidecar::reload::POLL_INTERVAL,
                 );
             }
-            wait_for_signal().await?;
+            let refused = tokio::select! {
+                signal = wait_for_signal() => {
+                    signal?;
+                    None
+                }
+                reason = running.node.fatal() => Some(reason),
+            };
             running.shutdown().await?;
-            Ok(ExitCode::SUCCESS)
+            match refused {
+                None => Ok(ExitCode::SUCCESS),
+                Some(reason) => Err(anyhow::anyhow!(reason)),
+            }
         }
         Cmd::Relay(args) => {
             let settings = config::NodeSettings::from_args(&args)?;

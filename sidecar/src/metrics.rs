@@ -149,6 +149,9 @@ pub struct Metrics {
     pub agreement_latency: Histogram,
     /// `openmatch_gossip_peer_penalties_total`: reputation penalties by reason.
     pub penalties: Family<ReasonLabel, Counter>,
+    /// `openmatch_gossip_duplicate_identity`: 1 while another process is known to run with
+    /// this node's identity key.
+    pub duplicate_identity: Gauge,
     /// `openmatch_gossip_banned_peers`: peers banned now.
     pub banned_peers: Gauge,
     /// `openmatch_gossip_peer_reputation_min`: the lowest peer reputation (0 = all clean).
@@ -257,6 +260,7 @@ impl Metrics {
             agreement_latency: Histogram::new(exponential_buckets(1e-4, 2.0, 20)),
             penalties: Family::default(),
             banned_peers: Gauge::default(),
+            duplicate_identity: Gauge::default(),
             reputation_min: Gauge::default(),
             health: Gauge::default(),
             config_reloads: Family::default(),
@@ -335,6 +339,11 @@ impl Metrics {
         );
         r.register("peer_penalties", "Peer reputation penalties by reason", m.penalties.clone());
         r.register("banned_peers", "Peers banned now", m.banned_peers.clone());
+        r.register(
+            "duplicate_identity",
+            "1 while another process is known to run with this node's identity key",
+            m.duplicate_identity.clone(),
+        );
         r.register("peer_reputation_min", "Lowest peer reputation score (0 = all clean)", m.reputation_min.clone());
         r.register("health", "Node health: 0 healthy, 1 degraded, 2 isolated", m.health.clone());
         r.register("config_reloads", "Configuration reloads by result", m.config_reloads.clone());

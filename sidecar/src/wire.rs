@@ -169,6 +169,33 @@ fn body_name(body: Option<&Body>) -> &'static str {
     }
 }
 
+/// The GossipSub message id of every message on this network's topics (docs/PROTOCOL.md
+/// §12.3): SHA-256 over `len32(source) ‖ source ‖ len32(topic) ‖ topic ‖ data`, where
+/// `source` is the author's peer id bytes (multihash; empty for an unsigned message, which
+/// validation rejects anyway), `topic` the topic string (UTF-8), `data` the message bytes
+/// and `len32` a 4-byte big-endian length. 32 bytes.
+///
+/// Content-based and author-bound: the same bytes forwarded along different paths are one
+/// message, two members' identical seals are two. Unlike rust-libp2p's default
+/// (base58(source) + decimal(seqno)) it does not depend on a sequence-number scheme, so
+/// every implementation computes the same id.
+pub fn message_id(source: &[u8], topic: &str, data: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for field in [source, topic.as_bytes()] {
+        h.update((field.len() as u32).to_be_bytes());
+        h.update(field);
+    }
+    h.update(data);
+    h.finalize().into()
+}
+
+/// [`message_id`] of a GossipSub message, for `gossipsub::ConfigBuilder::message_id_fn`
+/// (every peer of the network must use it).
+pub fn gossip_message_id(m: &libp2p::gossipsub::Message) -> libp2p::gossipsub::MessageId {
+    let source = m.source.map(|p| p.to_bytes()).unwrap_or_default();
+    libp2p::gossipsub::MessageId::from(message_id(&source, m.topic.as_str(), &m.data).to_vec())
+}
+
 /// Encodes `body` in an envelope of the current version, as is (no field elided), without
 /// an origin signature (see [`encode_orders`] for orders).
 pub fn encode(body: Body) -> Vec<u8> {

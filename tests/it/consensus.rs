@@ -630,6 +630,9 @@ async fn a_restarted_sidecar_recovers_its_committed_orders_from_peers() {
         assert_eq!(metric::delivered(n, BTC), before, "the resubmissions were not gossiped again");
     }
     assert_eq!(metric::order_outcomes(&again, BTC, "committed"), 0, "nothing new was committed by the new run");
+    // The peers still remember the previous run (heard within the liveness window), but
+    // only from before the new run started: not a duplicate identity.
+    assert_eq!(again.metrics.duplicate_identity.get(), 0, "the previous run is not a twin");
     shutdown_all(nodes).await;
     again.shutdown().await;
 }

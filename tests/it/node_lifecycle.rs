@@ -62,3 +62,60 @@ async fn shutdown_restart_keeps_identity() {
     }
     b.shutdown().await;
 }
+
+/// Two processes with one identity key: a second node started with node 0's key learns from
+/// a peer that an earlier run of its id is live and stops with the reason (the binary then
+/// exits non-zero); node 0 reports the twin loudly while it is heard of (metric, health)
+/// and keeps working: nobody is banned, its orders still reach its peers, and the report
+/// clears once the twin is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_a_live_identity_refuses_to_run_and_the_first_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let quick = |c: &mut openmatch_gossip_crds::SidecarConfig| {
+        c.heartbeat.interval_ms = 200;
+        c.heartbeat.liveness_window_ms = 1_500;
+    };
+    let nodes = start_cluster(dir.path(), 3, &[BTC], quick).await;
+    wait_for_mesh(&nodes, WAIT).await;
+    std::fs::copy(dir.path().join("n0.key"), dir.path().join("twin.key")).unwrap();
+    let peers: Vec<String> = nodes[1..].iter().map(|n| n.bootstrap_addr()).collect();
+    let twin = start_node(dir.path(), "twin", &[BTC], peers, quick).await;
+    assert_eq!(twin.peer_id(), nodes[0].peer_id(), "the same identity key");
+
+    let reason = tokio::time::timeout(WAIT, twin.node.fatal()).await.expect("the twin learns it must stop");
+    assert!(reason.starts_with("duplicate identity: peer id"), "{reason}");
+    assert!(reason.contains("this process started later"), "{reason}");
+    let first = &nodes[0];
+    wait_until(
+        WAIT,
+        "node 0 reports the twin",
+        || first.metrics.duplicate_identity.get() == 1,
+        || format!("duplicate_identity {}", first.metrics.duplicate_identity.get()),
+    )
+    .await;
+    let health = first.status().await;
+    assert_eq!(health.health, "degraded");
+    assert!(health.health_reason.starts_with("duplicate identity: another process"), "{}", health.health_reason);
+    twin.shutdown().await;
+
+    let mut events = nodes[1].subscribe().await;
+    first
+        .client()
+        .await
+        .submit_order(openmatch_gossip_sidecar::proto::SubmitOrderRequest { order: Some(order(BTC, 1)) })
+        .await
+        .unwrap();
+    let got = collect_orders(&mut events, 1, WAIT).await;
+    assert_eq!(got[0].origin, first.peer_id().to_bytes(), "node 0 still trades");
+    wait_until(
+        WAIT,
+        "node 0's twin report cleared once the twin is gone",
+        || first.metrics.duplicate_identity.get() == 0,
+        || format!("duplicate_identity {}", first.metrics.duplicate_identity.get()),
+    )
+    .await;
+    for n in &nodes {
+        assert_eq!(metric::banned_peers(n), 0, "{}: nobody banned", n.name);
+    }
+    shutdown_all(nodes).await;
+}

@@ -525,6 +525,7 @@ pub struct RawPeer {
 fn raw_swarm(key: Keypair) -> Swarm<gossipsub::Behaviour> {
     let config = gossipsub::ConfigBuilder::default()
         .validation_mode(ValidationMode::Strict)
+        .message_id_fn(openmatch_gossip_sidecar::gossip_message_id)
         .max_transmit_size(RAW_MAX_TRANSMIT)
         .build()
         .expect("gossipsub config");

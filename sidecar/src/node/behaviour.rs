@@ -68,6 +68,8 @@ pub(super) fn gossipsub_config(settings: &NodeSettings) -> anyhow::Result<gossip
     gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
+        // Set explicitly so that other implementations can join (docs/PROTOCOL.md §12.3).
+        .message_id_fn(crate::wire::gossip_message_id)
         .mesh_n(g.mesh_n as usize)
         .mesh_n_low(g.mesh_n_low as usize)
         .mesh_n_high(g.mesh_n_high as usize)
@@ -161,4 +163,33 @@ pub(crate) fn build_swarm(
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
     Ok(swarm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openmatch_gossip_crds::SidecarConfig;
+
+    /// The node's GossipSub uses the protocol's message id (docs/PROTOCOL.md §12.3), not
+    /// rust-libp2p's default.
+    #[test]
+    fn gossipsub_ids_messages_by_the_protocol_s_function() {
+        let settings = NodeSettings::new(
+            SidecarConfig { network: "demo".into(), ..SidecarConfig::default() },
+            "s".into(),
+            "k".into(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let config = gossipsub_config(&settings).unwrap();
+        let source = libp2p::PeerId::random();
+        let message = gossipsub::Message {
+            source: Some(source),
+            data: b"an envelope".to_vec(),
+            sequence_number: Some(7),
+            topic: gossipsub::TopicHash::from_raw("openmatch/demo/control"),
+        };
+        let expected = crate::wire::message_id(&source.to_bytes(), "openmatch/demo/control", b"an envelope");
+        assert_eq!(config.message_id(&message).0, expected.to_vec());
+    }
 }

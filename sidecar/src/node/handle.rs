@@ -115,6 +115,8 @@ pub struct NodeHandle {
     pub(super) health: watch::Receiver<Health>,
     /// Whether start-up recovery is done ([`super::recovery`]): submissions wait for it.
     pub(super) recovered: watch::Receiver<bool>,
+    /// Why the node must stop, once it knows ([`super::twins`]).
+    pub(super) fatal: watch::Receiver<Option<String>>,
 }
 
 impl NodeHandle {
@@ -131,6 +133,17 @@ impl NodeHandle {
     /// The node's health as last assessed (every heartbeat and on every change).
     pub fn health(&self) -> watch::Receiver<Health> {
         self.health.clone()
+    }
+
+    /// Resolves with the reason once the node finds it must not run on: another process
+    /// that started earlier runs with its identity key ([`super::twins`]). Pending forever
+    /// otherwise (and after the node task ended).
+    pub async fn fatal(&self) -> String {
+        let mut rx = self.fatal.clone();
+        match rx.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Applies a new configuration (hot reload): markets, bootstrap peers, rate limits and

@@ -71,6 +71,14 @@ pub enum Degradation {
     },
     /// A peer is banned now.
     PeerBanned,
+    /// Another process runs with this node's identity key; it started later (and should
+    /// stop on its own: [`super::twins`]).
+    DuplicateIdentity {
+        /// Its run's random instance.
+        instance: u64,
+        /// When it started, Unix ms.
+        started_at_ms: u64,
+    },
 }
 
 impl Health {
@@ -116,6 +124,10 @@ impl Health {
                 "this node disagrees with the quorum: its engine's result for batch {batch} differs from {majority} of {of} members'"
             ),
             Health::Degraded(Degradation::PeerBanned) => "a peer is banned".to_owned(),
+            Health::Degraded(Degradation::DuplicateIdentity { instance, started_at_ms }) => format!(
+                "duplicate identity: another process (instance {instance:016x}, started at {started_at_ms} ms Unix \
+                 time) runs with this node's identity key"
+            ),
         }
     }
 }
@@ -137,15 +149,19 @@ struct Observed<'a> {
     recent_trouble: Option<&'a Degradation>,
     /// Peers banned now.
     banned: usize,
+    /// A live twin's `(instance, started_at_ms)` ([`Degradation::DuplicateIdentity`]).
+    twin: Option<(u64, u64)>,
 }
 
-/// The first that applies: isolated, below quorum, recovering, batches awaiting a quorum,
-/// recent batch trouble, a banned peer, healthy.
+/// The first that applies: isolated, below quorum, a duplicate identity, recovering,
+/// batches awaiting a quorum, recent batch trouble, a banned peer, healthy.
 fn assess(o: Observed<'_>) -> Health {
     if o.live <= 1 && o.members > 1 {
         Health::Isolated { members: o.members }
     } else if o.live < o.quorum {
         Health::Degraded(Degradation::BelowQuorum { live: o.live, members: o.members, quorum: o.quorum })
+    } else if let Some((instance, started_at_ms)) = o.twin {
+        Health::Degraded(Degradation::DuplicateIdentity { instance, started_at_ms })
     } else if o.recovering > 0 {
         Health::Degraded(Degradation::Recovering { batches: o.recovering })
     } else if o.undecided > 0 {
@@ -173,6 +189,7 @@ impl Node {
             undecided: self.consensus.undecided_since(now, repair_window),
             recent_trouble: self.last_trouble.as_ref().filter(|(at, _)| at.elapsed() < TROUBLE_MEMORY).map(|(_, t)| t),
             banned: self.reputation.summary(now).banned,
+            twin: self.twin.map(|(run, _)| (run.instance, run.started_at_ms)),
         });
         self.metrics.health.set(health.code());
         self.health.send_if_modified(|h| {
@@ -232,7 +249,16 @@ mod tests {
     use super::*;
 
     fn calm() -> Observed<'static> {
-        Observed { members: 3, live: 3, quorum: 2, recovering: 0, undecided: 0, recent_trouble: None, banned: 0 }
+        Observed {
+            members: 3,
+            live: 3,
+            quorum: 2,
+            recovering: 0,
+            undecided: 0,
+            recent_trouble: None,
+            banned: 0,
+            twin: None,
+        }
     }
 
     #[test]
@@ -243,7 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn isolation_comes_first_then_quorum_then_waiting_batches_then_trouble_then_bans() {
+    fn isolation_comes_first_then_quorum_then_a_twin_then_waiting_batches_then_trouble_then_bans() {
         let trouble = Degradation::BatchHalted("1 peer(s) computed a different result hash".into());
         let all_bad = Observed {
             members: 5,
@@ -253,6 +279,7 @@ mod tests {
             undecided: 4,
             recent_trouble: Some(&trouble),
             banned: 1,
+            twin: Some((0xab, 42)),
         };
         let h = assess(all_bad);
         assert_eq!(h, Health::Isolated { members: 5 });
@@ -260,6 +287,13 @@ mod tests {
         assert_eq!(h.reason(), "no other member heard within the liveness window (5 members); deciding nothing");
         let h = assess(Observed { live: 2, ..all_bad });
         assert_eq!(h.reason(), "2 of 5 members live, below the quorum of 3; deciding nothing");
+        let h = assess(Observed { live: 3, ..all_bad });
+        assert_eq!(
+            h.reason(),
+            "duplicate identity: another process (instance 00000000000000ab, started at 42 ms Unix time) runs with \
+             this node's identity key"
+        );
+        let all_bad = Observed { twin: None, ..all_bad };
         let h = assess(Observed { live: 3, recovering: 2, ..all_bad });
         assert_eq!(
             h.reason(),

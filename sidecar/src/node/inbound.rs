@@ -121,10 +121,13 @@ impl Node {
     fn on_payload(&mut self, payload: Payload, author: Option<PeerId>) {
         match payload {
             Payload::Orders { market, orders, digests, proof } => self.deliver(market, orders, digests, proof),
-            Payload::PeerStatus(_) => {
+            Payload::PeerStatus(s) => {
                 if let Some(peer) = author {
-                    self.last_status.insert(peer, Instant::now());
+                    let now = Instant::now();
+                    self.last_status.insert(peer, now);
                     self.heard.insert(peer);
+                    let run = super::twins::Run { instance: s.instance, started_at_ms: s.started_at_ms };
+                    self.instances.record(peer, run, now);
                 }
             }
             Payload::Seal(seal) => {

@@ -31,6 +31,7 @@ mod reconfigure;
 mod recovery;
 mod repair_io;
 mod subscribers;
+mod twins;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -135,6 +136,18 @@ pub(crate) struct Node {
     last_trouble: Option<(Instant, Degradation)>,
     /// Gossip messages received and not validated yet (see [`Node::validate_inbox`]).
     inbox: Vec<(PeerId, gossipsub::MessageId, gossipsub::Message)>,
+    /// This run of the node (its `PeerStatus` instance), for duplicate identity checks.
+    run: twins::Run,
+    /// When this run started.
+    started: Instant,
+    /// Runs heard of per peer ([`twins`]).
+    instances: twins::Instances,
+    /// A later process running with this node's identity key, and when last heard of.
+    twin: Option<(twins::Run, Instant)>,
+    /// Which connected peer the next identity check asks.
+    identity_turn: usize,
+    /// Why the node must stop (a duplicate identity it must yield to), once known.
+    fatal: watch::Sender<Option<String>>,
 }
 
 impl Node {
@@ -182,6 +195,8 @@ impl Node {
         // Engine sealing has no recovery (the epochs are the engines' counters).
         let engine_sealing = c.consensus.sealing == openmatch_gossip_crds::sidecar_config::SealingMode::Engine;
         let (recovered, recovered_rx) = watch::channel(engine_sealing);
+        let (fatal, fatal_rx) = watch::channel(None);
+        let run = twins::Run { instance: new_incarnation(), started_at_ms: crate::epoch::unix_now_ns() / 1_000_000 };
         let (tx, commands) = mpsc::unbounded_channel();
         let node = Node {
             validator: Validator::new(&c.network, limits.clone(), metrics.clone()),
@@ -190,7 +205,7 @@ impl Node {
             subscribers: Subscribers::new(
                 settings.subscriber_buffer,
                 settings.event_retention,
-                new_incarnation(),
+                run.instance,
                 metrics.clone(),
             ),
             consensus: Consensus::new(c.consensus.clone()),
@@ -218,8 +233,22 @@ impl Node {
             own: Default::default(),
             last_trouble: None,
             inbox: Vec::new(),
+            run,
+            started: Instant::now(),
+            instances: twins::Instances::default(),
+            twin: None,
+            identity_turn: 0,
+            fatal,
         };
-        let handle = NodeHandle { tx, credits, info, markets: markets_rx, health: health_rx, recovered: recovered_rx };
+        let handle = NodeHandle {
+            tx,
+            credits,
+            info,
+            markets: markets_rx,
+            health: health_rx,
+            recovered: recovered_rx,
+            fatal: fatal_rx,
+        };
         Ok((node, handle, metrics))
     }
 

@@ -75,6 +75,7 @@ impl Node {
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
                     self.subscribers.broadcast(Kind::PeerJoined(proto::PeerJoined { peer_id: peer_id.to_string() }));
+                    self.ask_instances(peer_id); // a twin learns of the first run at once
                 }
                 self.metrics.peers.set(self.swarm.connected_peers().count() as i64);
                 self.update_health();
@@ -111,7 +112,7 @@ impl Node {
         self.report_reputation(now);
         self.update_health();
         self.publish_status();
-        let window = Duration::from_millis(self.settings.config.heartbeat.liveness_window_ms as u64);
+        let window = self.liveness_window();
         self.last_status.retain(|_, seen| seen.elapsed() <= window);
         self.metrics.live_peers.set(self.last_status.len() as i64);
         let markets = self.markets.borrow().clone();
@@ -124,6 +125,7 @@ impl Node {
                 .set(n as i64);
         }
         self.validator.forget_idle_buckets();
+        self.check_identity(window);
     }
 
     /// Publishes this node's `PeerStatus` heartbeat on the control topic: every
@@ -137,6 +139,8 @@ impl Node {
             markets: self.markets.borrow().iter().cloned().collect(),
             version: crate::VERSION.to_owned(),
             sent_at_ns: unix_now_ns(),
+            instance: self.run.instance,
+            started_at_ms: self.run.started_at_ms,
         };
         let control = Topic::control().ident(&self.info.network);
         match self.swarm.behaviour_mut().gossipsub.publish(control, wire::encode(Body::PeerStatus(status))) {
@@ -147,6 +151,11 @@ impl Node {
             Err(PublishError::NoPeersSubscribedToTopic) => {}
             Err(e) => tracing::debug!(error = %e, "PeerStatus not published"),
         }
+    }
+
+    /// `heartbeat.livenessWindowMs`.
+    pub(super) fn liveness_window(&self) -> Duration {
+        Duration::from_millis(self.settings.config.heartbeat.liveness_window_ms as u64)
     }
 
     /// Live members besides this node: peers whose `PeerStatus` heartbeat arrived within

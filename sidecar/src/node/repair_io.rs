@@ -27,12 +27,17 @@ pub(super) enum PendingRepair {
     Digests(BatchKey),
     Decided(BatchKey),
     Fetch { batch: BatchKey, digests: HashSet<Digest> },
+    /// Which runs of this node's id a peer heard ([`super::twins`]).
+    Instances,
 }
 
 impl PendingRepair {
-    fn batch(&self) -> &BatchKey {
+    fn batch(&self) -> Option<&BatchKey> {
         match self {
-            PendingRepair::Digests(batch) | PendingRepair::Decided(batch) | PendingRepair::Fetch { batch, .. } => batch,
+            PendingRepair::Digests(batch) | PendingRepair::Decided(batch) | PendingRepair::Fetch { batch, .. } => {
+                Some(batch)
+            }
+            PendingRepair::Instances => None,
         }
     }
 }
@@ -90,13 +95,21 @@ impl Node {
                 (Some(PendingRepair::Decided(batch)), Some(repair_response::Kind::Decided(d))) => {
                     self.on_decided(peer, batch, Some(d));
                 }
+                (Some(PendingRepair::Instances), Some(repair_response::Kind::Instances(heard))) => {
+                    self.on_instances(peer, &heard);
+                }
+                (Some(PendingRepair::Instances), other) => {
+                    tracing::debug!(%peer, response = ?other, "identity check refused");
+                }
                 (Some(PendingRepair::Decided(batch)), other) => {
                     tracing::debug!(%peer, batch = %batch, response = ?other, "recovery request refused");
                     self.on_decided(peer, batch, None);
                 }
                 (Some(pending), other) => {
-                    tracing::warn!(%peer, batch = %pending.batch(), response = ?other, "repair request refused");
-                    self.consensus.on_repair_failure(pending.batch());
+                    if let Some(batch) = pending.batch() {
+                        tracing::warn!(%peer, %batch, response = ?other, "repair request refused");
+                        self.consensus.on_repair_failure(batch);
+                    }
                 }
                 (None, _) => {}
             },
@@ -106,9 +119,12 @@ impl Node {
                         tracing::debug!(%peer, batch = %batch, %error, "recovery request failed");
                         self.on_decided(peer, batch, None);
                     }
+                    Some(PendingRepair::Instances) => tracing::debug!(%peer, %error, "identity check failed"),
                     Some(pending) => {
-                        tracing::warn!(%peer, batch = %pending.batch(), %error, "repair request failed");
-                        self.consensus.on_repair_failure(pending.batch());
+                        if let Some(batch) = pending.batch() {
+                            tracing::warn!(%peer, %batch, %error, "repair request failed");
+                            self.consensus.on_repair_failure(batch);
+                        }
                     }
                     None => {}
                 }
@@ -117,8 +133,9 @@ impl Node {
         }
     }
 
-    /// Answers `peer`'s repair or recovery request from our batches.
-    fn serve_repair(&self, peer: PeerId, request: RepairRequest) -> RepairResponse {
+    /// Answers `peer`'s repair or recovery request from our batches, or its identity check
+    /// from the runs of its id heard here (recording the asker's own run first).
+    fn serve_repair(&mut self, peer: PeerId, request: RepairRequest) -> RepairResponse {
         use repair_response::Kind as R;
         let kind = match request.kind {
             Some(repair_request::Kind::Decided(id)) => {
@@ -139,6 +156,12 @@ impl Node {
                     Some(held) => R::Orders(bundle::proven_orders(held, MAX_PROVEN_BYTES)),
                     None => R::Error(format!("batch {}#{} unknown", id.market, id.epoch)),
                 }
+            }
+            Some(repair_request::Kind::Instances(asker)) => {
+                let now = std::time::Instant::now();
+                let run = super::twins::Run { instance: asker.instance, started_at_ms: asker.started_at_ms };
+                self.instances.record(peer, run, now);
+                R::Instances(self.instances.recent(&peer, self.liveness_window(), now))
             }
             None => R::Error("empty request".into()),
         };

@@ -1,14 +1,14 @@
 //! Checks the test vectors in docs/PROTOCOL.md against the crate's own functions, so the
 //! document cannot drift from the code: every order's canonical encoding and digest, the
-//! canonical order, the batch hash, the auction's trades and the result hash, and the order
-//! bundle signature.
+//! canonical order, the batch hash, the auction's trades and the result hash, the order
+//! bundle signature, and the GossipSub message id.
 
 use std::path::Path;
 
 use openmatch_gossip_sidecar::batch_hash;
 use openmatch_gossip_sidecar::proto::Order;
 use openmatch_gossip_sidecar::tools::auction::{Trade, result_hash, run_auction};
-use openmatch_gossip_sidecar::{canonical_encoding, order_digest, signed_message};
+use openmatch_gossip_sidecar::{canonical_encoding, message_id, order_digest, signed_message};
 use serde_json::Value;
 
 fn hex(bytes: &[u8]) -> String {
@@ -121,11 +121,11 @@ fn protocol_md_quotes_the_empty_batch_hash() {
     assert!(protocol_md().contains(&empty), "PROTOCOL.md gives the empty batch hash {empty}");
 }
 
-/// The ```text block giving an order bundle signature: each line's name (every word but
+/// The ```text block whose heading starts `# {title}`: each line's name (every word but
 /// the last) and its bytes (the last word, hex).
-fn bundle_vector(doc: &str) -> std::collections::HashMap<String, Vec<u8>> {
-    let marker = "\n```text\n# order bundle signature";
-    let start = doc.find(marker).expect("PROTOCOL.md gives an order bundle signature") + marker.len();
+fn named_bytes(doc: &str, title: &str) -> std::collections::HashMap<String, Vec<u8>> {
+    let marker = format!("\n```text\n# {title}");
+    let start = doc.find(&marker).unwrap_or_else(|| panic!("PROTOCOL.md gives a {title}")) + marker.len();
     let block = doc[start..].split("\n```").next().expect("split yields at least one part");
     let rows = block.split_once('\n').expect("rows after the heading").1;
     rows.lines()
@@ -136,7 +136,7 @@ fn bundle_vector(doc: &str) -> std::collections::HashMap<String, Vec<u8>> {
 
 #[test]
 fn protocol_md_bundle_signature_matches_the_code() {
-    let v = bundle_vector(&protocol_md());
+    let v = named_bytes(&protocol_md(), "order bundle signature");
     let field = |name: &str| v.get(name).unwrap_or_else(|| panic!("the bundle vector gives {name:?}")).clone();
     let key = libp2p::identity::Keypair::ed25519_from_bytes(field("seed")).expect("a 32-byte Ed25519 seed");
     assert_eq!(hex(&key.public().to_peer_id().to_bytes()), hex(&field("peer id")), "peer id");
@@ -149,4 +149,13 @@ fn protocol_md_bundle_signature_matches_the_code() {
     let signature = key.sign(&message).expect("Ed25519 signs");
     assert_eq!(hex(&signature), hex(&field("signature")), "signature");
     assert!(key.public().verify(&message, &signature));
+}
+
+#[test]
+fn protocol_md_message_id_matches_the_code() {
+    let v = named_bytes(&protocol_md(), "gossip message id");
+    let field = |name: &str| v.get(name).unwrap_or_else(|| panic!("the message id vector gives {name:?}")).clone();
+    let topic = String::from_utf8(field("topic")).expect("UTF-8 topic");
+    let id = message_id(&field("source"), &topic, &field("data"));
+    assert_eq!(hex(&id), hex(&field("message id")), "message id");
 }

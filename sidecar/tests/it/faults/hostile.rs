@@ -38,6 +38,7 @@ pub(crate) struct HostilePeer {
 fn swarm(key: Keypair) -> anyhow::Result<Swarm<gossipsub::Behaviour>> {
     let config = gossipsub::ConfigBuilder::default()
         .validation_mode(ValidationMode::Strict)
+        .message_id_fn(openmatch_gossip_sidecar::gossip_message_id)
         .build()
         .context("gossipsub config")?;
     let behaviour = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), config)
