@@ -55,8 +55,8 @@ pub use bundle::{sign_orders, signed_message};
 pub use epoch::unix_now_ns;
 pub use topics::{Topic, TopicKind};
 pub use wire::{
-    Digest, canonical_encoding, content_digest, encode as encode_envelope, encode_orders, gossip_message_id, message_id,
-    order_digest,
+    Digest, canonical_encoding, content_digest, encode as encode_envelope, encode_orders, gossip_message_id,
+    message_id, order_digest,
 };
 
 /// Software version reported in `PeerStatus` and node status.

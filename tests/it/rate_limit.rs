@@ -91,7 +91,8 @@ async fn an_order_flood_never_rate_limits_consensus_between_honest_nodes() {
     let nodes = start_cluster(dir.path(), 3, &[BTC], tight).await;
     wait_for_mesh(&nodes, WAIT).await;
     let orders: Vec<_> = (0..ORDERS).map(|i| order(BTC, i)).collect();
-    let chunks = orders.chunks(100).map(|c| openmatch_gossip_sidecar::proto::SubmitOrdersRequest { orders: c.to_vec() });
+    let chunks =
+        orders.chunks(100).map(|c| openmatch_gossip_sidecar::proto::SubmitOrdersRequest { orders: c.to_vec() });
     let accepted = nodes[0].client().await.submit_orders(tokio_stream::iter(chunks.collect::<Vec<_>>())).await.unwrap();
     assert_eq!(accepted.into_inner().accepted, ORDERS);
     // Paced at 10 messages/s, the flood takes seconds to leave node 0, and most of it
@@ -115,8 +116,15 @@ async fn an_order_flood_never_rate_limits_consensus_between_honest_nodes() {
         },
     )
     .await;
-    let fates = || metric::order_outcomes(&nodes[0], BTC, "committed") + metric::order_outcomes(&nodes[0], BTC, "excluded");
-    wait_until(WAIT, "every flooded order committed or excluded", || fates() >= ORDERS, || format!("{} fates", fates())).await;
+    let fates =
+        || metric::order_outcomes(&nodes[0], BTC, "committed") + metric::order_outcomes(&nodes[0], BTC, "excluded");
+    wait_until(
+        WAIT,
+        "every flooded order committed or excluded",
+        || fates() >= ORDERS,
+        || format!("{} fates", fates()),
+    )
+    .await;
     assert_eq!(fates(), ORDERS, "one fate per order");
     for n in &nodes {
         for (kind, market) in [("batches", BTC), ("results", BTC), ("control", "")] {

@@ -26,7 +26,10 @@ const MAX_PROVEN_BYTES: usize = MAX_REPAIR_BYTES - 16;
 pub(super) enum PendingRepair {
     Digests(BatchKey),
     Decided(BatchKey),
-    Fetch { batch: BatchKey, digests: HashSet<Digest> },
+    Fetch {
+        batch: BatchKey,
+        digests: HashSet<Digest>,
+    },
     /// Which runs of this node's id a peer heard ([`super::twins`]).
     Instances,
 }

@@ -214,7 +214,10 @@ mod tests {
         // old run was last heard of 400 ms ago, before this run started.
         let old = heard(&[(9, 1_000, 400), (3, 2_000, 0)]);
         assert_eq!(judge(me, &old, Duration::from_millis(100)), Verdict::Alone, "the previous run, gone");
-        assert_eq!(judge(me, &old, Duration::from_millis(500)), Verdict::Yield(Run { instance: 9, started_at_ms: 1_000 }));
+        assert_eq!(
+            judge(me, &old, Duration::from_millis(500)),
+            Verdict::Yield(Run { instance: 9, started_at_ms: 1_000 })
+        );
     }
 
     #[test]

@@ -307,7 +307,13 @@ impl Matcher {
             }
             Kind::ResultMismatch(r) => {
                 let (market, epoch) = key(r.batch_id.as_ref());
-                tracing::error!(market, epoch, cause = r.cause().as_str_name(), reason = r.reason, "batch halted, not settled");
+                tracing::error!(
+                    market,
+                    epoch,
+                    cause = r.cause().as_str_name(),
+                    reason = r.reason,
+                    "batch halted, not settled"
+                );
                 Some(Effect::Halted { market, epoch })
             }
             _ => None,
