@@ -12,7 +12,7 @@
 //! sidecars) and `tcp` (the benchmark baseline: engines connected directly over plain
 //! loopback TCP, length-delimited protobuf frames, no gossip, no crypto).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
@@ -353,6 +353,9 @@ pub struct EngineReport {
     /// compare across engines.
     #[serde(default)]
     pub agreed_batches: BTreeMap<String, String>,
+    /// Every batch disputed at this engine's sidecar: `"MARKET#EPOCH"`, ascending.
+    #[serde(default)]
+    pub disputed_batches: BTreeSet<String>,
     /// Times this engine saw its sidecar come back as a new run (and resubmitted).
     #[serde(default)]
     pub sidecar_restarts: u32,
@@ -708,6 +711,7 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
         resubmitted: st.resubmitted,
         unresolved: if consensus { sent - st.committed.len() as u64 } else { 0 },
         agreed_batches: st.agreed_batches,
+        disputed_batches: st.disputed_batches,
         sidecar_restarts: st.sidecar_restarts,
         engine_restarts: st.engine_restarts,
     })

@@ -10,7 +10,7 @@
 //! journal's effects to a fresh state and resumes its stream after the last cursor, so its
 //! state after a crash is what it would have been without one.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::str::FromStr as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -83,6 +83,8 @@ pub(super) struct MatcherState {
     decided: HashSet<(String, u64)>,
     /// Agreed batches: "MARKET#EPOCH" → hash (hex).
     pub(super) agreed_batches: BTreeMap<String, String>,
+    /// Disputed batches: "MARKET#EPOCH".
+    pub(super) disputed_batches: BTreeSet<String>,
     /// Own orders committed, and their content checksum.
     pub(super) committed: HashSet<u64>,
     pub(super) committed_checksum: Checksum,
@@ -126,6 +128,7 @@ impl MatcherState {
             }
             Effect::Disputed { market, epoch } => {
                 self.decided.insert((market.clone(), *epoch));
+                self.disputed_batches.insert(format!("{market}#{epoch}"));
                 self.batches.entry(market.clone()).or_default().disputed += 1;
             }
             Effect::ResultAgreed { market, epoch } => {
