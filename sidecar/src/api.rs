@@ -133,6 +133,30 @@ impl EngineApi {
 }
 
 impl EngineApi {
+    /// Whether `orders` (one request) fit the outbox at all, in orders and in bytes
+    /// ([`crate::outbox::charge`]); a request that does not would wait for ever.
+    ///
+    /// Errors: RESOURCE_EXHAUSTED naming the capacity passed.
+    fn fits_outbox(&self, orders: &[Order]) -> Result<(), Status> {
+        let info = self.node.info();
+        if orders.len() > info.outbox_capacity {
+            return Err(Status::resource_exhausted(format!(
+                "{} orders in one request exceed the outbox capacity of {}; send smaller chunks",
+                orders.len(),
+                info.outbox_capacity
+            )));
+        }
+        let bytes: usize = orders.iter().map(crate::outbox::charge).sum();
+        if bytes > info.outbox_bytes {
+            return Err(Status::resource_exhausted(format!(
+                "{} orders in one request take {bytes} bytes of outbox memory, over its share of --queue-memory-bytes ({}); send smaller chunks",
+                orders.len(),
+                info.outbox_bytes
+            )));
+        }
+        Ok(())
+    }
+
     /// Submits a chunk of a `SubmitOrders` stream of which `accepted` orders went before.
     /// Errors: ALREADY_EXISTS for a reused id (with the orders accepted before it counted),
     /// UNAVAILABLE when shutting down.
@@ -170,7 +194,6 @@ impl Sidecar for EngineApi {
         req: Request<Streaming<SubmitOrdersRequest>>,
     ) -> Result<Response<SubmitOrdersResponse>, Status> {
         let mut stream = req.into_inner();
-        let cap = self.node.info().outbox_capacity;
         let mut accepted: u64 = 0;
         loop {
             let next = tokio::select! {
@@ -186,14 +209,8 @@ impl Sidecar for EngineApi {
                 Ok(None) => break,
                 Err(s) => return Err(with_accepted(s, accepted)),
             };
-            if chunk.orders.len() > cap {
-                return Err(with_accepted(
-                    Status::resource_exhausted(format!(
-                        "{} orders in one request exceed the outbox capacity of {cap}",
-                        chunk.orders.len()
-                    )),
-                    accepted,
-                ));
+            if let Err(s) = self.fits_outbox(&chunk.orders) {
+                return Err(with_accepted(s, accepted));
             }
             let markets = self.node.markets();
             for (i, o) in chunk.orders.iter().enumerate() {

@@ -87,6 +87,14 @@ pub struct NodeArgs {
     #[arg(long, env = "OPENMATCH_GOSSIP_SUBSCRIBER_BUFFER", default_value_t = 1_000_000)]
     pub subscriber_buffer: usize,
 
+    /// The node's memory bound for queued messages, bytes (protobuf encoded length): half
+    /// for the outbox (orders the engine submitted, not yet published: a full outbox
+    /// pushes the engine back), half for the events queued for subscribers (past it, the
+    /// subscriber furthest behind is ended with RESOURCE_EXHAUSTED). At least 4 × the
+    /// largest message.
+    #[arg(long, env = "OPENMATCH_GOSSIP_QUEUE_MEMORY_BYTES", default_value_t = DEFAULT_QUEUE_MEMORY_BYTES)]
+    pub queue_memory_bytes: usize,
+
     /// Events kept for engines that resume a subscription (`Subscribe.resume_after`),
     /// counted in orders (an OrdersReceived weighs its orders, other events 1). ~100 bytes
     /// of memory per order; 262,144 keeps about 2.5 minutes of the bundled recording at
@@ -157,7 +165,12 @@ pub struct NodeSettings {
     pub subscriber_buffer: usize,
     /// Event log retention for resumable subscriptions, orders.
     pub event_retention: usize,
+    /// Memory bound for the outbox and the subscribers' queues together, bytes.
+    pub queue_memory_bytes: usize,
 }
+
+/// Default of `--queue-memory-bytes`: 32 MiB.
+pub const DEFAULT_QUEUE_MEMORY_BYTES: usize = 32 << 20;
 
 /// Parses a multiaddr, naming `field` in the error.
 pub fn parse_multiaddr(field: &str, s: &str) -> anyhow::Result<Multiaddr> {
@@ -217,9 +230,18 @@ impl NodeSettings {
         if args.event_retention == 0 {
             return Err(anyhow!("--event-retention: must be at least 1"));
         }
+        let least = 4 * config.limits.max_message_bytes as usize;
+        if args.queue_memory_bytes < least {
+            return Err(anyhow!(
+                "--queue-memory-bytes: {} is below 4 x the largest message (limits.maxMessageBytes {}), i.e. {least}",
+                args.queue_memory_bytes,
+                config.limits.max_message_bytes
+            ));
+        }
         Self::new(config, args.socket.clone(), args.identity_key.clone(), args.metrics_addr).map(|s| NodeSettings {
             subscriber_buffer: args.subscriber_buffer,
             event_retention: args.event_retention,
+            queue_memory_bytes: args.queue_memory_bytes,
             ..s
         })
     }
@@ -257,6 +279,7 @@ impl NodeSettings {
             metrics_addr,
             subscriber_buffer: 1_000_000,
             event_retention: 262_144,
+            queue_memory_bytes: DEFAULT_QUEUE_MEMORY_BYTES,
         })
     }
 }

@@ -57,8 +57,8 @@ pub struct MethodCode {
     pub code: String,
 }
 
-/// Label: which GossipSub send queue failed: `priority` (publish, control) or
-/// `non_priority` (forward).
+/// Label: a queue: for send failures, which GossipSub send queue failed (`priority`:
+/// publish, control; `non_priority`: forward); for queue memory, `subscribers` or `outbox`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabel {
     /// Queue or failure kind.
@@ -113,8 +113,19 @@ pub struct Metrics {
     pub mesh_peers: Family<KindMarket, Gauge>,
     /// `openmatch_gossip_subscribers`: open engine event subscriptions.
     pub subscribers: Gauge,
-    /// `openmatch_gossip_subscribers_dropped_total`: subscriptions ended for falling behind.
-    pub subscribers_dropped: Counter,
+    /// `openmatch_gossip_subscribers_dropped_total`: subscriptions ended with
+    /// RESOURCE_EXHAUSTED, by reason: `backlog` (one subscriber more than
+    /// `--subscriber-buffer` orders behind) or `memory_bound` (the furthest-behind
+    /// subscriber, cut because the subscribers' queues together passed their share of
+    /// `--queue-memory-bytes`).
+    pub subscribers_dropped: Family<ReasonLabel, Counter>,
+    /// `openmatch_gossip_queue_memory_bytes`: encoded bytes queued, by `queue`:
+    /// `subscribers` (events not yet read by engines) or `outbox` (orders not yet
+    /// published).
+    pub queue_memory: Family<QueueLabel, Gauge>,
+    /// `openmatch_gossip_queue_memory_bound_bytes`: `--queue-memory-bytes`, the bound on
+    /// both queues together (half each).
+    pub queue_memory_bound: Gauge,
     /// `openmatch_gossip_api_requests_total`: socket API calls by method and status code.
     pub api_requests: Family<MethodCode, Counter>,
     /// `openmatch_gossip_batches_total`: batch outcomes by market: `sealed` (every
@@ -246,7 +257,9 @@ impl Metrics {
             live_peers: Gauge::default(),
             mesh_peers: Family::default(),
             subscribers: Gauge::default(),
-            subscribers_dropped: Counter::default(),
+            subscribers_dropped: Family::default(),
+            queue_memory: Family::default(),
+            queue_memory_bound: Gauge::default(),
             api_requests: Family::default(),
             batches: Family::default(),
             batch_mismatches: Family::default(),
@@ -305,7 +318,21 @@ impl Metrics {
         r.register("live_peers", "Peers with a PeerStatus inside the liveness window", m.live_peers.clone());
         r.register("mesh_peers", "GossipSub mesh peers per topic", m.mesh_peers.clone());
         r.register("subscribers", "Open engine event subscriptions", m.subscribers.clone());
-        r.register("subscribers_dropped", "Subscriptions ended for falling behind", m.subscribers_dropped.clone());
+        r.register(
+            "subscribers_dropped",
+            "Subscriptions ended with RESOURCE_EXHAUSTED, by reason",
+            m.subscribers_dropped.clone(),
+        );
+        r.register(
+            "queue_memory_bytes",
+            "Encoded bytes queued for subscribers and in the outbox",
+            m.queue_memory.clone(),
+        );
+        r.register(
+            "queue_memory_bound_bytes",
+            "Bound on the bytes queued for subscribers and in the outbox together",
+            m.queue_memory_bound.clone(),
+        );
         r.register("api_requests", "Socket API requests by method and gRPC status", m.api_requests.clone());
         r.register("batches", "Batch outcomes by market", m.batches.clone());
         r.register(

@@ -6,6 +6,7 @@ mod consensus;
 mod dedup;
 mod hostile;
 mod hot_reload;
+mod memory_bound;
 mod memory_cluster;
 mod node_lifecycle;
 mod rate_limit;

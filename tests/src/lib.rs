@@ -166,7 +166,20 @@ pub async fn start_node(
     bootstrap: Vec<String>,
     tweak: impl FnOnce(&mut SidecarConfig),
 ) -> TestNode {
-    start_node_at(dir, name, memory_addr(), markets, bootstrap, tweak, FaultInjector::default()).await
+    start_node_at(dir, name, memory_addr(), markets, bootstrap, tweak, |s| s).await
+}
+
+/// [`start_node`] with `settings` applied to the node's settings last (the per-process
+/// flags, e.g. `queue_memory_bytes`).
+pub async fn start_node_with_settings(
+    dir: &Path,
+    name: &str,
+    markets: &[&str],
+    bootstrap: Vec<String>,
+    tweak: impl FnOnce(&mut SidecarConfig),
+    settings: impl FnOnce(NodeSettings) -> NodeSettings,
+) -> TestNode {
+    start_node_at(dir, name, memory_addr(), markets, bootstrap, tweak, settings).await
 }
 
 /// [`start_node`] with a fault injector: inbound gossip orders for which `drop` returns
@@ -180,7 +193,7 @@ pub async fn start_node_with_fault(
     drop: impl Fn(&Order) -> bool + Send + Sync + 'static,
 ) -> TestNode {
     let fault = FaultInjector(Some(std::sync::Arc::new(drop)));
-    start_node_at(dir, name, memory_addr(), markets, bootstrap, tweak, fault).await
+    start_node_at(dir, name, memory_addr(), markets, bootstrap, tweak, |s| NodeSettings { fault, ..s }).await
 }
 
 /// [`start_node`] on a given listen address.
@@ -191,7 +204,7 @@ async fn start_node_at(
     markets: &[&str],
     bootstrap: Vec<String>,
     tweak: impl FnOnce(&mut SidecarConfig),
-    fault: FaultInjector,
+    adjust: impl FnOnce(NodeSettings) -> NodeSettings,
 ) -> TestNode {
     init_tracing();
     let mut config = SidecarConfig {
@@ -210,7 +223,7 @@ async fn start_node_at(
         "127.0.0.1:0".parse().expect("socket addr"),
     )
     .unwrap_or_else(|e| panic!("node {name}: invalid settings: {e:#}"));
-    let settings = NodeSettings { fault, ..settings };
+    let settings = adjust(settings);
     let key = sidecar::identity::load_or_create(&key_path).expect("identity key");
     let sidecar =
         sidecar::server::start(settings, key).await.unwrap_or_else(|e| panic!("node {name} did not start: {e:#}"));
@@ -239,8 +252,7 @@ pub async fn start_cluster(
     let mut nodes = Vec::with_capacity(n);
     for (i, (name, listen, _)) in plan.iter().enumerate() {
         let bootstrap = plan.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, (_, _, a))| a.clone()).collect();
-        nodes
-            .push(start_node_at(dir, name, listen.clone(), markets, bootstrap, &tweak, FaultInjector::default()).await);
+        nodes.push(start_node_at(dir, name, listen.clone(), markets, bootstrap, &tweak, |s| s).await);
     }
     nodes
 }

@@ -5,13 +5,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use libp2p::PeerId;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::health::Health;
 use super::subscribers::{EventStream, ResumeError};
 use crate::config::NodeSettings;
 use crate::consensus::BatchError;
+use crate::outbox::OutboxCredits;
 use crate::proto::{NodeStatus, Order};
 use crate::wire::{BatchKey, Digest};
 
@@ -30,8 +31,11 @@ pub struct NodeInfo {
     pub max_message_bytes: usize,
     /// Freeze proof cap, bytes.
     pub max_freeze_proof_bytes: usize,
-    /// Outbox capacity, orders (= credits).
+    /// Outbox capacity, orders (= order credits).
     pub outbox_capacity: usize,
+    /// Outbox capacity, bytes of [`crate::outbox::charge`] (= byte credits): half of
+    /// `--queue-memory-bytes`.
+    pub outbox_bytes: usize,
 }
 
 /// Where a submitted order went: its digest and epoch.
@@ -109,7 +113,7 @@ pub(super) enum Command {
 #[derive(Clone)]
 pub struct NodeHandle {
     pub(super) tx: mpsc::UnboundedSender<Command>,
-    pub(super) credits: Arc<Semaphore>,
+    pub(super) credits: Arc<OutboxCredits>,
     pub(super) info: Arc<NodeInfo>,
     pub(super) markets: watch::Receiver<Markets>,
     pub(super) health: watch::Receiver<Health>,
@@ -154,8 +158,8 @@ impl NodeHandle {
 
     /// Queues already-validated `orders` (from the engine) for gossip, waiting for start-up
     /// recovery to finish and for outbox space first. With `want_receipts`, returns each order's digest and epoch once queued
-    /// (an order resubmitted unchanged gets its first instance's). `orders.len()` must not
-    /// exceed the outbox capacity.
+    /// (an order resubmitted unchanged gets its first instance's). `orders` must fit the
+    /// outbox's capacity in orders and bytes ([`NodeInfo`]).
     ///
     /// Errors: the inner [`DuplicateId`] for an id already accepted for a different order.
     pub(crate) async fn submit(
@@ -164,8 +168,9 @@ impl NodeHandle {
         want_receipts: bool,
     ) -> Result<Result<Vec<Submitted>, DuplicateId>, NodeGone> {
         let n = u32::try_from(orders.len()).map_err(|_| NodeGone)?;
+        let bytes = u32::try_from(orders.iter().map(crate::outbox::charge).sum::<usize>()).map_err(|_| NodeGone)?;
         self.recovered.clone().wait_for(|done| *done).await.map_err(|_| NodeGone)?;
-        self.credits.acquire_many(n).await.map_err(|_| NodeGone)?.forget();
+        self.credits.take(n, bytes).await.map_err(|_| NodeGone)?;
         self.ask(|reply| Command::Submit { orders, want_receipts, reply }).await
     }
 

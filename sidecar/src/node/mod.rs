@@ -14,13 +14,16 @@
 //! - [`health`]: health and status;
 //! - [`subscribers`]: engine event streams; [`behaviour`]: the swarm itself.
 //!
-//! Flow control is by credits: the API takes one credit per order before queueing it and
-//! the node returns the credit once the order is published, so at most
-//! `publish.outboxCapacity` orders wait and a fast engine is pushed back instead of
-//! anything being dropped.
+//! Flow control is by credits ([`crate::outbox::OutboxCredits`]): the API takes one
+//! credit per order and one per byte of its charge before queueing it and the node
+//! returns them once the order is published, so at most `publish.outboxCapacity` orders
+//! and half of `--queue-memory-bytes` wait, and a fast engine is pushed back instead of
+//! anything being dropped. The other half bounds the subscribers' queues
+//! ([`subscribers`]), whose slowest reader is cut instead: one memory bound per node.
 
 mod behaviour;
 mod decide;
+mod event_queue;
 mod handle;
 mod health;
 mod inbound;
@@ -45,7 +48,7 @@ use libp2p::request_response::OutboundRequestId;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{PeerId, Swarm, identity::Keypair};
 use prometheus_client::registry::Registry;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use behaviour::Behaviour;
 pub use behaviour::TRANSMIT_SLACK_BYTES;
@@ -62,7 +65,7 @@ use crate::config::NodeSettings;
 use crate::consensus::Consensus;
 use crate::epoch::EpochClock;
 use crate::metrics::Metrics;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, OutboxCredits};
 use crate::ratelimit::Pacer;
 use crate::reputation::Reputation;
 use crate::topics::Topic;
@@ -108,7 +111,7 @@ pub(crate) struct Node {
     validator: Validator,
     outbox: Outbox,
     pacer: Pacer,
-    credits: Arc<Semaphore>,
+    credits: Arc<OutboxCredits>,
     subscribers: Subscribers,
     commands: mpsc::UnboundedReceiver<Command>,
     /// Per market: earliest instant of the next publish attempt after a failure.
@@ -188,8 +191,10 @@ impl Node {
             max_message_bytes: limits.max_message_bytes,
             max_freeze_proof_bytes: limits.max_freeze_proof_bytes,
             outbox_capacity: c.publish.outbox_capacity as usize,
+            outbox_bytes: settings.queue_memory_bytes / 2,
         });
-        let credits = Arc::new(Semaphore::new(info.outbox_capacity));
+        let credits = Arc::new(OutboxCredits::new(info.outbox_capacity, info.outbox_bytes));
+        metrics.queue_memory_bound.set(settings.queue_memory_bytes as i64);
         let (markets, markets_rx) = watch::channel(Arc::new(markets));
         let (health, health_rx) = watch::channel(Health::default());
         // Engine sealing has no recovery (the epochs are the engines' counters).
@@ -203,7 +208,10 @@ impl Node {
             outbox: Outbox::new(c.publish.max_orders_per_message as usize, limits.max_message_bytes),
             pacer: Pacer::new(c.limits.rate_limit),
             subscribers: Subscribers::new(
-                settings.subscriber_buffer,
+                subscribers::QueueLimits {
+                    backlog_orders: settings.subscriber_buffer,
+                    memory_bytes: settings.queue_memory_bytes - settings.queue_memory_bytes / 2,
+                },
                 settings.event_retention,
                 run.instance,
                 metrics.clone(),

@@ -13,7 +13,7 @@ use super::own_orders::Seen;
 use crate::bundle::BundleProof;
 use crate::consensus::AddOutcome;
 use crate::epoch::unix_now_ns;
-use crate::metrics::{KindMarket, MarketLabel, MarketReason};
+use crate::metrics::{KindMarket, MarketLabel, MarketReason, QueueLabel};
 use crate::proto::{Order, event::Kind};
 use crate::topics::{Topic, TopicKind};
 use crate::wire;
@@ -63,11 +63,16 @@ impl Node {
         let stamp = unix_now_ns();
         let now_ms = stamp / 1_000_000;
         let mut per_market: HashMap<String, u64> = HashMap::new();
+        // Credits the API took for these orders ([`crate::outbox::charge`]); those of
+        // orders not queued go back at the end.
+        let charged: usize = orders.iter().map(crate::outbox::charge).sum();
+        let mut queued_bytes = 0;
         let mut not_queued = 0;
         let mut outcome = Ok(());
         // Resubmissions of committed orders: their outcome is told again.
         let mut recommitted: BTreeMap<(String, u64), Vec<u64>> = BTreeMap::new();
         for (index, mut o) in orders.into_iter().enumerate() {
+            let charge = crate::outbox::charge(&o);
             // Not before the floor: a (re)started node votes from there on.
             o.epoch = self.epochs.epoch_for(&o.market, now_ms).max(self.consensus.floor(&o.market).unwrap_or(0));
             if o.submitted_at_ns == 0 {
@@ -107,9 +112,10 @@ impl Node {
                     per_market.insert(o.market.clone(), 1);
                 }
             }
-            self.outbox.push(o, receipt.digest);
+            queued_bytes += charge;
+            self.outbox.push(o, receipt.digest, charge);
         }
-        self.credits.add_permits(not_queued);
+        self.credits.give_back(not_queued, charged - queued_bytes);
         for ((market, epoch), ids) in recommitted {
             let batch_id = Some(crate::proto::BatchId { market, epoch });
             self.subscribers.broadcast(Kind::OrdersCommitted(crate::proto::OrdersCommitted { batch_id, ids }));
@@ -117,7 +123,7 @@ impl Node {
         for (market, n) in per_market {
             self.metrics.orders_submitted.get_or_create(&MarketLabel { market }).inc_by(n);
         }
-        self.metrics.outbox_orders.set(self.outbox.len() as i64);
+        self.export_outbox_size();
         outcome.map(|()| receipts)
     }
 
@@ -150,7 +156,7 @@ impl Node {
                 }
                 if let Err(at) = self.pacer.try_acquire() {
                     self.pace_at = Some(at);
-                    self.metrics.outbox_orders.set(self.outbox.len() as i64);
+                    self.export_outbox_size();
                     return;
                 }
                 progressed |= self.publish_pack(&market, now);
@@ -159,7 +165,7 @@ impl Node {
                 break;
             }
         }
-        self.metrics.outbox_orders.set(self.outbox.len() as i64);
+        self.export_outbox_size();
     }
 
     /// Publishes one pack of `market` ([`wire::encode_orders`]), signed as a bundle; once it
@@ -167,6 +173,7 @@ impl Node {
     fn publish_pack(&mut self, market: &str, now: Instant) -> bool {
         let Some(pack) = self.outbox.take_pack(market) else { return false };
         let n = pack.orders.len();
+        let charge = pack.charge();
         let topic = Topic::orders(market).ident(&self.info.network);
         // A deferred pack is signed again when it goes out: it may be packed differently.
         let proof = BundleProof::sign(&self.key, &self.info.network, market, pack.digests.as_slice().into());
@@ -175,7 +182,7 @@ impl Node {
             Ok(_) => {
                 self.consensus.attach_proof(market, &pack.orders, &Arc::new(proof));
                 self.retry_at.remove(market);
-                self.credits.add_permits(n);
+                self.credits.give_back(n, charge);
                 let m = MarketLabel { market: market.to_owned() };
                 self.metrics.orders_published.get_or_create(&m).inc_by(n as u64);
                 let l = KindMarket { kind: TopicKind::Orders.as_str(), market: market.to_owned() };
@@ -198,7 +205,7 @@ impl Node {
             Deferral::NoPeers => NO_PEERS_RETRY,
             Deferral::QueuesFull => QUEUES_FULL_RETRY,
             Deferral::PublishError => {
-                self.credits.add_permits(n);
+                self.credits.give_back(n, charge);
                 return false;
             }
         };
@@ -206,5 +213,11 @@ impl Node {
         self.outbox.requeue_front(market, pack);
         self.retry_at.insert(market.to_owned(), now + retry);
         false
+    }
+
+    /// Exports the outbox's size in orders and bytes.
+    fn export_outbox_size(&self) {
+        self.metrics.outbox_orders.set(self.outbox.len() as i64);
+        self.metrics.queue_memory.get_or_create(&QueueLabel { queue: "outbox" }).set(self.outbox.bytes() as i64);
     }
 }

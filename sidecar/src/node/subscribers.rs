@@ -8,28 +8,28 @@
 //! exactly the events it missed, then the live ones, each once. A cursor the log cannot
 //! continue from exactly is refused ([`ResumeError`]) rather than answered with a gap.
 //!
-//! Each subscription has its own unbounded queue whose backlog (in orders) is tracked: a
-//! subscriber that falls more than the buffer limit behind is ended with
-//! RESOURCE_EXHAUSTED and counted — it may resume from its last cursor — and the node is
-//! never blocked by a slow engine.
+//! Each subscription has its own queue ([`super::event_queue`]) and the node is never
+//! blocked by a slow engine. Two limits end a subscriber with RESOURCE_EXHAUSTED (it may
+//! resume from its last cursor), both counted in `subscribers_dropped_total{reason}`:
+//! - `backlog`: it fell more than the buffer limit (orders) behind;
+//! - `memory_bound`: the subscribers' queues together hold more than their share of the
+//!   node's memory bound (bytes, encoded length). The subscriber furthest behind is cut
+//!   first, its queue freed at once, and so on until the rest fit.
 
 use std::collections::{HashSet, VecDeque};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 
-use futures::Stream;
-use tokio::sync::mpsc;
+use prost::Message as _;
 use tonic::Status;
 
-use crate::metrics::{MarketLabel, Metrics};
+pub(crate) use super::event_queue::EventStream;
+use super::event_queue::{Backlog, EventQueue, event_queue};
+use crate::metrics::{MarketLabel, Metrics, QueueLabel, ReasonLabel};
 use crate::proto::{Cursor, Event, Order, OrdersReceived, event::Kind};
 
 struct Subscriber {
     markets: Option<HashSet<String>>,
-    tx: mpsc::UnboundedSender<Result<Event, Status>>,
-    backlog: Arc<AtomicUsize>,
+    queue: EventQueue,
 }
 
 impl Subscriber {
@@ -46,7 +46,7 @@ impl Subscriber {
 struct Logged {
     event: Event,
     market: Option<String>,
-    weight: usize,
+    weight: Backlog,
     delivered: bool,
 }
 
@@ -83,10 +83,20 @@ pub(crate) enum ResumeError {
     },
 }
 
+/// Limits on what may wait for subscribers.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct QueueLimits {
+    /// Orders one subscriber may fall behind (`--subscriber-buffer`).
+    pub(super) backlog_orders: usize,
+    /// Encoded bytes all subscribers' queues may hold together (their share of
+    /// `--queue-memory-bytes`).
+    pub(super) memory_bytes: usize,
+}
+
 /// The node's subscribers and event log.
 pub(super) struct Subscribers {
     list: Vec<Subscriber>,
-    buffer_limit: usize,
+    limits: QueueLimits,
     incarnation: u64,
     /// Sequence number of the newest event (0: none yet).
     last: u64,
@@ -96,39 +106,23 @@ pub(super) struct Subscribers {
     metrics: Arc<Metrics>,
 }
 
-/// The stream of events one subscriber reads (the body of the `Subscribe` RPC).
-pub(crate) struct EventStream {
-    rx: mpsc::UnboundedReceiver<Result<Event, Status>>,
-    backlog: Arc<AtomicUsize>,
-}
-
-fn weight(event: &Event) -> usize {
-    match event {
+/// An event's weight: orders (an `OrdersReceived` weighs its orders, any other event 1)
+/// and encoded bytes.
+fn weight(event: &Event) -> Backlog {
+    let orders = match event {
         Event { kind: Some(Kind::Orders(o)), .. } => o.orders.len().max(1),
         _ => 1,
-    }
-}
-
-impl Stream for EventStream {
-    type Item = Result<Event, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let item = self.rx.poll_recv(cx);
-        if let Poll::Ready(Some(ev)) = &item {
-            let w = ev.as_ref().map_or(1, weight);
-            self.backlog.fetch_sub(w, Ordering::Relaxed);
-        }
-        item
-    }
+    };
+    Backlog { orders, bytes: event.encoded_len() }
 }
 
 impl Subscribers {
-    /// No subscribers yet; each may fall `buffer_limit` orders behind; the log keeps the
-    /// newest `retention` orders' worth of events. `incarnation` names this run in cursors.
-    pub(super) fn new(buffer_limit: usize, retention: usize, incarnation: u64, metrics: Arc<Metrics>) -> Self {
+    /// No subscribers yet, queues bounded by `limits`; the log keeps the newest
+    /// `retention` orders' worth of events. `incarnation` names this run in cursors.
+    pub(super) fn new(limits: QueueLimits, retention: usize, incarnation: u64, metrics: Arc<Metrics>) -> Self {
         Subscribers {
             list: Vec::new(),
-            buffer_limit,
+            limits,
             incarnation,
             last: 0,
             log: VecDeque::new(),
@@ -156,10 +150,9 @@ impl Subscribers {
             None => None,
             Some(c) => Some(self.check(c)?),
         };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let backlog = Arc::new(AtomicUsize::new(0));
+        let (queue, stream) = event_queue();
         let markets = (!markets.is_empty()).then(|| markets.into_iter().collect());
-        self.list.push(Subscriber { markets, tx, backlog: backlog.clone() });
+        self.list.push(Subscriber { markets, queue });
         let i = self.list.len() - 1;
         if let Some(from) = replay_from {
             let skip = self.log.len() - self.log.iter().filter(|l| seq_of(&l.event) >= from).count();
@@ -172,15 +165,16 @@ impl Subscribers {
                 if !l.delivered
                     && let Some(m) = market
                 {
-                    let n = w as u64;
+                    let n = w.orders as u64;
                     self.metrics.orders_delivered.get_or_create(&MarketLabel { market: m }).inc_by(n);
                     self.log[k].delivered = true;
                 }
                 self.send(i, event, w);
             }
+            self.enforce_memory_bound();
         }
         self.metrics.subscribers.set(self.list.len() as i64);
-        Ok(EventStream { rx, backlog })
+        Ok(stream)
     }
 
     /// The sequence number replay starts from, if the log continues exactly after `c`.
@@ -232,45 +226,77 @@ impl Subscribers {
             weight: w,
             delivered: !interested.is_empty(),
         });
-        self.log_weight += w;
+        self.log_weight += w.orders;
         while self.log_weight > self.retention && self.log.len() > 1 {
             let old = self.log.pop_front().expect("len > 1");
-            self.log_weight -= old.weight;
+            self.log_weight -= old.weight.orders;
         }
+        self.enforce_memory_bound();
         self.prune();
         interested.len()
     }
 
-    /// Ends every subscription with `status` (e.g. UNAVAILABLE on shutdown).
+    /// Ends every subscription with `status` (e.g. UNAVAILABLE on shutdown), after the
+    /// events already queued for it.
     pub(super) fn close_all(&mut self, status: Status) {
         for s in self.list.drain(..) {
-            let _ = s.tx.send(Err(status.clone()));
+            s.queue.end(status.clone(), false);
         }
         self.metrics.subscribers.set(0);
     }
 
-    fn send(&mut self, i: usize, ev: Event, w: usize) {
+    fn send(&mut self, i: usize, ev: Event, w: Backlog) {
         let s = &self.list[i];
-        let backlog = s.backlog.fetch_add(w, Ordering::Relaxed) + w;
-        if backlog > self.buffer_limit {
-            tracing::warn!(backlog, limit = self.buffer_limit, "subscriber fell behind; ending its stream");
-            self.metrics.subscribers_dropped.inc();
-            let _ = s.tx.send(Err(Status::resource_exhausted(format!(
-                "subscriber fell {backlog} orders behind (limit {}); resubscribe with resume_after = the last cursor read",
-                self.buffer_limit
-            ))));
-            // Closing the sender ends the stream after the error; prune() removes it.
-            self.list[i].markets = Some(HashSet::new());
-            self.list[i].backlog.store(usize::MAX / 2, Ordering::Relaxed);
-            return;
+        let backlog = s.queue.push(ev, w).orders;
+        if backlog > self.limits.backlog_orders {
+            tracing::warn!(backlog, limit = self.limits.backlog_orders, "subscriber fell behind; ending its stream");
+            self.metrics.subscribers_dropped.get_or_create(&ReasonLabel { reason: "backlog" }).inc();
+            s.queue.end(
+                Status::resource_exhausted(format!(
+                    "subscriber fell {backlog} orders behind (limit {}); resubscribe with resume_after = the last cursor read",
+                    self.limits.backlog_orders
+                )),
+                true,
+            );
         }
-        let _ = s.tx.send(Ok(ev));
+    }
+
+    /// Ends the subscribers furthest behind (most bytes queued) until the rest fit in the
+    /// memory share; publishes the bytes queued.
+    fn enforce_memory_bound(&mut self) {
+        let mut queued: Vec<(usize, usize)> =
+            (0..self.list.len()).map(|i| (self.list[i].queue.backlog().bytes, i)).collect();
+        let mut total: usize = queued.iter().map(|(b, _)| b).sum();
+        if total > self.limits.memory_bytes {
+            queued.sort_unstable_by(|a, b| b.cmp(a));
+            for (bytes, i) in queued {
+                if total <= self.limits.memory_bytes || bytes == 0 {
+                    break;
+                }
+                tracing::warn!(
+                    queued_bytes = bytes,
+                    all_subscribers_bytes = total,
+                    limit = self.limits.memory_bytes,
+                    "subscribers' queues over the memory bound; ending the subscriber furthest behind"
+                );
+                self.metrics.subscribers_dropped.get_or_create(&ReasonLabel { reason: "memory_bound" }).inc();
+                self.list[i].queue.end(
+                    Status::resource_exhausted(format!(
+                        "this subscriber was furthest behind ({bytes} bytes queued) when the subscribers' queues passed their memory bound of {} bytes; resubscribe with resume_after = the last cursor read",
+                        self.limits.memory_bytes
+                    )),
+                    true,
+                );
+                total -= bytes;
+            }
+        }
+        self.metrics.queue_memory.get_or_create(&QueueLabel { queue: "subscribers" }).set(total as i64);
     }
 
     /// Removes subscribers whose stream was dropped or that were ended.
     fn prune(&mut self) {
         let before = self.list.len();
-        self.list.retain(|s| !s.tx.is_closed() && s.backlog.load(Ordering::Relaxed) < usize::MAX / 4);
+        self.list.retain(|s| !s.queue.is_finished());
         if self.list.len() != before {
             self.metrics.subscribers.set(self.list.len() as i64);
         }
@@ -290,8 +316,16 @@ mod tests {
     const RUN: u64 = 0xfeed;
 
     fn subs(limit: usize, retention: usize) -> (Subscribers, Arc<Metrics>) {
+        bounded(QueueLimits { backlog_orders: limit, memory_bytes: usize::MAX }, retention)
+    }
+
+    fn bounded(limits: QueueLimits, retention: usize) -> (Subscribers, Arc<Metrics>) {
         let m = Arc::new(Metrics::register(&mut Registry::default()));
-        (Subscribers::new(limit, retention, RUN, m.clone()), m)
+        (Subscribers::new(limits, retention, RUN, m.clone()), m)
+    }
+
+    fn dropped(m: &Metrics, reason: &'static str) -> u64 {
+        m.subscribers_dropped.get_or_create(&ReasonLabel { reason }).get()
     }
 
     fn orders(n: u64) -> Vec<Order> {
@@ -337,14 +371,50 @@ mod tests {
             s.deliver_orders("BTC", orders(4));
             assert!(fast.next().await.unwrap().is_ok());
         }
-        // slow has 12 > 10 orders pending: it got two events, then the error, then the end.
-        assert!(slow.next().await.unwrap().is_ok());
-        assert!(slow.next().await.unwrap().is_ok());
+        // slow had 12 > 10 orders pending: its queue was dropped, it gets the error, then
+        // the end.
         let err = slow.next().await.unwrap().unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
         assert!(slow.next().await.is_none());
         assert_eq!(s.len(), 1);
-        assert_eq!(m.subscribers_dropped.get(), 1);
+        assert_eq!(dropped(&m, "backlog"), 1);
+        assert_eq!(dropped(&m, "memory_bound"), 0);
+    }
+
+    /// The subscribers' queues together stay within their memory share: the subscriber
+    /// furthest behind is cut first (its queue freed without it reading), one that keeps
+    /// up is never cut, and the bytes queued are exported.
+    #[tokio::test]
+    async fn the_memory_bound_cuts_the_subscriber_furthest_behind_first() {
+        let one = weight(&Event {
+            kind: Some(Kind::Orders(OrdersReceived { orders: orders(4) })),
+            cursor: Some(Cursor { incarnation: RUN, sequence: 1 }),
+        })
+        .bytes;
+        // Room for six and a half such events in all queues together.
+        let (mut s, m) = bounded(QueueLimits { backlog_orders: usize::MAX, memory_bytes: 6 * one + one / 2 }, 100);
+        let mut fast = s.add(vec![], None).unwrap();
+        let mut stalled = s.add(vec![], None).unwrap();
+        let mut lagging = s.add(vec![], None).unwrap();
+        s.deliver_orders("BTC", orders(4));
+        assert_eq!(next(&mut fast).await.0, 1);
+        assert_eq!(next(&mut lagging).await.0, 1);
+        s.deliver_orders("BTC", orders(4));
+        assert_eq!(next(&mut fast).await.0, 2);
+        s.deliver_orders("BTC", orders(4)); // fast 1, stalled 3, lagging 2 queued: 6 fit
+        assert_eq!(next(&mut fast).await.0, 3);
+        assert_eq!(dropped(&m, "memory_bound"), 0);
+        s.deliver_orders("BTC", orders(4)); // fast 1, stalled 4, lagging 3: 8, cut stalled
+        assert_eq!(dropped(&m, "memory_bound"), 1);
+        let queued = m.queue_memory.get_or_create(&QueueLabel { queue: "subscribers" }).get();
+        assert_eq!(queued as usize, 4 * one, "fast's 1 and lagging's 3 events remain");
+        let err = stalled.next().await.unwrap().unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err.message().contains("furthest behind"), "{}", err.message());
+        assert!(stalled.next().await.is_none(), "its queue was discarded");
+        assert_eq!(next(&mut fast).await.0, 4, "the one keeping up goes on");
+        assert_eq!(next(&mut lagging).await.0, 2, "within the bound once the furthest is cut");
+        assert_eq!(s.len(), 2);
     }
 
     /// An engine that goes away and resumes from its last cursor gets exactly the events

@@ -4,6 +4,9 @@
 //! the **stack floor**: the same engines through `openmatch-gossip relay` processes
 //! ([`crate::tools::relay`]), i.e. the mandated libp2p + gRPC stack with none of the sidecar's
 //! logic, so the latency the sidecar adds reads apart from what the stack itself costs.
+//! Each sidecar run also reports the largest sidecar peak RSS as a multiple of the
+//! sidecars' queue memory bound (`--queue-memory-bytes`, default 32 MiB): the bound covers
+//! the queues, not the whole process, so the ratio shows what the rest costs.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -40,8 +43,10 @@ fn row(label: &str, r: &ClusterReport, base: Option<&ClusterReport>) -> String {
     });
     let cpu: Vec<String> = r.sidecars.iter().map(|u| format!("{:.1}", u.cpu_secs)).collect();
     let rss: Vec<String> = r.sidecars.iter().map(|u| format!("{:.0}", u.peak_rss_mib)).collect();
+    let bound_mib = crate::config::DEFAULT_QUEUE_MEMORY_BYTES as f64 / f64::from(1 << 20);
+    let most = r.sidecars.iter().map(|u| u.peak_rss_mib).fold(0.0, f64::max);
     format!(
-        "| {label} | {} | {:.4} | {vs} | {} | {} | {} | {} | {} |",
+        "| {label} | {} | {:.4} | {vs} | {} | {} | {} | {} | {} | {} |",
         rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" / "),
         ratio,
         r.latency.p50_us,
@@ -49,6 +54,7 @@ fn row(label: &str, r: &ClusterReport, base: Option<&ClusterReport>) -> String {
         r.latency.max_us,
         if cpu.is_empty() { "–".into() } else { cpu.join(" / ") },
         if rss.is_empty() { "–".into() } else { rss.join(" / ") },
+        if rss.is_empty() { "–".into() } else { format!("{:.2}", most / bound_mib) },
     )
 }
 
@@ -66,9 +72,9 @@ pub async fn run(args: &BenchArgs, binary: &Path) -> anyhow::Result<bool> {
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "| run | delivered orders/s per engine | delivery ratio | min rate vs baseline | p50 µs | p99 µs | max µs | sidecar CPU s | sidecar peak RSS MiB |"
+        "| run | delivered orders/s per engine | delivery ratio | min rate vs baseline | p50 µs | p99 µs | max µs | sidecar CPU s | sidecar peak RSS MiB | peak RSS / queue memory bound |"
     );
-    let _ = writeln!(table, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(table, "|---|---|---|---|---|---|---|---|---|---|");
     let mut ok = true;
     let real = Some(args.real_duration_s);
     let runs = [
