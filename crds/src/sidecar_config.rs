@@ -185,6 +185,10 @@ impl Default for RateLimitConfig {
     }
 }
 
+/// Most orders one gossip message may carry: receivers refuse a message with more before
+/// decoding it (docs/PROTOCOL.md §12), so `publish.maxOrdersPerMessage` may not exceed it.
+pub const MAX_ORDERS_PER_MESSAGE: u32 = 8_192;
+
 /// How local orders are packed into `OrderGossip` messages.
 ///
 /// Packing is adaptive: whatever the engine has submitted since the last publish goes out
@@ -194,7 +198,7 @@ impl Default for RateLimitConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct PublishConfig {
-    /// Most orders in one gossip message. Default 512.
+    /// Most orders in one gossip message, 1 to [`MAX_ORDERS_PER_MESSAGE`]. Default 512.
     pub max_orders_per_message: u32,
     /// Orders accepted from the engine but not yet published, across markets. When full,
     /// the socket API stops reading (push-back to the engine). Default 65,536.
@@ -421,8 +425,8 @@ impl SidecarConfig {
             ));
         }
         let p = &self.publish;
-        if !(1..=65_536).contains(&p.max_orders_per_message) {
-            return Err(invalid("publish.maxOrdersPerMessage", "must be between 1 and 65536"));
+        if !(1..=MAX_ORDERS_PER_MESSAGE).contains(&p.max_orders_per_message) {
+            return Err(invalid("publish.maxOrdersPerMessage", "must be between 1 and 8192"));
         }
         if p.outbox_capacity < p.max_orders_per_message {
             return Err(invalid("publish.outboxCapacity", "must be at least publish.maxOrdersPerMessage"));

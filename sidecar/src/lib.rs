@@ -33,8 +33,11 @@ mod batch_hash;
 mod bundle;
 pub mod config;
 mod consensus;
+pub mod decode_limits;
 mod dedup;
 mod epoch;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod metrics;
 pub mod node;

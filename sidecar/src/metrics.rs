@@ -150,6 +150,10 @@ pub struct Metrics {
     /// `bad_signature` (its proof does not verify under its origin's key). The responder
     /// is penalised (`bad_repair`).
     pub repair_orders_refused: Family<MarketReason, Counter>,
+    /// `openmatch_gossip_repair_requests_refused_total`: peers' repair requests answered
+    /// with an error unserved, by reason: `rate_limited` (the peer is over its repair
+    /// bucket, `REPAIR_REQUESTS_PER_S` sustained and `REPAIR_REQUEST_BURST` at once).
+    pub repair_requests_refused: Family<ReasonLabel, Counter>,
     /// `openmatch_gossip_late_orders_total`: orders that arrived after this node sealed
     /// their batch (not delivered; their origin learns whether the quorum has them).
     pub late_orders: Family<MarketLabel, Counter>,
@@ -267,6 +271,7 @@ impl Metrics {
             results_outvoted: Family::default(),
             repaired_orders: Family::default(),
             repair_orders_refused: Family::default(),
+            repair_requests_refused: Family::default(),
             late_orders: Family::default(),
             order_outcomes: Family::default(),
             // 100 µs .. ~100 s
@@ -351,6 +356,11 @@ impl Metrics {
             m.results_outvoted.clone(),
         );
         r.register("repaired_orders", "Orders fetched by batch repair", m.repaired_orders.clone());
+        r.register(
+            "repair_requests_refused",
+            "Peers' repair requests refused unserved, by reason",
+            m.repair_requests_refused.clone(),
+        );
         r.register(
             "repair_orders_refused",
             "Orders refused from a repair or recovery answer, by reason",

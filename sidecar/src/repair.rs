@@ -1,6 +1,11 @@
 //! The repair protocol `/openmatch/repair/1.0.0`: libp2p request-response carrying
 //! [`RepairRequest`] / [`RepairResponse`] (wire.proto), each framed as a 4-byte big-endian
-//! length then the protobuf bytes, capped at [`MAX_REPAIR_BYTES`].
+//! length then the protobuf bytes, requests capped at [`MAX_REQUEST_BYTES`] and responses
+//! at [`MAX_REPAIR_BYTES`].
+//!
+//! Reading is bounded by what the frame may allocate, not only by its length: the body is
+//! read as it arrives (a peer announcing 64 MiB and sending nothing costs nothing), and its
+//! element counts and sizes are checked before decoding ([`crate::decode_limits`]).
 //!
 //! A node whose batch lost to a quorum-certified hash asks a member holding that batch for
 //! its digest set, then fetches the orders it lacks from that member: any holder, since
@@ -13,39 +18,62 @@ use std::io;
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use libp2p::StreamProtocol;
 
+use crate::decode_limits::{self, Field};
 use crate::proto::{RepairRequest, RepairResponse};
 
 /// Protocol name.
-pub(crate) const PROTOCOL: StreamProtocol = StreamProtocol::new("/openmatch/repair/1.0.0");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/openmatch/repair/1.0.0");
 
-/// Largest repair message, bytes (64 MiB: a digest set of ~900,000 orders).
+/// Largest repair response, bytes (64 MiB: a digest set of ~880,000 orders).
 pub(crate) const MAX_REPAIR_BYTES: usize = 64 << 20;
+
+/// Largest repair request, bytes: a `FetchOrders` of
+/// [`crate::decode_limits::MAX_FETCH_DIGESTS`] digests is ~560 KB.
+pub(crate) const MAX_REQUEST_BYTES: usize = 1 << 20;
 
 /// Length-prefixed protobuf codec for the repair protocol.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct RepairCodec;
+pub struct RepairCodec;
 
-async fn read_frame<M: prost::Message + Default, T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<M> {
+/// Reads one frame of at most `cap` bytes whose body has the shape `fields`, then decodes
+/// it.
+///
+/// Errors: `InvalidData` for a length over `cap`, a body of the wrong shape or not
+/// protobuf; `UnexpectedEof` for a body shorter than its length.
+async fn read_frame<M: prost::Message + Default, T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    cap: usize,
+    fields: &[Field],
+) -> io::Result<M> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_REPAIR_BYTES {
+    if len > cap {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("repair message of {len} bytes exceeds {cap}")));
+    }
+    // Grown as bytes arrive, not allocated from the announced length.
+    let mut buf = Vec::with_capacity(len.min(64 << 10));
+    io.take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() < len {
         return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("repair message of {len} bytes exceeds {MAX_REPAIR_BYTES}"),
+            io::ErrorKind::UnexpectedEof,
+            format!("repair message ended after {} of {len} bytes", buf.len()),
         ));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    decode_limits::check(&buf, fields).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     M::decode(buf.as_slice()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-async fn write_frame<M: prost::Message, T: AsyncWrite + Unpin + Send>(io: &mut T, msg: &M) -> io::Result<()> {
+async fn write_frame<M: prost::Message, T: AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    msg: &M,
+    cap: usize,
+) -> io::Result<()> {
     let bytes = msg.encode_to_vec();
-    if bytes.len() > MAX_REPAIR_BYTES {
+    if bytes.len() > cap {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("repair message of {} bytes exceeds {MAX_REPAIR_BYTES}", bytes.len()),
+            format!("repair message of {} bytes exceeds {cap}", bytes.len()),
         ));
     }
     io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
@@ -63,7 +91,7 @@ impl libp2p::request_response::Codec for RepairCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<RepairRequest> {
-        read_frame(io).await
+        read_frame(io, MAX_REQUEST_BYTES, decode_limits::REPAIR_REQUEST).await
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -71,7 +99,7 @@ impl libp2p::request_response::Codec for RepairCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<RepairResponse> {
-        read_frame(io).await
+        read_frame(io, MAX_REPAIR_BYTES, decode_limits::REPAIR_RESPONSE).await
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
@@ -80,7 +108,7 @@ impl libp2p::request_response::Codec for RepairCodec {
         io: &mut T,
         req: RepairRequest,
     ) -> io::Result<()> {
-        write_frame(io, &req).await
+        write_frame(io, &req, MAX_REQUEST_BYTES).await
     }
 
     async fn write_response<T: AsyncWrite + Unpin + Send>(
@@ -89,7 +117,7 @@ impl libp2p::request_response::Codec for RepairCodec {
         io: &mut T,
         res: RepairResponse,
     ) -> io::Result<()> {
-        write_frame(io, &res).await
+        write_frame(io, &res, MAX_REPAIR_BYTES).await
     }
 }
 
@@ -112,8 +140,27 @@ mod tests {
         let mut rd = futures::io::Cursor::new(buf.into_inner());
         assert_eq!(RepairCodec.read_request(&PROTOCOL, &mut rd).await.unwrap(), req);
 
-        let mut huge = futures::io::Cursor::new(((MAX_REPAIR_BYTES + 1) as u32).to_be_bytes().to_vec());
+        let mut huge = futures::io::Cursor::new(((MAX_REQUEST_BYTES + 1) as u32).to_be_bytes().to_vec());
         let err = RepairCodec.read_request(&PROTOCOL, &mut huge).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    /// A frame announcing 64 MiB that sends 3 bytes ends with an error after allocating
+    /// what arrived, not what was announced; a frame of empty digests is refused by shape.
+    #[tokio::test]
+    async fn short_and_misshapen_frames_are_refused() {
+        let mut short = (MAX_REPAIR_BYTES as u32).to_be_bytes().to_vec();
+        short.extend([1, 2, 3]);
+        let err = RepairCodec.read_response(&PROTOCOL, &mut futures::io::Cursor::new(short)).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+        let empties = RepairRequest {
+            kind: Some(repair_request::Kind::Fetch(FetchOrders { batch_id: None, digests: vec![vec![]; 1000] })),
+        };
+        let mut buf = futures::io::Cursor::new(Vec::new());
+        write_frame(&mut buf, &empties, MAX_REQUEST_BYTES).await.unwrap();
+        let mut rd = futures::io::Cursor::new(buf.into_inner());
+        let err = RepairCodec.read_request(&PROTOCOL, &mut rd).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("FetchOrders.digests"), "{err}");
     }
 }

@@ -310,7 +310,8 @@ pub fn encode_orders(orders: &[Order], origin_signature: &[u8]) -> Vec<u8> {
 
 impl Gossip {
     /// Decodes a message received on `topic`, signed by `author`, in this order: size cap
-    /// (before any parsing), protobuf, version, body kind against topic kind, signer, then
+    /// (before any parsing), element counts and sizes ([`crate::decode_limits`], before
+    /// decoding), protobuf, version, body kind against topic kind, signer, then
     /// the body: orders get their market (the topic's) and origin (the signer) back; seals
     /// and results must name a batch of the topic's market and carry a 32-byte hash; a
     /// `PeerStatus` must be the signer's own.
@@ -322,6 +323,8 @@ impl Gossip {
         if data.len() > cap {
             return Err(WireError::Oversized { size: data.len(), cap });
         }
+        crate::decode_limits::check(data, crate::decode_limits::GOSSIP_ENVELOPE)
+            .map_err(|e| WireError::Malformed(e.to_string()))?;
         let env = GossipEnvelope::decode(data).map_err(|e| WireError::Malformed(e.to_string()))?;
         if env.version != WIRE_VERSION {
             return Err(WireError::UnsupportedVersion(env.version));

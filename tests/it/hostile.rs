@@ -134,3 +134,40 @@ async fn beyond_transmit_size_never_reaches_validation() {
     assert!(victim.status().await.connected_peers.contains(&raw.peer_id.to_string()));
     shutdown_all(nodes).await;
 }
+
+/// A peer flooding repair requests (unsolicited: it is no member and repairs nothing) is
+/// served its burst, then refused unserved with a reason, counted; another peer's requests
+/// are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_flooding_repair_requests_is_refused_past_its_bucket() {
+    use openmatch_gossip_sidecar::metrics::ReasonLabel;
+    use openmatch_gossip_sidecar::proto::{BatchId, RepairRequest, repair_request, repair_response};
+    const BURST: usize = 512;
+    const PER_S: f64 = 64.0;
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path(), "node", &[BTC], vec![], |_| {}).await;
+    let digests =
+        || RepairRequest { kind: Some(repair_request::Kind::Digests(BatchId { market: BTC.into(), epoch: 1 })) };
+    let rate_limited = |r: &Result<openmatch_gossip_sidecar::proto::RepairResponse, String>| matches!(r, Ok(openmatch_gossip_sidecar::proto::RepairResponse { kind: Some(repair_response::Kind::Error(e)) }) if e.starts_with("rate limited"));
+
+    let mut flooder = RepairClient::connect(&node).await;
+    let started = std::time::Instant::now();
+    let (mut served, mut refused) = (0, 0);
+    // Waves of 50: libp2p caps concurrent streams per connection at 100.
+    for _ in 0..16 {
+        for answer in flooder.ask(&node, (0..50).map(|_| digests()).collect()).await {
+            assert!(answer.is_ok(), "{answer:?}");
+            if rate_limited(&answer) { refused += 1 } else { served += 1 }
+        }
+    }
+    let refill = (started.elapsed().as_secs_f64() * PER_S).ceil() as usize;
+    assert!((BURST..=BURST + refill).contains(&served), "{served} served; burst {BURST}, refill {refill}");
+    assert_eq!(served + refused, 800);
+    let counted = node.metrics.repair_requests_refused.get_or_create(&ReasonLabel { reason: "rate_limited" }).get();
+    assert_eq!(counted, refused as u64);
+
+    let mut polite = RepairClient::connect(&node).await;
+    let answers = polite.ask(&node, (0..10).map(|_| digests()).collect()).await;
+    assert!(answers.iter().all(|a| a.is_ok() && !rate_limited(a)), "{answers:?}");
+    node.shutdown().await;
+}

@@ -703,3 +703,74 @@ pub fn distinct_identities(orders: &[Order]) -> HashSet<(libp2p::bytes::Bytes, u
 pub fn origin_name(origin: &[u8]) -> String {
     PeerId::from_bytes(origin).map_or_else(|_| format!("{origin:?}"), |p| p.to_string())
 }
+
+/// A peer that speaks only the repair protocol (no GossipSub): it connects to a node and
+/// sends it repair requests as a hostile or recovering peer would.
+pub struct RepairClient {
+    swarm: Swarm<libp2p::request_response::Behaviour<openmatch_gossip_sidecar::fuzzing::RepairCodec>>,
+}
+
+impl RepairClient {
+    /// A new identity connected to `node`.
+    pub async fn connect(node: &TestNode) -> RepairClient {
+        use libp2p::request_response::{self, ProtocolSupport};
+        let key = Keypair::generate_ed25519();
+        let behaviour = request_response::Behaviour::with_codec(
+            openmatch_gossip_sidecar::fuzzing::RepairCodec,
+            [(openmatch_gossip_sidecar::fuzzing::REPAIR_PROTOCOL, ProtocolSupport::Outbound)],
+            request_response::Config::default(),
+        );
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_other_transport(|key| {
+                MemoryTransport::default()
+                    .upgrade(Version::V1)
+                    .authenticate(noise::Config::new(key).expect("noise config"))
+                    .multiplex(yamux::Config::default())
+            })
+            .expect("memory transport")
+            .with_behaviour(|_| behaviour)
+            .expect("behaviour")
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        let addr: Multiaddr = node.bootstrap_addr().parse().expect("multiaddr");
+        swarm.dial(addr).expect("dial");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
+                Ok(SwarmEvent::ConnectionEstablished { .. }) => return RepairClient { swarm },
+                Ok(SwarmEvent::OutgoingConnectionError { error, .. }) => panic!("repair client: {error}"),
+                Ok(_) => {}
+                Err(_) => panic!("repair client could not connect to {} within {WAIT:?}", node.name),
+            }
+        }
+    }
+
+    /// Sends `requests` to `node` all at once and returns the answers in any order (a
+    /// failed request as `Err` with the reason).
+    pub async fn ask(
+        &mut self,
+        node: &TestNode,
+        requests: Vec<openmatch_gossip_sidecar::proto::RepairRequest>,
+    ) -> Vec<Result<openmatch_gossip_sidecar::proto::RepairResponse, String>> {
+        use libp2p::request_response::{Event, Message};
+        let peer = node.peer_id();
+        let n = requests.len();
+        for r in requests {
+            self.swarm.behaviour_mut().send_request(&peer, r);
+        }
+        let mut answers = Vec::with_capacity(n);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while answers.len() < n {
+            match tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await {
+                Ok(SwarmEvent::Behaviour(Event::Message { message: Message::Response { response, .. }, .. })) => {
+                    answers.push(Ok(response))
+                }
+                Ok(SwarmEvent::Behaviour(Event::OutboundFailure { error, .. })) => answers.push(Err(error.to_string())),
+                Ok(_) => {}
+                Err(_) => panic!("{} of {n} repair answers within {WAIT:?}", answers.len()),
+            }
+        }
+        answers
+    }
+}

@@ -133,6 +133,8 @@ pub(crate) struct Node {
     epochs: EpochClock,
     reputation: Reputation,
     repairs: HashMap<OutboundRequestId, PendingRepair>,
+    /// Per-peer bucket on inbound repair requests ([`repair_io::REPAIR_REQUESTS_PER_S`]).
+    repair_rate: crate::ratelimit::PeerRateLimiter,
     /// This node's accepted orders by id (idempotent submission).
     own: own_orders::OwnOrders,
     /// Last disputed or halted batch, for the health report.
@@ -238,6 +240,12 @@ impl Node {
             recovered,
             closing: false,
             repairs: HashMap::new(),
+            repair_rate: crate::ratelimit::PeerRateLimiter::new(
+                openmatch_gossip_crds::sidecar_config::RateLimitConfig {
+                    messages_per_second: repair_io::REPAIR_REQUESTS_PER_S,
+                    burst: repair_io::REPAIR_REQUEST_BURST,
+                },
+            ),
             own: Default::default(),
             last_trouble: None,
             inbox: Vec::new(),

@@ -125,6 +125,7 @@ impl Node {
                 .set(n as i64);
         }
         self.validator.forget_idle_buckets();
+        self.repair_rate.retain_recent();
         self.check_identity(window);
     }
 

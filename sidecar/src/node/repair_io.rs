@@ -12,7 +12,8 @@ use libp2p::request_response::{self, OutboundRequestId};
 
 use super::Node;
 use crate::bundle::{self, BundleProof};
-use crate::metrics::{MarketLabel, MarketReason};
+use crate::decode_limits::MAX_FETCH_DIGESTS;
+use crate::metrics::{MarketLabel, MarketReason, ReasonLabel};
 use crate::proto::{self, Order, RepairRequest, RepairResponse, repair_request, repair_response};
 use crate::repair::MAX_REPAIR_BYTES;
 use crate::reputation::Offence;
@@ -21,6 +22,15 @@ use crate::wire::{self, BatchKey, Digest};
 /// Largest `ProvenOrders` served, bytes: the frame cap less the response's own framing
 /// (field key and length prefix).
 const MAX_PROVEN_BYTES: usize = MAX_REPAIR_BYTES - 16;
+
+/// Repair requests one peer may send per second, sustained; more are answered with an
+/// error, unserved, and counted (`repair_requests_refused_total{reason="rate_limited"}`).
+/// Far above what an honest member asks: a digest pull or a fetch per batch it repairs.
+pub(super) const REPAIR_REQUESTS_PER_S: u32 = 64;
+
+/// Repair requests one peer may send at once: a restarted member's recovery asks each
+/// peer about every retained batch of every market in one go (~130 with the defaults).
+pub(super) const REPAIR_REQUEST_BURST: u32 = 512;
 
 /// An outstanding repair request.
 pub(super) enum PendingRepair {
@@ -60,8 +70,11 @@ impl Node {
         self.repairs.insert(id, PendingRepair::Decided(batch));
     }
 
-    /// Fetch the orders of `batch` we lack from `peer`, a member holding them.
-    pub(super) fn fetch_orders(&mut self, peer: PeerId, batch: BatchKey, digests: Vec<Digest>) {
+    /// Fetch the orders of `batch` we lack from `peer`, a member holding them: at most
+    /// [`MAX_FETCH_DIGESTS`] per request; the adoption asks again for the rest once the
+    /// answer came, as after a partial answer.
+    pub(super) fn fetch_orders(&mut self, peer: PeerId, batch: BatchKey, mut digests: Vec<Digest>) {
+        digests.truncate(MAX_FETCH_DIGESTS);
         let req = RepairRequest {
             kind: Some(repair_request::Kind::Fetch(proto::FetchOrders {
                 batch_id: Some(batch.to_proto()),
@@ -79,7 +92,17 @@ impl Node {
                 message: request_response::Message::Request { request, channel, .. },
                 ..
             } => {
-                let response = self.serve_repair(peer, request);
+                let response = if self.repair_rate.check(&peer) {
+                    self.serve_repair(peer, request)
+                } else {
+                    self.metrics.repair_requests_refused.get_or_create(&ReasonLabel { reason: "rate_limited" }).inc();
+                    tracing::debug!(%peer, "repair request over the peer's rate; refused");
+                    RepairResponse {
+                        kind: Some(repair_response::Kind::Error(format!(
+                            "rate limited: more than {REPAIR_REQUESTS_PER_S} repair requests/s (burst {REPAIR_REQUEST_BURST}); ask again later"
+                        ))),
+                    }
+                };
                 // The requester may have gone away meanwhile; nothing to do then.
                 let _ = self.swarm.behaviour_mut().repair.send_response(channel, response);
             }
