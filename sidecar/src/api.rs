@@ -61,7 +61,9 @@ impl From<BatchError> for Status {
 impl From<ResumeError> for Status {
     fn from(e: ResumeError) -> Self {
         let code = match e {
-            ResumeError::OtherIncarnation { .. } | ResumeError::Evicted { .. } => tonic::Code::OutOfRange,
+            ResumeError::OtherIncarnation { .. } | ResumeError::Evicted { .. } | ResumeError::TooFarBehind { .. } => {
+                tonic::Code::OutOfRange
+            }
             ResumeError::Ahead { .. } => tonic::Code::InvalidArgument,
         };
         Status::new(code, e.to_string())

@@ -169,8 +169,10 @@ pub struct NodeSettings {
     pub queue_memory_bytes: usize,
 }
 
-/// Default of `--queue-memory-bytes`: 32 MiB.
-pub const DEFAULT_QUEUE_MEMORY_BYTES: usize = 32 << 20;
+/// Default of `--queue-memory-bytes`: 64 MiB, so that the subscribers' half holds a replay
+/// of the default event log (`--event-retention` 262,144 orders of ~95 encoded bytes:
+/// ~25 MB).
+pub const DEFAULT_QUEUE_MEMORY_BYTES: usize = 64 << 20;
 
 /// Parses a multiaddr, naming `field` in the error.
 pub fn parse_multiaddr(field: &str, s: &str) -> anyhow::Result<Multiaddr> {

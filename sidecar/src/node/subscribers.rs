@@ -34,10 +34,16 @@ struct Subscriber {
 
 impl Subscriber {
     fn wants(&self, market: Option<&str>) -> bool {
-        match (market, &self.markets) {
-            (Some(m), Some(set)) => set.contains(m),
-            _ => true,
-        }
+        wants(self.markets.as_ref(), market)
+    }
+}
+
+/// Whether a subscriber to `markets` (`None`: all) gets an event of `market` (`None`: an
+/// event of no market, which everyone gets).
+fn wants(markets: Option<&HashSet<String>>, market: Option<&str>) -> bool {
+    match (market, markets) {
+        (Some(m), Some(set)) => set.contains(m),
+        _ => true,
     }
 }
 
@@ -72,6 +78,19 @@ pub(crate) enum ResumeError {
         cursor: u64,
         /// The oldest retained sequence number.
         oldest: u64,
+    },
+    /// Replaying what followed the cursor would alone pass the subscribers' memory bound
+    /// (the subscription would be cut at once, and again on every resume).
+    #[error(
+        "replaying the {bytes} bytes of events after cursor {cursor} would pass the subscribers' memory bound of {bound} bytes (half of --queue-memory-bytes); subscribe without resume_after and reconcile, or raise --queue-memory-bytes"
+    )]
+    TooFarBehind {
+        /// The cursor's sequence number.
+        cursor: u64,
+        /// Encoded bytes of the events to replay.
+        bytes: usize,
+        /// The subscribers' memory bound, bytes.
+        bound: usize,
     },
     /// The cursor names an event this run has not sent yet.
     #[error("cursor {cursor} is ahead of the last event sent ({last})")]
@@ -150,8 +169,19 @@ impl Subscribers {
             None => None,
             Some(c) => Some(self.check(c)?),
         };
+        let markets: Option<HashSet<String>> = (!markets.is_empty()).then(|| markets.into_iter().collect());
+        if let Some(from) = replay_from {
+            let bytes: usize = self
+                .log
+                .iter()
+                .filter(|l| seq_of(&l.event) >= from && wants(markets.as_ref(), l.market.as_deref()))
+                .map(|l| l.weight.bytes)
+                .sum();
+            if bytes > self.limits.memory_bytes {
+                return Err(ResumeError::TooFarBehind { cursor: from - 1, bytes, bound: self.limits.memory_bytes });
+            }
+        }
         let (queue, stream) = event_queue();
-        let markets = (!markets.is_empty()).then(|| markets.into_iter().collect());
         self.list.push(Subscriber { markets, queue });
         let i = self.list.len() - 1;
         if let Some(from) = replay_from {
@@ -456,6 +486,17 @@ mod tests {
         assert_eq!(s.add(vec![], at(9)).err(), Some(ResumeError::Ahead { cursor: 9, last: 4 }));
         let other = Some(Cursor { incarnation: 7, sequence: 4 });
         assert_eq!(s.add(vec![], other).err(), Some(ResumeError::OtherIncarnation { theirs: 7, ours: RUN }));
+        let one =
+            weight(&Event { kind: Some(Kind::Orders(OrdersReceived { orders: orders(1) })), cursor: at(1) }).bytes;
+        let mut s = bounded(QueueLimits { backlog_orders: usize::MAX, memory_bytes: one + one / 2 }, 5).0;
+        for _ in 0..3 {
+            s.deliver_orders("BTC", orders(1));
+        }
+        assert!(
+            matches!(s.add(vec![], at(1)).err(), Some(ResumeError::TooFarBehind { cursor: 1, .. })),
+            "two events to replay do not fit in one and a half"
+        );
+        assert_eq!(s.add(vec![], at(2)).map(|_| ()), Ok(()), "one does");
         let status = Status::from(ResumeError::Evicted { cursor: 1, oldest: 3 });
         assert_eq!(status.code(), tonic::Code::OutOfRange);
         assert!(status.message().contains("retention window"), "{}", status.message());

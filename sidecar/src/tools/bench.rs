@@ -5,7 +5,7 @@
 //! ([`crate::tools::relay`]), i.e. the mandated libp2p + gRPC stack with none of the sidecar's
 //! logic, so the latency the sidecar adds reads apart from what the stack itself costs.
 //! Each sidecar run also reports the largest sidecar peak RSS as a multiple of the
-//! sidecars' queue memory bound (`--queue-memory-bytes`, default 32 MiB): the bound covers
+//! sidecars' queue memory bound (`--queue-memory-bytes`, default 64 MiB): the bound covers
 //! the queues, not the whole process, so the ratio shows what the rest costs.
 
 use std::fmt::Write as _;
