@@ -30,7 +30,9 @@ pub struct BenchArgs {
     pub markdown: Option<PathBuf>,
 }
 
-fn row(label: &str, r: &ClusterReport, base: Option<&ClusterReport>) -> String {
+/// One table row; `bounded`: the processes are sidecars, which have the queue memory
+/// bound (relays and the baseline do not: their ratio column is empty).
+fn row(label: &str, r: &ClusterReport, base: Option<&ClusterReport>, bounded: bool) -> String {
     let n = r.engines.len();
     let rates: Vec<f64> = (0..n).map(|i| r.delivered_rate(i)).collect();
     let min_rate = rates.iter().copied().fold(f64::INFINITY, f64::min);
@@ -54,7 +56,7 @@ fn row(label: &str, r: &ClusterReport, base: Option<&ClusterReport>) -> String {
         r.latency.max_us,
         if cpu.is_empty() { "–".into() } else { cpu.join(" / ") },
         if rss.is_empty() { "–".into() } else { rss.join(" / ") },
-        if rss.is_empty() { "–".into() } else { format!("{:.2}", most / bound_mib) },
+        if bounded && !rss.is_empty() { format!("{:.2}", most / bound_mib) } else { "–".into() },
     )
 }
 
@@ -90,7 +92,7 @@ pub async fn run(args: &BenchArgs, binary: &Path) -> anyhow::Result<bool> {
             cluster::run(&ClusterArgs { replay, transport: TransportKind::Sidecar, ..base.clone() }, binary).await?;
         eprint!("{}", gossip.render());
         ok &= tcp.ok() && gossip.ok();
-        let _ = writeln!(table, "{}", row(&format!("{label}, plain TCP baseline"), &tcp, None));
+        let _ = writeln!(table, "{}", row(&format!("{label}, plain TCP baseline"), &tcp, None, false));
         // The relay has no flow control, so at maximum speed GossipSub's queues would drop
         // orders: the floor is a latency measure, taken at real pace only.
         if pace == Pace::Real {
@@ -98,9 +100,9 @@ pub async fn run(args: &BenchArgs, binary: &Path) -> anyhow::Result<bool> {
                 cluster::run(&ClusterArgs { replay, transport: TransportKind::Relay, ..base.clone() }, binary).await?;
             eprint!("{}", floor.render());
             ok &= floor.ok();
-            let _ = writeln!(table, "{}", row(&format!("{label}, stack floor (relay)"), &floor, Some(&tcp)));
+            let _ = writeln!(table, "{}", row(&format!("{label}, stack floor (relay)"), &floor, Some(&tcp), false));
         }
-        let _ = writeln!(table, "{}", row(&format!("{label}, openmatch-gossip"), &gossip, Some(&tcp)));
+        let _ = writeln!(table, "{}", row(&format!("{label}, openmatch-gossip"), &gossip, Some(&tcp), true));
     }
     println!("{table}");
     if let Some(path) = &args.markdown {
