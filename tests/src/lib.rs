@@ -543,6 +543,13 @@ fn raw_swarm(key: Keypair) -> Swarm<gossipsub::Behaviour> {
         .expect("gossipsub config");
     let behaviour =
         gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), config).expect("gossipsub behaviour");
+    memory_swarm(key, behaviour)
+}
+
+/// A swarm of `behaviour` on the libp2p memory transport (Noise, Yamux), as the test nodes
+/// listen; idle connections are kept 60 s (GossipSub keeps one alive only while the peer
+/// is in a mesh, request-response only while a request is open).
+fn memory_swarm<B: libp2p::swarm::NetworkBehaviour>(key: Keypair, behaviour: B) -> Swarm<B> {
     libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_other_transport(|key| {
@@ -554,7 +561,6 @@ fn raw_swarm(key: Keypair) -> Swarm<gossipsub::Behaviour> {
         .expect("memory transport")
         .with_behaviour(|_| behaviour)
         .expect("behaviour")
-        // GossipSub keeps a connection alive only while the peer is in a mesh.
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build()
 }
@@ -720,19 +726,7 @@ impl RepairClient {
             [(openmatch_gossip_sidecar::fuzzing::REPAIR_PROTOCOL, ProtocolSupport::Outbound)],
             request_response::Config::default(),
         );
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-            .with_tokio()
-            .with_other_transport(|key| {
-                MemoryTransport::default()
-                    .upgrade(Version::V1)
-                    .authenticate(noise::Config::new(key).expect("noise config"))
-                    .multiplex(yamux::Config::default())
-            })
-            .expect("memory transport")
-            .with_behaviour(|_| behaviour)
-            .expect("behaviour")
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build();
+        let mut swarm = memory_swarm(key, behaviour);
         let addr: Multiaddr = node.bootstrap_addr().parse().expect("multiaddr");
         swarm.dial(addr).expect("dial");
         let deadline = tokio::time::Instant::now() + WAIT;
