@@ -5,7 +5,8 @@
 //! Every value is validated before the node starts; errors name the field.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
@@ -188,7 +189,60 @@ pub fn parse_bootstrap(field: &str, s: &str) -> anyhow::Result<BootstrapPeer> {
     }
 }
 
+/// How long start-up waits for an empty configuration file to be written: 30 s.
+pub const START_CONFIG_WAIT: Duration = Duration::from_secs(30);
+
+/// How often start-up looks at an empty configuration file again: 100 ms.
+const START_CONFIG_POLL: Duration = Duration::from_millis(100);
+
+/// Whether a configuration file's bytes are empty or whitespace only: what a writer that
+/// truncates before it rewrites leaves for a moment. Neither start-up nor a reload takes
+/// such a file as "all defaults" (write `{}` for that).
+pub fn is_blank(bytes: &[u8]) -> bool {
+    bytes.iter().all(u8::is_ascii_whitespace)
+}
+
+/// Whether the file at `path` is readable and blank; an unreadable file is not blank (the
+/// loader reports why it cannot read it).
+fn file_is_blank(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|b| is_blank(&b))
+}
+
 impl NodeSettings {
+    /// [`from_args`](Self::from_args) for start-up: a configuration file that is empty (or
+    /// whitespace only) is waited for, polling every 100 ms for up to `wait`, instead of
+    /// being taken as all defaults. A ConfigMap volume being rewritten (podman rewrites it
+    /// for each pod of a `kube play`) or any writer that truncates first shows this for a
+    /// moment; a node started on it would join the default network with no market and stay
+    /// there, since a network change needs a restart.
+    ///
+    /// Errors: the file is still blank after `wait`, and every error of `from_args`.
+    pub async fn load_at_start(args: &NodeArgs, wait: Duration) -> anyhow::Result<Self> {
+        if let Some(path) = &args.config {
+            let deadline = Instant::now() + wait;
+            let mut announced = false;
+            while file_is_blank(path) {
+                if Instant::now() >= deadline {
+                    return Err(anyhow!(
+                        "config file {} is still empty after {} s; an empty file is refused rather than \
+                         taken as all defaults (write `{{}}` for the defaults, or drop --config)",
+                        path.display(),
+                        wait.as_secs_f32()
+                    ));
+                }
+                if !announced {
+                    tracing::warn!(path = %path.display(), wait_s = wait.as_secs_f32(), "configuration file is empty; waiting for it to be written");
+                    announced = true;
+                }
+                tokio::time::sleep(START_CONFIG_POLL).await;
+            }
+            if announced {
+                tracing::info!(path = %path.display(), "configuration file written; starting");
+            }
+        }
+        Self::from_args(args)
+    }
+
     /// Reads the file (if any), applies overrides, validates.
     pub fn from_args(args: &NodeArgs) -> anyhow::Result<Self> {
         let mut config = match &args.config {
@@ -346,5 +400,47 @@ mod tests {
         let bad = Cli::parse_from(["x", "--markets", "eth"]);
         let err = format!("{:#}", NodeSettings::from_args(&bad.node).unwrap_err());
         assert!(err.contains("markets[0]"), "{err}");
+    }
+
+    fn args_with_config(file: &Path) -> NodeArgs {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            node: NodeArgs,
+        }
+        Cli::parse_from(["x", "--config", file.to_str().unwrap()]).node
+    }
+
+    #[tokio::test]
+    async fn start_up_waits_for_an_empty_config_file_to_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, " \n").unwrap();
+        let args = args_with_config(&file);
+        let loading = tokio::spawn(async move { NodeSettings::load_at_start(&args, Duration::from_secs(60)).await });
+        // The loader must still be waiting on the blank file, not have started on defaults.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(!loading.is_finished(), "start-up took a blank config file as all defaults");
+        std::fs::write(&file, "network: desk-a\nmarkets: [BTC-USDT]\n").unwrap();
+        let s = loading.await.unwrap().unwrap();
+        assert_eq!(s.config.network, "desk-a");
+        assert_eq!(s.config.markets, vec!["BTC-USDT"]);
+    }
+
+    #[tokio::test]
+    async fn start_up_refuses_a_config_file_that_stays_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "").unwrap();
+        let err = format!(
+            "{:#}",
+            NodeSettings::load_at_start(&args_with_config(&file), Duration::from_millis(250)).await.unwrap_err()
+        );
+        assert!(err.contains("still empty") && err.contains("c.yaml"), "{err}");
+        // `{}` is the explicit way to ask for the defaults.
+        std::fs::write(&file, "{}\n").unwrap();
+        let s = NodeSettings::load_at_start(&args_with_config(&file), Duration::ZERO).await.unwrap();
+        assert_eq!(s.config, SidecarConfig::default());
     }
 }

@@ -75,7 +75,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<std::process::ExitCode> {
     use std::process::ExitCode;
     match cmd {
         Cmd::Node(args) => {
-            let settings = config::NodeSettings::from_args(&args)?;
+            let settings = config::NodeSettings::load_at_start(&args, config::START_CONFIG_WAIT).await?;
             let key = identity::load_or_create(&settings.identity_key)?;
             let running = server::start(settings, key).await?;
             if let Some(path) = args.config.clone() {
@@ -100,7 +100,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<std::process::ExitCode> {
             }
         }
         Cmd::Relay(args) => {
-            let settings = config::NodeSettings::from_args(&args)?;
+            let settings = config::NodeSettings::load_at_start(&args, config::START_CONFIG_WAIT).await?;
             let key = identity::load_or_create(&settings.identity_key)?;
             relay::run(settings, key, async {
                 if let Err(e) = wait_for_signal().await {

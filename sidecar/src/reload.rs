@@ -83,9 +83,8 @@ pub(crate) fn spawn(
                 tracing::warn!(path = %path.display(), reason = why, "new configuration rejected; keeping the last good one");
                 metrics.config_reloads.get_or_create(&ResultLabel { result: ReloadOutcome::Rejected.as_str() }).inc();
             };
-            if bytes.as_ref().is_ok_and(|b| b.iter().all(u8::is_ascii_whitespace)) {
-                // At start-up an empty file means "all defaults"; on reload it is far more
-                // likely a writer that truncates before it rewrites.
+            if bytes.as_ref().is_ok_and(|b| crate::config::is_blank(b)) {
+                // A writer that truncates before it rewrites; start-up waits on the same.
                 reject("the file is empty (truncated while being rewritten?)");
                 continue;
             }
