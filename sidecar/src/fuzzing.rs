@@ -19,7 +19,7 @@ use crate::epoch::EpochClock;
 use crate::metrics::Metrics;
 use crate::proto::Order;
 use crate::repair::PROTOCOL;
-pub use crate::repair::{PROTOCOL as REPAIR_PROTOCOL, RepairCodec};
+pub use crate::repair::{MAX_INBOUND_STREAMS_PER_PEER, PROTOCOL as REPAIR_PROTOCOL, RepairCodec};
 use crate::topics::{Topic, TopicKind};
 use crate::validation::{Admission, Validator, ValidatorLimits};
 

@@ -1,7 +1,9 @@
-//! The repair protocol `/openmatch/repair/1.0.0`: libp2p request-response carrying
-//! [`RepairRequest`] / [`RepairResponse`] (wire.proto), each framed as a 4-byte big-endian
-//! length then the protobuf bytes, requests capped at [`MAX_REQUEST_BYTES`] and responses
-//! at [`MAX_REPAIR_BYTES`].
+//! The repair protocol `/openmatch/repair/1.0.0`: one stream per request, carrying a
+//! [`RepairRequest`] then a [`RepairResponse`] (wire.proto), each framed as a 4-byte
+//! big-endian length then the protobuf bytes, requests capped at [`MAX_REQUEST_BYTES`] and
+//! responses at [`MAX_REPAIR_BYTES`]. A node asks with libp2p request-response and this
+//! codec, and serves with its own handler (`node::repair_server`), which bounds the streams
+//! one peer may hold open.
 //!
 //! Reading is bounded by what the frame may allocate, not only by its length: the body is
 //! read as it arrives (a peer announcing 64 MiB and sending nothing costs nothing), and its
@@ -30,6 +32,12 @@ pub(crate) const MAX_REPAIR_BYTES: usize = 64 << 20;
 /// Largest repair request, bytes: a `FetchOrders` of
 /// [`crate::decode_limits::MAX_FETCH_DIGESTS`] digests is ~560 KB.
 pub(crate) const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+/// Repair streams one peer may have open towards a node at once, over all its connections:
+/// 16. Each holds at most a request ([`MAX_REQUEST_BYTES`]) while being read, so a peer can
+/// make a node hold at most 16 MiB of requests; a stream past the bound is reset unread.
+/// A member keeps at most half as many requests outstanding to one peer.
+pub const MAX_INBOUND_STREAMS_PER_PEER: usize = 16;
 
 /// Length-prefixed protobuf codec for the repair protocol.
 #[derive(Debug, Clone, Copy, Default)]
@@ -81,6 +89,20 @@ async fn write_frame<M: prost::Message, T: AsyncWrite + Unpin + Send>(
     io.close().await
 }
 
+/// Reads one repair request frame (at most [`MAX_REQUEST_BYTES`], shape-checked).
+///
+/// Errors: as [`read_frame`]; `InvalidData` for anything malformed.
+pub(crate) async fn read_request<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<RepairRequest> {
+    read_frame(io, MAX_REQUEST_BYTES, decode_limits::REPAIR_REQUEST).await
+}
+
+/// Writes one repair response frame (at most [`MAX_REPAIR_BYTES`]) and closes the stream.
+///
+/// Errors: `InvalidInput` for a response over the cap; the stream's I/O errors.
+pub(crate) async fn write_response<T: AsyncWrite + Unpin + Send>(io: &mut T, res: &RepairResponse) -> io::Result<()> {
+    write_frame(io, res, MAX_REPAIR_BYTES).await
+}
+
 impl libp2p::request_response::Codec for RepairCodec {
     type Protocol = StreamProtocol;
     type Request = RepairRequest;
@@ -91,7 +113,7 @@ impl libp2p::request_response::Codec for RepairCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<RepairRequest> {
-        read_frame(io, MAX_REQUEST_BYTES, decode_limits::REPAIR_REQUEST).await
+        read_request(io).await
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -117,7 +139,7 @@ impl libp2p::request_response::Codec for RepairCodec {
         io: &mut T,
         res: RepairResponse,
     ) -> io::Result<()> {
-        write_frame(io, &res, MAX_REPAIR_BYTES).await
+        write_response(io, &res).await
     }
 }
 

@@ -153,9 +153,9 @@ async fn a_peer_flooding_repair_requests_is_refused_past_its_bucket() {
     let mut flooder = RepairClient::connect(&node).await;
     let started = std::time::Instant::now();
     let (mut served, mut refused) = (0, 0);
-    // Waves of 50: libp2p caps concurrent streams per connection at 100.
-    for _ in 0..16 {
-        for answer in flooder.ask(&node, (0..50).map(|_| digests()).collect()).await {
+    // Waves of 8: as many as a member keeps outstanding to one peer (a node serves 16).
+    for _ in 0..100 {
+        for answer in flooder.ask(&node, (0..8).map(|_| digests()).collect()).await {
             assert!(answer.is_ok(), "{answer:?}");
             if rate_limited(&answer) { refused += 1 } else { served += 1 }
         }
@@ -169,5 +169,53 @@ async fn a_peer_flooding_repair_requests_is_refused_past_its_bucket() {
     let mut polite = RepairClient::connect(&node).await;
     let answers = polite.ask(&node, (0..10).map(|_| digests()).collect()).await;
     assert!(answers.iter().all(|a| a.is_ok() && !rate_limited(a)), "{answers:?}");
+    node.shutdown().await;
+}
+
+/// A peer that opens 48 repair streams at once and never finishes a request gets 16 of
+/// them read (each until the node's 10 s stream deadline) and the other 32 reset unread,
+/// each counted; another peer is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_holding_many_repair_streams_open_gets_only_its_bound() {
+    use openmatch_gossip_sidecar::fuzzing::MAX_INBOUND_STREAMS_PER_PEER as BOUND;
+    use openmatch_gossip_sidecar::metrics::ReasonLabel;
+    use openmatch_gossip_sidecar::proto::{BatchId, RepairRequest, repair_request, repair_response};
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path(), "node", &[BTC], vec![], |_| {}).await;
+    let refused =
+        |reason: &'static str| node.metrics.repair_requests_refused.get_or_create(&ReasonLabel { reason }).get();
+
+    let holder = hold_repair_streams(&node, 3 * BOUND).await;
+    wait_until(
+        WAIT,
+        "the streams past the bound refused",
+        || refused("concurrent_streams") >= 2 * BOUND as u64,
+        || format!("{} refused", refused("concurrent_streams")),
+    )
+    .await;
+
+    let mut polite = RepairClient::connect(&node).await;
+    let digests = RepairRequest { kind: Some(repair_request::Kind::Digests(BatchId { market: BTC.into(), epoch: 1 })) };
+    let answers = polite.ask(&node, vec![digests; 8]).await;
+    assert!(
+        // Served: an abstention, as epoch 1 is far below this node's floor.
+        answers
+            .iter()
+            .all(|a| matches!(a, Ok(r) if matches!(&r.kind, Some(repair_response::Kind::Digests(d)) if d.abstain))),
+        "{answers:?}"
+    );
+
+    // The 16 held streams are given up on at their deadline, each counted; no more are
+    // refused than the 32 past the bound.
+    wait_until(
+        Duration::from_secs(30),
+        "the held streams timed out",
+        || refused("timeout") >= BOUND as u64,
+        || format!("{} timed out", refused("timeout")),
+    )
+    .await;
+    assert_eq!(refused("concurrent_streams"), 2 * BOUND as u64);
+    assert_eq!(refused("timeout"), BOUND as u64);
+    holder.abort();
     node.shutdown().await;
 }

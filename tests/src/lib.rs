@@ -549,7 +549,7 @@ fn raw_swarm(key: Keypair) -> Swarm<gossipsub::Behaviour> {
 /// A swarm of `behaviour` on the libp2p memory transport (Noise, Yamux), as the test nodes
 /// listen; idle connections are kept 60 s (GossipSub keeps one alive only while the peer
 /// is in a mesh, request-response only while a request is open).
-fn memory_swarm<B: libp2p::swarm::NetworkBehaviour>(key: Keypair, behaviour: B) -> Swarm<B> {
+pub fn memory_swarm<B: libp2p::swarm::NetworkBehaviour>(key: Keypair, behaviour: B) -> Swarm<B> {
     libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_other_transport(|key| {
@@ -710,6 +710,92 @@ pub fn origin_name(origin: &[u8]) -> String {
     PeerId::from_bytes(origin).map_or_else(|_| format!("{origin:?}"), |p| p.to_string())
 }
 
+/// A memory-transport swarm of `behaviour` with a new identity, connected to `node`.
+async fn connected_swarm<B: libp2p::swarm::NetworkBehaviour>(node: &TestNode, behaviour: B) -> Swarm<B> {
+    let mut swarm = memory_swarm(Keypair::generate_ed25519(), behaviour);
+    let addr: Multiaddr = node.bootstrap_addr().parse().expect("multiaddr");
+    swarm.dial(addr).expect("dial");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
+            Ok(SwarmEvent::ConnectionEstablished { .. }) => return swarm,
+            Ok(SwarmEvent::OutgoingConnectionError { error, .. }) => panic!("repair peer: {error}"),
+            Ok(_) => {}
+            Err(_) => panic!("repair peer could not connect to {} within {WAIT:?}", node.name),
+        }
+    }
+}
+
+/// A repair codec whose requests never end: each announces a 1,000-byte request, sends
+/// none of it and waits, holding its stream open until the node gives up on it.
+#[derive(Debug, Clone, Copy, Default)]
+struct StallingCodec;
+
+impl libp2p::request_response::Codec for StallingCodec {
+    type Protocol = libp2p::StreamProtocol;
+    type Request = ();
+    type Response = ();
+
+    async fn read_request<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &Self::Protocol,
+        _: &mut T,
+    ) -> std::io::Result<()> {
+        Err(std::io::Error::other("a stalling peer serves nothing"))
+    }
+
+    async fn read_response<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &Self::Protocol,
+        _: &mut T,
+    ) -> std::io::Result<()> {
+        futures::future::pending().await
+    }
+
+    async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        _: (),
+    ) -> std::io::Result<()> {
+        use futures::AsyncWriteExt as _;
+        io.write_all(&1000u32.to_be_bytes()).await?;
+        io.flush().await?;
+        futures::future::pending().await
+    }
+
+    async fn write_response<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &Self::Protocol,
+        _: &mut T,
+        _: (),
+    ) -> std::io::Result<()> {
+        Err(std::io::Error::other("a stalling peer serves nothing"))
+    }
+}
+
+/// A new identity that connects to `node` and opens `n` repair streams at once, each
+/// announcing a request it never sends; they stay open (the peer keeps running) until the
+/// returned task is aborted.
+pub async fn hold_repair_streams(node: &TestNode, n: usize) -> tokio::task::JoinHandle<()> {
+    use libp2p::request_response::{self, ProtocolSupport};
+    let behaviour = request_response::Behaviour::with_codec(
+        StallingCodec,
+        [(openmatch_gossip_sidecar::fuzzing::REPAIR_PROTOCOL, ProtocolSupport::Outbound)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(600)),
+    );
+    let mut swarm = connected_swarm(node, behaviour).await;
+    let peer = node.peer_id();
+    for _ in 0..n {
+        swarm.behaviour_mut().send_request(&peer, ());
+    }
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    })
+}
+
 /// A peer that speaks only the repair protocol (no GossipSub): it connects to a node and
 /// sends it repair requests as a hostile or recovering peer would.
 pub struct RepairClient {
@@ -720,24 +806,12 @@ impl RepairClient {
     /// A new identity connected to `node`.
     pub async fn connect(node: &TestNode) -> RepairClient {
         use libp2p::request_response::{self, ProtocolSupport};
-        let key = Keypair::generate_ed25519();
         let behaviour = request_response::Behaviour::with_codec(
             openmatch_gossip_sidecar::fuzzing::RepairCodec,
             [(openmatch_gossip_sidecar::fuzzing::REPAIR_PROTOCOL, ProtocolSupport::Outbound)],
             request_response::Config::default(),
         );
-        let mut swarm = memory_swarm(key, behaviour);
-        let addr: Multiaddr = node.bootstrap_addr().parse().expect("multiaddr");
-        swarm.dial(addr).expect("dial");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
-                Ok(SwarmEvent::ConnectionEstablished { .. }) => return RepairClient { swarm },
-                Ok(SwarmEvent::OutgoingConnectionError { error, .. }) => panic!("repair client: {error}"),
-                Ok(_) => {}
-                Err(_) => panic!("repair client could not connect to {} within {WAIT:?}", node.name),
-            }
-        }
+        RepairClient { swarm: connected_swarm(node, behaviour).await }
     }
 
     /// Sends `requests` to `node` all at once and returns the answers in any order (a

@@ -42,8 +42,10 @@ pub(crate) struct Behaviour {
     pub identify: identify::Behaviour,
     /// Ping: liveness of connections.
     pub ping: ping::Behaviour,
-    /// Batch repair: digest sets and missing orders ([`crate::repair`]).
+    /// Batch repair, asking: digest sets and missing orders ([`crate::repair`]).
     pub repair: request_response::Behaviour<crate::repair::RepairCodec>,
+    /// Batch repair, serving, with a bound on each peer's open streams.
+    pub repair_server: super::repair_server::RepairServer,
 }
 
 /// GossipSub peer scoring: the application score (peer reputation, weight 1) and GossipSub's
@@ -123,7 +125,7 @@ fn build_behaviour(key: &Keypair, settings: &NodeSettings, registry: &mut Regist
             .with_agent_version(format!("openmatch-gossip/{}", crate::VERSION)),
     );
     let repair = request_response::Behaviour::new(
-        [(crate::repair::PROTOCOL, request_response::ProtocolSupport::Full)],
+        [(crate::repair::PROTOCOL, request_response::ProtocolSupport::Outbound)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
     );
     Ok(Behaviour {
@@ -134,6 +136,7 @@ fn build_behaviour(key: &Keypair, settings: &NodeSettings, registry: &mut Regist
         identify,
         ping: ping::Behaviour::default(),
         repair,
+        repair_server: super::repair_server::RepairServer::new(),
     })
 }
 

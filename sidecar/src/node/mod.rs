@@ -33,6 +33,7 @@ mod publish;
 mod reconfigure;
 mod recovery;
 mod repair_io;
+mod repair_server;
 mod subscribers;
 mod twins;
 
@@ -44,7 +45,6 @@ use anyhow::Context as _;
 use futures::StreamExt as _;
 use libp2p::gossipsub;
 use libp2p::metrics::Recorder as _;
-use libp2p::request_response::OutboundRequestId;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{PeerId, Swarm, identity::Keypair};
 use prometheus_client::registry::Registry;
@@ -70,7 +70,6 @@ use crate::ratelimit::Pacer;
 use crate::reputation::Reputation;
 use crate::topics::Topic;
 use crate::validation::{Validator, ValidatorLimits};
-use repair_io::PendingRepair;
 
 /// How often batches are checked for sealing, agreement, repair and timeouts.
 const CONSENSUS_TICK: Duration = Duration::from_millis(20);
@@ -132,7 +131,7 @@ pub(crate) struct Node {
     consensus: Consensus,
     epochs: EpochClock,
     reputation: Reputation,
-    repairs: HashMap<OutboundRequestId, PendingRepair>,
+    repairs: repair_io::Requests,
     /// Per-peer bucket on inbound repair requests ([`repair_io::REPAIR_REQUESTS_PER_S`]).
     repair_rate: crate::ratelimit::PeerRateLimiter,
     /// This node's accepted orders by id (idempotent submission).
@@ -239,7 +238,7 @@ impl Node {
             recovery: if engine_sealing { recovery::Recovery::Done } else { recovery::Recovery::NotStarted },
             recovered,
             closing: false,
-            repairs: HashMap::new(),
+            repairs: Default::default(),
             repair_rate: crate::ratelimit::PeerRateLimiter::new(
                 openmatch_gossip_crds::sidecar_config::RateLimitConfig {
                     messages_per_second: repair_io::REPAIR_REQUESTS_PER_S,
@@ -392,6 +391,7 @@ impl Node {
                 self.on_gossipsub(ev);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Repair(ev)) => self.on_repair(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::RepairServer(ev)) => self.on_repair_request(ev),
             other => self.on_peer_event(other),
         }
     }

@@ -4,13 +4,14 @@
 //! its origin's bundle proof), and admitting fetched orders only as asked (each digest in
 //! the quorum-certified set) and proven (its origin's signature, [`crate::bundle`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use libp2p::PeerId;
 use libp2p::request_response::{self, OutboundRequestId};
 
 use super::Node;
+use super::repair_server::{Inbound, ServerEvent};
 use crate::bundle::{self, BundleProof};
 use crate::decode_limits::MAX_FETCH_DIGESTS;
 use crate::metrics::{MarketLabel, MarketReason, ReasonLabel};
@@ -32,6 +33,30 @@ pub(super) const REPAIR_REQUESTS_PER_S: u32 = 64;
 /// peer about every retained batch of every market in one go (~130 with the defaults).
 pub(super) const REPAIR_REQUEST_BURST: u32 = 512;
 
+/// Repair requests this node keeps outstanding to one peer at once: 8, half the streams a
+/// peer serves at once ([`crate::repair::MAX_INBOUND_STREAMS_PER_PEER`]), so that a
+/// stream the peer has answered but not yet closed never puts a new one over its bound.
+/// More wait here, in order (a restarted member's recovery asks ~130 at once).
+pub(super) const MAX_OUTSTANDING_PER_PEER: usize = 8;
+
+/// Requests that may wait for one peer: 4,096; past it the oldest waiting one fails as
+/// if the peer had not answered it.
+const MAX_WAITING_PER_PEER: usize = 4096;
+
+/// This node's repair requests: the ones sent, and per peer the ones waiting for one of
+/// its [`MAX_OUTSTANDING_PER_PEER`] places.
+#[derive(Default)]
+pub(super) struct Requests {
+    sent: HashMap<OutboundRequestId, PendingRepair>,
+    peers: HashMap<PeerId, PeerRequests>,
+}
+
+#[derive(Default)]
+struct PeerRequests {
+    outstanding: usize,
+    waiting: VecDeque<(RepairRequest, PendingRepair)>,
+}
+
 /// An outstanding repair request.
 pub(super) enum PendingRepair {
     Digests(BatchKey),
@@ -44,30 +69,52 @@ pub(super) enum PendingRepair {
     Instances,
 }
 
-impl PendingRepair {
-    fn batch(&self) -> Option<&BatchKey> {
-        match self {
-            PendingRepair::Digests(batch) | PendingRepair::Decided(batch) | PendingRepair::Fetch { batch, .. } => {
-                Some(batch)
-            }
-            PendingRepair::Instances => None,
+impl Node {
+    /// Sends `req` to `peer`, or queues it while [`MAX_OUTSTANDING_PER_PEER`] requests to
+    /// that peer are unanswered; `pending` says what to do with the answer.
+    pub(super) fn send_repair(&mut self, peer: PeerId, req: RepairRequest, pending: PendingRepair) {
+        let queue = self.repairs.peers.entry(peer).or_default();
+        if queue.outstanding < MAX_OUTSTANDING_PER_PEER {
+            queue.outstanding += 1;
+            let id = self.swarm.behaviour_mut().repair.send_request(&peer, req);
+            self.repairs.sent.insert(id, pending);
+            return;
+        }
+        queue.waiting.push_back((req, pending));
+        if queue.waiting.len() > MAX_WAITING_PER_PEER
+            && let Some((_, oldest)) = queue.waiting.pop_front()
+        {
+            self.repair_failed(peer, oldest, "too many repair requests waiting for this peer");
         }
     }
-}
 
-impl Node {
+    /// A request sent to `peer` ended, answered or failed: frees its place, sends the next
+    /// waiting one, and returns what it was for (`None` if it is not one of ours).
+    fn repair_ended(&mut self, peer: PeerId, id: OutboundRequestId) -> Option<PendingRepair> {
+        let pending = self.repairs.sent.remove(&id)?;
+        if let Some(queue) = self.repairs.peers.get_mut(&peer) {
+            queue.outstanding = queue.outstanding.saturating_sub(1);
+            if let Some((req, next)) = queue.waiting.pop_front() {
+                queue.outstanding += 1;
+                let id = self.swarm.behaviour_mut().repair.send_request(&peer, req);
+                self.repairs.sent.insert(id, next);
+            } else if queue.outstanding == 0 {
+                self.repairs.peers.remove(&peer);
+            }
+        }
+        Some(pending)
+    }
+
     /// Ask `peer` for its digest set of `batch` (with its seal and result).
     pub(super) fn request_digests(&mut self, peer: PeerId, batch: BatchKey) {
         let req = RepairRequest { kind: Some(repair_request::Kind::Digests(batch.to_proto())) };
-        let id: OutboundRequestId = self.swarm.behaviour_mut().repair.send_request(&peer, req);
-        self.repairs.insert(id, PendingRepair::Digests(batch));
+        self.send_repair(peer, req, PendingRepair::Digests(batch));
     }
 
     /// Recovery: ask `peer` for `batch` as decided there.
     pub(super) fn request_decided(&mut self, peer: PeerId, batch: BatchKey) {
         let req = RepairRequest { kind: Some(repair_request::Kind::Decided(batch.to_proto())) };
-        let id = self.swarm.behaviour_mut().repair.send_request(&peer, req);
-        self.repairs.insert(id, PendingRepair::Decided(batch));
+        self.send_repair(peer, req, PendingRepair::Decided(batch));
     }
 
     /// Fetch the orders of `batch` we lack from `peer`, a member holding them: at most
@@ -81,36 +128,17 @@ impl Node {
                 digests: digests.iter().map(|d| d.to_vec()).collect(),
             })),
         };
-        let id = self.swarm.behaviour_mut().repair.send_request(&peer, req);
-        self.repairs.insert(id, PendingRepair::Fetch { batch, digests: digests.into_iter().collect() });
+        self.send_repair(peer, req, PendingRepair::Fetch { batch, digests: digests.into_iter().collect() });
     }
 
+    /// Answers to (or failures of) this node's repair requests.
     pub(super) fn on_repair(&mut self, ev: request_response::Event<RepairRequest, RepairResponse>) {
         match ev {
             request_response::Event::Message {
                 peer,
-                message: request_response::Message::Request { request, channel, .. },
-                ..
-            } => {
-                let response = if self.repair_rate.check(&peer) {
-                    self.serve_repair(peer, request)
-                } else {
-                    self.metrics.repair_requests_refused.get_or_create(&ReasonLabel { reason: "rate_limited" }).inc();
-                    tracing::debug!(%peer, "repair request over the peer's rate; refused");
-                    RepairResponse {
-                        kind: Some(repair_response::Kind::Error(format!(
-                            "rate limited: more than {REPAIR_REQUESTS_PER_S} repair requests/s (burst {REPAIR_REQUEST_BURST}); ask again later"
-                        ))),
-                    }
-                };
-                // The requester may have gone away meanwhile; nothing to do then.
-                let _ = self.swarm.behaviour_mut().repair.send_response(channel, response);
-            }
-            request_response::Event::Message {
-                peer,
                 message: request_response::Message::Response { request_id, response },
                 ..
-            } => match (self.repairs.remove(&request_id), response.kind) {
+            } => match (self.repair_ended(peer, request_id), response.kind) {
                 (Some(PendingRepair::Digests(_)), Some(repair_response::Kind::Digests(set))) => {
                     let actions = self.consensus.on_digest_set(peer, &set);
                     self.run_actions(actions);
@@ -124,38 +152,59 @@ impl Node {
                 (Some(PendingRepair::Instances), Some(repair_response::Kind::Instances(heard))) => {
                     self.on_instances(peer, &heard);
                 }
-                (Some(PendingRepair::Instances), other) => {
-                    tracing::debug!(%peer, response = ?other, "identity check refused");
-                }
-                (Some(PendingRepair::Decided(batch)), other) => {
-                    tracing::debug!(%peer, batch = %batch, response = ?other, "recovery request refused");
-                    self.on_decided(peer, batch, None);
-                }
-                (Some(pending), other) => {
-                    if let Some(batch) = pending.batch() {
-                        tracing::warn!(%peer, %batch, response = ?other, "repair request refused");
-                        self.consensus.on_repair_failure(batch);
-                    }
-                }
+                (Some(pending), other) => self.repair_failed(peer, pending, &format!("refused: {other:?}")),
                 (None, _) => {}
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
-                match self.repairs.remove(&request_id) {
-                    Some(PendingRepair::Decided(batch)) => {
-                        tracing::debug!(%peer, batch = %batch, %error, "recovery request failed");
-                        self.on_decided(peer, batch, None);
-                    }
-                    Some(PendingRepair::Instances) => tracing::debug!(%peer, %error, "identity check failed"),
-                    Some(pending) => {
-                        if let Some(batch) = pending.batch() {
-                            tracing::warn!(%peer, %batch, %error, "repair request failed");
-                            self.consensus.on_repair_failure(batch);
-                        }
-                    }
-                    None => {}
+                if let Some(pending) = self.repair_ended(peer, request_id) {
+                    self.repair_failed(peer, pending, &format!("failed: {error}"));
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A repair request to `peer` got no usable answer (`why`).
+    fn repair_failed(&mut self, peer: PeerId, pending: PendingRepair, why: &str) {
+        match pending {
+            PendingRepair::Decided(batch) => {
+                tracing::debug!(%peer, batch = %batch, why, "recovery request unanswered");
+                self.on_decided(peer, batch, None);
+            }
+            PendingRepair::Instances => tracing::debug!(%peer, why, "identity check unanswered"),
+            PendingRepair::Digests(batch) | PendingRepair::Fetch { batch, .. } => {
+                tracing::warn!(%peer, %batch, why, "repair request unanswered");
+                self.consensus.on_repair_failure(&batch);
+            }
+        }
+    }
+
+    /// A peer's repair request read by the server (`repair_server`), or a stream of its
+    /// refused there: answered within the peer's bucket ([`REPAIR_REQUESTS_PER_S`]),
+    /// refusals counted by reason.
+    pub(super) fn on_repair_request(&mut self, event: ServerEvent) {
+        let peer = event.peer;
+        match event.inbound {
+            Inbound::Request { request, reply } => {
+                let response = if self.repair_rate.check(&peer) {
+                    self.serve_repair(peer, request)
+                } else {
+                    self.metrics.repair_requests_refused.get_or_create(&ReasonLabel { reason: "rate_limited" }).inc();
+                    tracing::debug!(%peer, "repair request over the peer's rate; refused");
+                    RepairResponse {
+                        kind: Some(repair_response::Kind::Error(format!(
+                            "rate limited: more than {REPAIR_REQUESTS_PER_S} repair requests/s (burst {REPAIR_REQUEST_BURST}); ask again later"
+                        ))),
+                    }
+                };
+                // The requester may have gone away meanwhile; nothing to do then.
+                let _ = reply.send(response);
+            }
+            Inbound::Refused { reason, detail } => {
+                self.metrics.repair_requests_refused.get_or_create(&ReasonLabel { reason }).inc();
+                tracing::debug!(%peer, reason, detail, "repair stream refused");
+            }
+            Inbound::Failed { detail } => tracing::debug!(%peer, detail, "repair stream failed"),
         }
     }
 

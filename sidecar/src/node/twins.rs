@@ -121,8 +121,7 @@ impl Node {
     pub(super) fn ask_instances(&mut self, peer: PeerId) {
         let me = PeerInstance { instance: self.run.instance, started_at_ms: self.run.started_at_ms, heard_ms_ago: 0 };
         let req = RepairRequest { kind: Some(repair_request::Kind::Instances(me)) };
-        let id = self.swarm.behaviour_mut().repair.send_request(&peer, req);
-        self.repairs.insert(id, super::repair_io::PendingRepair::Instances);
+        self.send_repair(peer, req, super::repair_io::PendingRepair::Instances);
     }
 
     /// Once per heartbeat: asks the next connected peer (in turn) about this node's id, and
