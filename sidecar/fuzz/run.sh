@@ -11,7 +11,7 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 secs="${1:-60}"
 shift || true
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(gossip_validator repair_codec config_loader engine_order)
+[ "${#targets[@]}" -gt 0 ] || targets=(gossip_validator repair_codec consensus_feed config_loader engine_order)
 if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     echo "fuzzing skipped: no nightly toolchain (cargo-fuzz needs one: rustup toolchain install nightly)"
     exit 0

@@ -339,7 +339,7 @@ impl Consensus {
 
     /// The phase of `batch`, if known.
     #[cfg(test)]
-    fn phase(&self, batch: &BatchKey) -> Option<BatchPhase> {
+    pub(crate) fn phase(&self, batch: &BatchKey) -> Option<BatchPhase> {
         self.batches.get(batch).map(|b| b.phase)
     }
 

@@ -77,6 +77,165 @@ impl GossipValidator {
     }
 }
 
+/// Unix ms of the fuzzing clock's start: inside epoch 1,800,000,000 of the default 1 s
+/// epochs, the epoch the seeds use.
+pub const START_MS: u64 = 1_800_000_000_500;
+
+/// Peers a [`ConsensusFeed`] hears from: 4, with keys `[1; 32]` … `[4; 32]`.
+pub const FEED_PEERS: u8 = 4;
+
+/// Steps a [`ConsensusFeed`] runs from one input, at most.
+const MAX_STEPS: usize = 256;
+
+/// What a node does with each message a peer may send, after decoding: a node trading
+/// [`MARKET`] with [`FEED_PEERS`] peers (5 members), fed a sequence of steps as its event
+/// loop would feed them. The gossip validator admits each message first, as on the node;
+/// accepted orders, seals and results go into the batch state machine
+/// (`crate::consensus`), repair answers through the same proof checks as the node's
+/// (`crate::bundle::verify_orders`), and time advances only by steps, so a run is
+/// reproducible.
+pub struct ConsensusFeed {
+    validator: GossipValidator,
+    consensus: crate::consensus::Consensus,
+    peers: Vec<PeerId>,
+    live: std::collections::HashSet<PeerId>,
+    me: PeerId,
+    start: std::time::Instant,
+    elapsed_ms: u64,
+}
+
+impl Default for ConsensusFeed {
+    fn default() -> Self {
+        let peers: Vec<PeerId> = (1..=FEED_PEERS)
+            .map(|i| libp2p::identity::Keypair::ed25519_from_bytes([i; 32]).expect("32 bytes").public().to_peer_id())
+            .collect();
+        ConsensusFeed {
+            validator: GossipValidator::default(),
+            consensus: crate::consensus::Consensus::new(SidecarConfig::default().consensus),
+            live: peers.iter().copied().collect(),
+            peers,
+            me: libp2p::identity::Keypair::ed25519_from_bytes([9; 32]).expect("32 bytes").public().to_peer_id(),
+            start: std::time::Instant::now(),
+            elapsed_ms: 0,
+        }
+    }
+}
+
+impl ConsensusFeed {
+    /// Runs `input` as steps `[op, peer, len (u16, little-endian), body (len bytes)]` (a
+    /// short last step takes what is left), at most 256; returns how many ran. `peer`
+    /// picks one of the peers (modulo [`FEED_PEERS`]); `op` modulo 6 is:
+    ///
+    /// - 0: a gossip message from the peer: `body[0]` picks the topic kind as in
+    ///   [`GossipValidator::validate`], the rest is the message;
+    /// - 1: a repair answer from the peer: `body` is a `RepairResponse` (no length prefix);
+    /// - 2: an order the node's own engine submits: `body` is an `Order`;
+    /// - 3: the node seals an epoch: `body[0] % 4` epochs after the first (default 0);
+    /// - 4: time passes, `body[0]` × 8 ms + 1 ms, and the node ticks;
+    /// - 5: the engine submits a result for the epoch picked as in 3, hash `body[1..33]`.
+    pub fn run(&mut self, input: &[u8]) -> usize {
+        let mut rest = input;
+        let mut steps = 0;
+        while steps < MAX_STEPS && rest.len() >= 4 {
+            let (op, peer) = (rest[0], self.peers[(rest[1] % FEED_PEERS) as usize]);
+            let len = u16::from_le_bytes([rest[2], rest[3]]) as usize;
+            let body = &rest[4..(4 + len).min(rest.len())];
+            rest = &rest[4 + body.len()..];
+            self.step(op % 6, peer, body);
+            steps += 1;
+        }
+        steps
+    }
+
+    fn now(&self) -> (std::time::Instant, u64) {
+        (self.start + std::time::Duration::from_millis(self.elapsed_ms), START_MS + self.elapsed_ms)
+    }
+
+    fn batch(body: &[u8]) -> crate::wire::BatchKey {
+        let epoch = START_MS / 1000 + body.first().map_or(0, |b| u64::from(b % 4));
+        crate::wire::BatchKey { market: MARKET.to_owned(), epoch }
+    }
+
+    fn step(&mut self, op: u8, peer: PeerId, body: &[u8]) {
+        use crate::validation::{Payload, Verdict};
+        let (now, now_ms) = self.now();
+        match op {
+            0 => {
+                let Some((&kind, message)) = body.split_first() else { return };
+                let kind = match kind % 4 {
+                    0 => TopicKind::Orders,
+                    1 => TopicKind::Batches,
+                    2 => TopicKind::Results,
+                    _ => TopicKind::Control,
+                };
+                let market = if kind == TopicKind::Control { String::new() } else { MARKET.to_owned() };
+                let topic = Topic { kind, market }.ident(NETWORK).to_string();
+                match self.validator.validate_on(&topic, &peer, message, now_ms) {
+                    Verdict::Accept(Payload::Orders { orders, digests, proof, .. }) => {
+                        for (o, d) in orders.iter().zip(digests) {
+                            let _ = self.consensus.add_order(o, d, Some(proof.clone()));
+                        }
+                    }
+                    Verdict::Accept(Payload::Seal(seal)) => {
+                        let _ = self.consensus.on_peer_seal(peer, &seal);
+                    }
+                    Verdict::Accept(Payload::Result(result)) => self.consensus.on_peer_result(peer, &result),
+                    _ => {}
+                }
+            }
+            1 => {
+                use crate::proto::repair_response::Kind;
+                if crate::decode_limits::check(body, crate::decode_limits::REPAIR_RESPONSE).is_err() {
+                    return;
+                }
+                let Ok(response) = crate::proto::RepairResponse::decode(body) else { return };
+                match response.kind {
+                    Some(Kind::Digests(set)) => {
+                        let _ = self.consensus.on_digest_set(peer, &set);
+                    }
+                    Some(Kind::Orders(answer)) => {
+                        let batch = Self::batch(&[]);
+                        let checked = answer
+                            .orders
+                            .into_iter()
+                            .filter(|o| o.market == batch.market && o.epoch == batch.epoch)
+                            .map(|o| (crate::wire::order_digest(&o), o))
+                            .collect();
+                        let verified = crate::bundle::verify_orders(NETWORK, MARKET, checked, &answer.proofs);
+                        let _ = self.consensus.on_fetched(&batch, verified.accepted);
+                    }
+                    _ => {}
+                }
+            }
+            2 => {
+                let Ok(mut order) = Order::decode(body) else { return };
+                order.origin = self.me.to_bytes().into();
+                let cap = SidecarConfig::default().limits.max_freeze_proof_bytes as usize;
+                if order.market == MARKET && crate::wire::check_order_fields(&order, cap).is_ok() {
+                    let _ = self.consensus.add_order(&order, crate::wire::order_digest(&order), None);
+                }
+            }
+            3 => {
+                let batch = Self::batch(body);
+                self.consensus.open(&batch);
+                let _ = self.consensus.seal(&batch, now);
+            }
+            4 => {
+                self.elapsed_ms += u64::from(body.first().copied().unwrap_or(0)) * 8 + 1;
+                let (now, _) = self.now();
+                let membership = crate::consensus::Membership { members: 1 + self.peers.len(), live: &self.live };
+                let _ = self.consensus.tick(now, &membership);
+            }
+            _ => {
+                let mut hash = [0u8; 32];
+                let given = body.get(1..).unwrap_or_default();
+                hash[..given.len().min(32)].copy_from_slice(&given[..given.len().min(32)]);
+                let _ = self.consensus.submit_result(&Self::batch(body), hash, 1, now);
+            }
+        }
+    }
+}
+
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     futures::executor::block_on(f)
 }
@@ -243,7 +402,44 @@ pub fn seed_corpus() -> Vec<(&'static str, Vec<u8>)> {
                 .into_bytes(),
         ),
         ("engine_order", Order { epoch: 0, ..order(1) }.encode_to_vec()),
+        ("consensus_feed", feed_seed(&orders)),
     ]
+}
+
+/// A [`ConsensusFeed`] input that takes a batch of the node's own `orders` through
+/// agreement to a settled result: the orders, the node's seal, every peer's matching seal,
+/// a tick, the node's result, every peer's matching result, a tick.
+fn feed_seed(orders: &[Order]) -> Vec<u8> {
+    use crate::consensus::{Action, Consensus};
+    use crate::wire::BatchResult;
+    let step = |op: u8, peer: u8, body: &[u8]| {
+        [vec![op, peer], (body.len() as u16).to_le_bytes().to_vec(), body.to_vec()].concat()
+    };
+    let me = ConsensusFeed::default().me;
+    let batch = ConsensusFeed::batch(&[]);
+    let mut reference = Consensus::new(SidecarConfig::default().consensus);
+    let mut input = Vec::new();
+    for o in orders {
+        let own = Order { origin: me.to_bytes().into(), ..o.clone() };
+        let _ = reference.add_order(&own, crate::wire::order_digest(&own), None);
+        input.extend(step(2, 0, &o.encode_to_vec()));
+    }
+    let Some(Action::PublishSeal(seal)) = reference.seal(&batch, std::time::Instant::now()).pop() else {
+        unreachable!("a collecting batch seals")
+    };
+    input.extend(step(3, 0, &[0]));
+    for peer in 0..FEED_PEERS {
+        input.extend(step(0, peer, &[[1].as_slice(), &crate::wire::encode_seal(&seal)].concat()));
+    }
+    input.extend(step(4, 0, &[0]));
+    let hash = [5u8; 32];
+    input.extend(step(5, 0, &[[0].as_slice(), &hash].concat()));
+    let result = BatchResult { batch, hash, trades: 1 };
+    for peer in 0..FEED_PEERS {
+        input.extend(step(0, peer, &[[2].as_slice(), &crate::wire::encode_result(&result)].concat()));
+    }
+    input.extend(step(4, 0, &[0]));
+    input
 }
 
 #[cfg(test)]
@@ -266,6 +462,12 @@ mod tests {
                 "repair_codec" => assert!(read_repair_response(&input[1..]).is_ok()),
                 "config_loader" => assert_eq!(load_config(std::str::from_utf8(&input).unwrap()), Ok(())),
                 "engine_order" => assert!(check_engine_order(&input).is_ok()),
+                "consensus_feed" => {
+                    let mut feed = ConsensusFeed::default();
+                    assert_eq!(feed.run(&input), 15);
+                    let phase = feed.consensus.phase(&ConsensusFeed::batch(&[]));
+                    assert_eq!(phase, Some(crate::consensus::BatchPhase::Settled), "the seed reaches a settled result");
+                }
                 other => panic!("unknown target {other}"),
             }
         }
