@@ -150,9 +150,12 @@ pub struct Metrics {
     /// `bad_signature` (its proof does not verify under its origin's key). The responder
     /// is penalised (`bad_repair`).
     pub repair_orders_refused: Family<MarketReason, Counter>,
-    /// `openmatch_gossip_repair_requests_refused_total`: peers' repair requests answered
-    /// with an error unserved, by reason: `rate_limited` (the peer is over its repair
-    /// bucket, `REPAIR_REQUESTS_PER_S` sustained and `REPAIR_REQUEST_BURST` at once).
+    /// `openmatch_gossip_repair_requests_refused_total`: peers' repair requests left
+    /// unserved, by reason: `rate_limited` (answered with an error: the peer is over its
+    /// repair bucket, `REPAIR_REQUESTS_PER_S` sustained and `REPAIR_REQUEST_BURST` at
+    /// once), `concurrent_streams` (reset unread: the peer already has
+    /// `MAX_INBOUND_STREAMS_PER_PEER` open), `timeout` (no whole request within 10 s of
+    /// opening), `malformed` (over its cap, misshapen, not protobuf).
     pub repair_requests_refused: Family<ReasonLabel, Counter>,
     /// `openmatch_gossip_late_orders_total`: orders that arrived after this node sealed
     /// their batch (not delivered; their origin learns whether the quorum has them).
