@@ -122,32 +122,45 @@ pub struct BootstrapPeer {
 pub type DropOrder = std::sync::Arc<dyn Fn(&crate::proto::Order) -> bool + Send + Sync>;
 
 /// A fault injector for tests (cargo feature `fault-injection`, which only the test crate
-/// enables): inbound gossip orders for which it returns `true` are dropped as if the
-/// network had lost them (they can still arrive by repair). Not reachable from the command
-/// line or the config file.
+/// enables). Not reachable from the command line or the config file.
 #[cfg(feature = "fault-injection")]
 #[derive(Clone, Default)]
-pub struct FaultInjector(pub Option<DropOrder>);
+pub struct FaultInjector {
+    /// Inbound gossip orders for which it returns `true` are dropped as if the network had
+    /// lost them (they can still arrive by repair).
+    pub drop_order: Option<DropOrder>,
+    /// The node answers every `FetchOrders` "unknown batch" while serving digest sets as
+    /// usual: a member that vouches for orders it then does not serve.
+    pub refuse_fetches: bool,
+}
 
 #[cfg(feature = "fault-injection")]
 impl FaultInjector {
+    /// An injector that drops the inbound gossip orders `drop` picks.
+    pub fn dropping(drop: impl Fn(&crate::proto::Order) -> bool + Send + Sync + 'static) -> Self {
+        FaultInjector { drop_order: Some(std::sync::Arc::new(drop)), refuse_fetches: false }
+    }
+
     /// Whether the injector drops `order`.
     pub(crate) fn drops(&self, order: &crate::proto::Order) -> bool {
-        self.0.as_ref().is_some_and(|drop| drop(order))
+        self.drop_order.as_ref().is_some_and(|drop| drop(order))
     }
 }
 
 #[cfg(feature = "fault-injection")]
 impl std::fmt::Debug for FaultInjector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "FaultInjector(active)" } else { "FaultInjector(none)" })
+        f.debug_struct("FaultInjector")
+            .field("drop_order", &self.drop_order.is_some())
+            .field("refuse_fetches", &self.refuse_fetches)
+            .finish()
     }
 }
 
 /// Everything a node needs to start, validated.
 #[derive(Debug, Clone)]
 pub struct NodeSettings {
-    /// Test hook: inbound gossip orders to drop.
+    /// Test hook: faults to inject.
     #[cfg(feature = "fault-injection")]
     pub fault: FaultInjector,
     /// The shared configuration (file + overrides).

@@ -143,6 +143,9 @@ pub(crate) enum Action {
         batch: BatchKey,
         /// Missing order digests.
         digests: Vec<Digest>,
+        /// When `peer`'s digest set (naming these digests) reached this node: the holder
+        /// vouched then that it holds them ([`Offence::UnservedRepair`]).
+        vouched_at: Instant,
     },
     /// Tell the engine; the node then tells each of its own orders' fate.
     Agreed(BatchAgreed),
@@ -168,7 +171,8 @@ pub(crate) enum Action {
         /// The peer.
         peer: PeerId,
         /// Why: [`Offence::BatchMinority`], [`Offence::ResultMinority`] or
-        /// [`Offence::BadRepair`] (a digest set that does not hash to its seal).
+        /// [`Offence::BadRepair`] (a digest set that does not hash to its seal). The node
+        /// adds [`Offence::UnservedRepair`] itself, from the answer to a `FetchOrders`.
         offence: Offence,
     },
 }
@@ -196,12 +200,20 @@ struct Adoption {
     hash: Digest,
     /// The certified digest set, once a holder sent it.
     set: Option<HashSet<Digest>>,
-    /// The member that sent the set (asked for the orders we lack).
-    holder: Option<PeerId>,
+    /// The member that sent the set (asked for the orders we lack), and when it arrived.
+    holder: Option<(PeerId, Instant)>,
     /// When the digest set or the missing orders were last asked for.
     asked_at: Option<Instant>,
     /// Holders asked so far (the next request goes to another one).
     attempts: usize,
+}
+
+/// A member's digest set for a hash other than ours: what it vouched it holds, and when.
+#[derive(Debug)]
+struct Offer {
+    holder: PeerId,
+    digests: Vec<Digest>,
+    received_at: Instant,
 }
 
 /// An order as a batch keeps it.
@@ -234,8 +246,8 @@ struct Batch {
     peer_seals: HashMap<PeerId, Seal>,
     /// A hash some member reported it agreed (learnt from a digest set).
     reported_agreed: Option<Digest>,
-    /// Digest sets offered by members whose hash is not ours: hash → (member, digests).
-    offers: HashMap<Digest, (PeerId, Vec<Digest>)>,
+    /// Digest sets offered by members whose hash is not ours: hash → the first offer.
+    offers: HashMap<Digest, Offer>,
     adoption: Option<Adoption>,
     /// Members that abstained (restarted after the batch, PROTOCOL §11.10): they will never
     /// seal it, and any later seal of theirs for it is ignored (a seal their old run may
@@ -634,8 +646,8 @@ impl Consensus {
     /// `peer`'s digest set answered a pull or an adoption request: records its seal (a
     /// vote) and result, keeps the set if its hash is not ours (we may adopt it), and
     /// notes a reported agreement. A set that does not hash to its seal is refused and
-    /// the peer penalised.
-    pub(crate) fn on_digest_set(&mut self, peer: PeerId, set: &DigestSet) -> Vec<Action> {
+    /// the peer penalised. `now`: when it arrived.
+    pub(crate) fn on_digest_set(&mut self, peer: PeerId, set: &DigestSet, now: Instant) -> Vec<Action> {
         let Some(id) = &set.batch_id else { return Vec::new() };
         let key = BatchKey::from_proto(id);
         if self.is_pruned(&key.market, key.epoch) {
@@ -691,7 +703,7 @@ impl Consensus {
             b.no_quorum_reports.remove(&peer);
         }
         if b.hash != Some(hash) {
-            b.offers.entry(hash).or_insert((peer, digests));
+            b.offers.entry(hash).or_insert(Offer { holder: peer, digests, received_at: now });
         }
         Vec::new()
     }
@@ -948,10 +960,10 @@ fn adopt(ctx: &TickContext<'_>, key: &BatchKey, b: &mut Batch, hash: Digest, act
     }
     let a = b.adoption.as_mut().expect("set above");
     if a.set.is_none()
-        && let Some((holder, digests)) = b.offers.get(&hash)
+        && let Some(offer) = b.offers.get(&hash)
     {
-        a.set = Some(digests.iter().copied().collect());
-        a.holder = Some(*holder);
+        a.set = Some(offer.digests.iter().copied().collect());
+        a.holder = Some((offer.holder, offer.received_at));
         a.asked_at = None;
     }
     if a.asked_at.is_some_and(|t| ctx.now.duration_since(t) < ctx.seal_timeout) {
@@ -970,9 +982,9 @@ fn adopt(ctx: &TickContext<'_>, key: &BatchKey, b: &mut Batch, hash: Digest, act
     };
     let missing: Vec<Digest> = set.iter().filter(|d| !b.orders.contains_key(*d)).copied().collect();
     if !missing.is_empty() {
-        let holder = a.holder.expect("a set comes with its holder");
+        let (holder, vouched_at) = a.holder.expect("a set comes with its holder");
         a.asked_at = Some(ctx.now);
-        actions.push(Action::FetchOrders { peer: holder, batch: key.clone(), digests: missing });
+        actions.push(Action::FetchOrders { peer: holder, batch: key.clone(), digests: missing, vouched_at });
         return;
     }
     let set = a.set.take().expect("checked above");
@@ -1262,11 +1274,12 @@ mod tests {
         // The holder's digest set carries its seal; the missing order is fetched from it.
         let mut set = full.digest_set(&key()).unwrap();
         assert_eq!(set.seal.as_ref().map(|s| s.batch_hash.clone()), Some(full_seal.hash.to_vec()));
-        assert!(short.on_digest_set(holder, &set).is_empty());
+        assert!(short.on_digest_set(holder, &set, t0).is_empty());
         let missing = orders[3].1;
         match &tick(&mut short, t0, &live)[..] {
-            [Action::FetchOrders { peer, digests, .. }] => {
+            [Action::FetchOrders { peer, digests, vouched_at, .. }] => {
                 assert_eq!(*peer, holder, "any holder, not only the origin");
+                assert_eq!(*vouched_at, t0, "when the holder's set arrived");
                 assert_eq!(digests, &vec![missing]);
             }
             other => panic!("{other:?}"),
@@ -1287,7 +1300,7 @@ mod tests {
         set.entries.pop();
         let mut other = Consensus::new(cfg());
         other.seal(&key(), t0);
-        let acts = other.on_digest_set(holder, &set);
+        let acts = other.on_digest_set(holder, &set, t0);
         assert!(matches!(&acts[..], [Action::Penalize { offence: Offence::BadRepair, .. }]), "{acts:?}");
     }
 
@@ -1327,7 +1340,7 @@ mod tests {
         tick(&mut empty, t0, &HashSet::new());
         let set = empty.digest_set(&key()).unwrap();
         assert!(set.agreed);
-        c.on_digest_set(p1, &set);
+        c.on_digest_set(p1, &set, t1);
         let acts = c.tick(t1, &members(&live));
         assert_eq!(agreed_of(&acts).order_count, 0);
         assert_eq!(c.committed(&key(), &d), Some(false), "our order is excluded");
@@ -1399,8 +1412,8 @@ mod tests {
         assert!(!disputed(&acts), "the restarted member could still vote: {acts:?}");
         assert_eq!(pulled(&acts), vec![pr], "the silent member is pulled");
 
-        a.on_digest_set(pr, &abstain);
-        b.on_digest_set(pr, &abstain);
+        a.on_digest_set(pr, &abstain, t1);
+        b.on_digest_set(pr, &abstain, t1);
         a.on_peer_seal(pr, &sa); // an old run's seal after the abstention: ignored
         let t2 = t1 + Duration::from_millis(200);
         let acts = tick(&mut a, t2, &live_a);
@@ -1410,10 +1423,10 @@ mod tests {
         assert!(a.digest_set(&key()).unwrap().no_quorum);
         assert!(!disputed(&tick(&mut b, t2, &live_b)));
 
-        a.on_digest_set(pb, &b.digest_set(&key()).unwrap());
+        a.on_digest_set(pb, &b.digest_set(&key()).unwrap(), t2);
         assert!(disputed(&tick(&mut a, t2, &live_a)));
         assert_eq!(a.phase(&key()), Some(BatchPhase::Disputed));
-        b.on_digest_set(pa, &a.digest_set(&key()).unwrap());
+        b.on_digest_set(pa, &a.digest_set(&key()).unwrap(), t2);
         assert!(disputed(&tick(&mut b, t2, &live_b)));
         assert_eq!(b.committed(&key(), &d2), None, "nothing of a disputed batch is committed");
     }
@@ -1428,7 +1441,7 @@ mod tests {
         let mut a = Consensus::new(cfg());
         a.seal(&key(), t0);
         a.on_peer_seal(pb, &SealedBatch { batch: key(), hash: [7; 32], order_count: 1, revision: 0 });
-        a.on_digest_set(pr, &DigestSet { batch_id: Some(key().to_proto()), abstain: true, ..Default::default() });
+        a.on_digest_set(pr, &DigestSet { batch_id: Some(key().to_proto()), abstain: true, ..Default::default() }, t0);
         let live = HashSet::from([pb, pr, pw]);
         let members = Membership { members: 4, live: &live }; // quorum 3
         let acts = a.tick(t0 + Duration::from_secs(60), &members);

@@ -191,7 +191,7 @@ impl ConsensusFeed {
                 let Ok(response) = crate::proto::RepairResponse::decode(body) else { return };
                 match response.kind {
                     Some(Kind::Digests(set)) => {
-                        let _ = self.consensus.on_digest_set(peer, &set);
+                        let _ = self.consensus.on_digest_set(peer, &set, now);
                     }
                     Some(Kind::Orders(answer)) => {
                         let batch = Self::batch(&[]);

@@ -24,16 +24,22 @@ pub(crate) enum Offence {
     InvalidMessage,
     /// Its repair response carried orders not asked for or not its own.
     BadRepair,
+    /// It sent a digest set, then refused to serve the orders it named: it answered a
+    /// `FetchOrders` for that batch with "unknown batch" on the same connection, within
+    /// the window in which an honest member cannot have dropped the batch (PROTOCOL §11.5).
+    UnservedRepair,
 }
 
 impl Offence {
-    /// Metric label: `batch_minority`, `result_minority`, `invalid_message`, `bad_repair`.
+    /// Metric label: `batch_minority`, `result_minority`, `invalid_message`, `bad_repair`,
+    /// `unserved_repair`.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Offence::BatchMinority => "batch_minority",
             Offence::ResultMinority => "result_minority",
             Offence::InvalidMessage => "invalid_message",
             Offence::BadRepair => "bad_repair",
+            Offence::UnservedRepair => "unserved_repair",
         }
     }
 }
@@ -83,7 +89,9 @@ impl Reputation {
     pub(crate) fn penalize(&mut self, peer: PeerId, offence: Offence, now: Instant) -> (f64, bool) {
         let penalty = match offence {
             Offence::BatchMinority | Offence::ResultMinority => self.config.minority_penalty,
-            Offence::InvalidMessage | Offence::BadRepair => self.config.invalid_message_penalty,
+            Offence::InvalidMessage | Offence::BadRepair | Offence::UnservedRepair => {
+                self.config.invalid_message_penalty
+            }
         };
         let score = (self.score(&peer, now) - penalty).max(self.config.ban_threshold);
         self.scores.insert(peer, (score, now));

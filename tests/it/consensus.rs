@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 
+use libp2p::identity::Keypair;
 use openmatch_gossip_crds::SidecarConfig;
 use openmatch_gossip_crds::sidecar_config::SealingMode;
 use openmatch_gossip_sidecar::batch_hash;
@@ -86,7 +87,7 @@ async fn five_nodes_repair_the_node_that_missed_orders() {
         &[BTC],
         healthy.iter().map(|n| n.bootstrap_addr()).collect(),
         engine_sealing,
-        |o| o.id == 3 || o.id == 7,
+        FaultInjector::dropping(|o| o.id == 3 || o.id == 7),
     )
     .await;
     let all: Vec<&TestNode> = healthy.iter().chain([&lossy]).collect();
@@ -150,6 +151,68 @@ async fn five_nodes_repair_the_node_that_missed_orders() {
     drop(all);
     shutdown_all(healthy).await;
     lossy.shutdown().await;
+}
+
+/// A member that sends its digest set, then answers the fetch of the orders it named
+/// "unknown batch", vouched for what it does not serve: the node repairing from it
+/// penalises it once (`unserved_repair`), fetches from another holder and agrees. Nobody
+/// else is penalised, anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_refusing_the_orders_its_digest_set_named_is_penalised() {
+    let dir = tempfile::tempdir().unwrap();
+    // A repairing node asks the live holders in peer id order: the liar gets the lowest id
+    // of the three holders, so it is asked first.
+    let mut keys: Vec<Keypair> = (0..3).map(|_| Keypair::generate_ed25519()).collect();
+    keys.sort_by_key(|k| k.public().to_peer_id());
+    for (name, key) in ["liar", "origin", "honest"].into_iter().zip(&keys) {
+        sidecar::identity::write_new(&dir.path().join(format!("{name}.key")), key).unwrap();
+    }
+    let origin = start_node(dir.path(), "origin", &[BTC], vec![], engine_sealing).await;
+    let refuse = FaultInjector { refuse_fetches: true, ..Default::default() };
+    let liar =
+        start_node_with_fault(dir.path(), "liar", &[BTC], vec![origin.bootstrap_addr()], engine_sealing, refuse).await;
+    let bootstrap = vec![origin.bootstrap_addr(), liar.bootstrap_addr()];
+    let honest = start_node(dir.path(), "honest", &[BTC], bootstrap.clone(), engine_sealing).await;
+    let bootstrap = bootstrap.into_iter().chain([honest.bootstrap_addr()]).collect();
+    let lossy = start_node_with_fault(
+        dir.path(),
+        "lossy",
+        &[BTC],
+        bootstrap,
+        engine_sealing,
+        FaultInjector::dropping(|o| o.id == 3),
+    )
+    .await;
+    let all = [&origin, &liar, &honest, &lossy];
+    wait_for_mesh(all, WAIT).await;
+    wait_until(
+        WAIT,
+        "the lossy node counts its 3 peers live",
+        || lossy.metrics.live_peers.get() == 3,
+        || format!("live peers: {}", lossy.metrics.live_peers.get()),
+    )
+    .await;
+    let mut events = Vec::new();
+    for n in all {
+        events.push(n.subscribe().await);
+    }
+
+    submit(&origin, (0..5).map(|i| order(BTC, i)).collect()).await;
+    for (i, ev) in events.iter_mut().enumerate().skip(1) {
+        collect_orders(ev, if i == 3 { 4 } else { 5 }, WAIT).await;
+    }
+    for n in all {
+        seal(n).await;
+    }
+    let verdict = agreed(&mut events[3]).await;
+    assert_eq!((verdict.order_count, verdict.revision, verdict.repaired_orders), (5, 1, 1));
+    assert_eq!(metric::penalties_for(&lossy, "unserved_repair"), 1, "the liar, once");
+    assert_eq!(metric::penalties(&lossy), 1, "and for nothing else");
+    for (n, ev) in all[..3].iter().zip(events.iter_mut()) {
+        assert_eq!(agreed(ev).await.batch_hash, verdict.batch_hash, "{} agreed the same batch", n.name);
+        assert_eq!(metric::penalties(n), 0, "{} penalised nobody", n.name);
+    }
+    shutdown_all(vec![origin, liar, honest, lossy]).await;
 }
 
 /// A node whose engine reports a different result: every node halts the batch (cause: result
@@ -535,8 +598,15 @@ async fn an_order_the_quorum_missed_is_excluded_then_committed_when_resubmitted(
         let bootstrap = [&origin].into_iter().chain(lossy.iter()).map(|n| n.bootstrap_addr()).collect();
         // Each loses order 9 of epoch 0 on the way in, not its resubmission.
         lossy.push(
-            start_node_with_fault(dir.path(), name, &[BTC], bootstrap, engine_sealing, |o| o.id == 9 && o.epoch == 0)
-                .await,
+            start_node_with_fault(
+                dir.path(),
+                name,
+                &[BTC],
+                bootstrap,
+                engine_sealing,
+                FaultInjector::dropping(|o| o.id == 9 && o.epoch == 0),
+            )
+            .await,
         );
     }
     let all: Vec<&TestNode> = [&origin].into_iter().chain(lossy.iter()).collect();

@@ -141,14 +141,14 @@ async fn beyond_transmit_size_never_reaches_validation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_flooding_repair_requests_is_refused_past_its_bucket() {
     use openmatch_gossip_sidecar::metrics::ReasonLabel;
-    use openmatch_gossip_sidecar::proto::{BatchId, RepairRequest, repair_request, repair_response};
+    use openmatch_gossip_sidecar::proto::{BatchId, RepairRequest, repair_refused, repair_request, repair_response};
     const BURST: usize = 512;
     const PER_S: f64 = 64.0;
     let dir = tempfile::tempdir().unwrap();
     let node = start_node(dir.path(), "node", &[BTC], vec![], |_| {}).await;
     let digests =
         || RepairRequest { kind: Some(repair_request::Kind::Digests(BatchId { market: BTC.into(), epoch: 1 })) };
-    let rate_limited = |r: &Result<openmatch_gossip_sidecar::proto::RepairResponse, String>| matches!(r, Ok(openmatch_gossip_sidecar::proto::RepairResponse { kind: Some(repair_response::Kind::Error(e)) }) if e.starts_with("rate limited"));
+    let rate_limited = |r: &Result<openmatch_gossip_sidecar::proto::RepairResponse, String>| matches!(r, Ok(openmatch_gossip_sidecar::proto::RepairResponse { kind: Some(repair_response::Kind::Refused(refused)) }) if refused.reason() == repair_refused::Reason::RateLimited);
 
     let mut flooder = RepairClient::connect(&node).await;
     let started = std::time::Instant::now();

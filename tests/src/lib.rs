@@ -26,7 +26,8 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, Transport as _, noise, yamux};
 use openmatch_gossip_crds::SidecarConfig;
 use openmatch_gossip_sidecar::Topic;
-use openmatch_gossip_sidecar::config::{FaultInjector, NodeSettings};
+pub use openmatch_gossip_sidecar::config::FaultInjector;
+use openmatch_gossip_sidecar::config::NodeSettings;
 use openmatch_gossip_sidecar::proto::sidecar_client::SidecarClient;
 use openmatch_gossip_sidecar::proto::{
     Event, GossipEnvelope, NodeStatus, Order, OrderGossip, OrderKind, Side, SubscribeRequest, event::Kind,
@@ -182,17 +183,16 @@ pub async fn start_node_with_settings(
     start_node_at(dir, name, memory_addr(), markets, bootstrap, tweak, settings).await
 }
 
-/// [`start_node`] with a fault injector: inbound gossip orders for which `drop` returns
-/// `true` are lost on the way in (repair can still bring them).
+/// [`start_node`] with faults injected (`FaultInjector::dropping(|o| …)`: inbound gossip
+/// orders it picks are lost on the way in, and repair can still bring them).
 pub async fn start_node_with_fault(
     dir: &Path,
     name: &str,
     markets: &[&str],
     bootstrap: Vec<String>,
     tweak: impl FnOnce(&mut SidecarConfig),
-    drop: impl Fn(&Order) -> bool + Send + Sync + 'static,
+    fault: FaultInjector,
 ) -> TestNode {
-    let fault = FaultInjector(Some(std::sync::Arc::new(drop)));
     start_node_at(dir, name, memory_addr(), markets, bootstrap, tweak, |s| NodeSettings { fault, ..s }).await
 }
 
@@ -429,10 +429,15 @@ pub mod metric {
 
     /// Reputation penalties this node gave, all reasons.
     pub fn penalties(n: &RunningSidecar) -> u64 {
-        ["batch_minority", "result_minority", "invalid_message", "bad_repair"]
+        ["batch_minority", "result_minority", "invalid_message", "bad_repair", "unserved_repair"]
             .into_iter()
-            .map(|reason| n.metrics.penalties.get_or_create(&ReasonLabel { reason }).get())
+            .map(|reason| penalties_for(n, reason))
             .sum()
+    }
+
+    /// Reputation penalties this node gave for `reason` (`bad_repair`, …).
+    pub fn penalties_for(n: &RunningSidecar, reason: &'static str) -> u64 {
+        n.metrics.penalties.get_or_create(&ReasonLabel { reason }).get()
     }
 
     /// Peers this node has banned now.

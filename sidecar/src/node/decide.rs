@@ -147,7 +147,9 @@ impl Node {
                     self.publish_consensus(TopicKind::Results, &result.batch.market, data);
                 }
                 Action::RequestDigests { peer, batch } => self.request_digests(peer, batch),
-                Action::FetchOrders { peer, batch, digests } => self.fetch_orders(peer, batch, digests),
+                Action::FetchOrders { peer, batch, digests, vouched_at } => {
+                    self.fetch_orders(peer, batch, digests, vouched_at)
+                }
                 Action::Agreed(a) => {
                     let market = market_of(a.batch_id.as_ref());
                     self.metrics.count_batch(&market, BatchOutcome::Agreed);

@@ -74,6 +74,7 @@ impl Node {
             SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
+                    self.repairs.connected(peer_id, Instant::now());
                     self.subscribers.broadcast(Kind::PeerJoined(proto::PeerJoined { peer_id: peer_id.to_string() }));
                     self.ask_instances(peer_id); // a twin learns of the first run at once
                 }
@@ -83,6 +84,7 @@ impl Node {
             SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
                 if num_established == 0 {
                     tracing::info!(peer = %peer_id, cause = ?cause, "peer disconnected");
+                    self.repairs.disconnected(&peer_id);
                     self.last_status.remove(&peer_id);
                     self.subscribers.broadcast(Kind::PeerLeft(proto::PeerLeft { peer_id: peer_id.to_string() }));
                 }

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use libp2p::request_response::{self, OutboundRequestId};
@@ -15,7 +16,8 @@ use super::repair_server::{Inbound, ServerEvent};
 use crate::bundle::{self, BundleProof};
 use crate::decode_limits::MAX_FETCH_DIGESTS;
 use crate::metrics::{MarketLabel, MarketReason, ReasonLabel};
-use crate::proto::{self, Order, RepairRequest, RepairResponse, repair_request, repair_response};
+use crate::proto::repair_refused::Reason as Refusal;
+use crate::proto::{self, Order, RepairRefused, RepairRequest, RepairResponse, repair_request, repair_response};
 use crate::repair::MAX_REPAIR_BYTES;
 use crate::reputation::Offence;
 use crate::wire::{self, BatchKey, Digest};
@@ -49,6 +51,22 @@ const MAX_WAITING_PER_PEER: usize = 4096;
 pub(super) struct Requests {
     sent: HashMap<OutboundRequestId, PendingRepair>,
     peers: HashMap<PeerId, PeerRequests>,
+    /// Per connected peer: since when it has had a connection without a break. A run of
+    /// the peer that answers now is the one that sent a digest set after that instant (a
+    /// restart closes every connection).
+    connected_since: HashMap<PeerId, Instant>,
+}
+
+impl Requests {
+    /// `peer`'s first connection opened at `now`.
+    pub(super) fn connected(&mut self, peer: PeerId, now: Instant) {
+        self.connected_since.insert(peer, now);
+    }
+
+    /// `peer`'s last connection closed.
+    pub(super) fn disconnected(&mut self, peer: &PeerId) {
+        self.connected_since.remove(peer);
+    }
 }
 
 #[derive(Default)]
@@ -64,6 +82,8 @@ pub(super) enum PendingRepair {
     Fetch {
         batch: BatchKey,
         digests: HashSet<Digest>,
+        /// When the peer's digest set naming them arrived ([`Offence::UnservedRepair`]).
+        vouched_at: Instant,
     },
     /// Which runs of this node's id a peer heard ([`super::twins`]).
     Instances,
@@ -120,7 +140,13 @@ impl Node {
     /// Fetch the orders of `batch` we lack from `peer`, a member holding them: at most
     /// [`MAX_FETCH_DIGESTS`] per request; the adoption asks again for the rest once the
     /// answer came, as after a partial answer.
-    pub(super) fn fetch_orders(&mut self, peer: PeerId, batch: BatchKey, mut digests: Vec<Digest>) {
+    pub(super) fn fetch_orders(
+        &mut self,
+        peer: PeerId,
+        batch: BatchKey,
+        mut digests: Vec<Digest>,
+        vouched_at: Instant,
+    ) {
         digests.truncate(MAX_FETCH_DIGESTS);
         let req = RepairRequest {
             kind: Some(repair_request::Kind::Fetch(proto::FetchOrders {
@@ -128,7 +154,8 @@ impl Node {
                 digests: digests.iter().map(|d| d.to_vec()).collect(),
             })),
         };
-        self.send_repair(peer, req, PendingRepair::Fetch { batch, digests: digests.into_iter().collect() });
+        let digests = digests.into_iter().collect();
+        self.send_repair(peer, req, PendingRepair::Fetch { batch, digests, vouched_at });
     }
 
     /// Answers to (or failures of) this node's repair requests.
@@ -140,11 +167,18 @@ impl Node {
                 ..
             } => match (self.repair_ended(peer, request_id), response.kind) {
                 (Some(PendingRepair::Digests(_)), Some(repair_response::Kind::Digests(set))) => {
-                    let actions = self.consensus.on_digest_set(peer, &set);
+                    let actions = self.consensus.on_digest_set(peer, &set, Instant::now());
                     self.run_actions(actions);
                 }
-                (Some(PendingRepair::Fetch { batch, digests }), Some(repair_response::Kind::Orders(answer))) => {
+                (Some(PendingRepair::Fetch { batch, digests, .. }), Some(repair_response::Kind::Orders(answer))) => {
                     self.on_fetched(peer, batch, digests, answer);
+                }
+                (Some(PendingRepair::Fetch { batch, vouched_at, .. }), Some(repair_response::Kind::Refused(r)))
+                    if r.reason() == Refusal::UnknownBatch && self.vouch_binds(peer, vouched_at) =>
+                {
+                    tracing::warn!(%peer, %batch, detail = r.detail, "peer sent a digest set, then refused the orders it named as an unknown batch; penalised");
+                    self.penalize(peer, Offence::UnservedRepair);
+                    self.consensus.on_repair_failure(&batch);
                 }
                 (Some(PendingRepair::Decided(batch)), Some(repair_response::Kind::Decided(d))) => {
                     self.on_decided(peer, batch, Some(d));
@@ -162,6 +196,23 @@ impl Node {
             }
             _ => {}
         }
+    }
+
+    /// Whether `peer`, whose digest set arrived at `vouched_at`, must still hold that
+    /// batch: it has stayed connected since before then (the same run answers), and at
+    /// most [`Node::vouch_window`] has passed (too little for an honest member to drop it).
+    fn vouch_binds(&self, peer: PeerId, vouched_at: Instant) -> bool {
+        self.repairs.connected_since.get(&peer).is_some_and(|since| *since <= vouched_at)
+            && vouched_at.elapsed() <= self.vouch_window()
+    }
+
+    /// How long a member that sent a digest set must still serve its orders:
+    /// `sealTimeoutMs`, or less if the member might drop the batch sooner: a quarter of the
+    /// `retainedBatches` epochs it keeps (1,000 ms with the defaults).
+    fn vouch_window(&self) -> Duration {
+        let c = &self.settings.config.consensus;
+        let retention_ms = u64::from(c.epoch_ms) * u64::from(c.retained_batches) / 4;
+        Duration::from_millis(u64::from(c.seal_timeout_ms).min(retention_ms))
     }
 
     /// A repair request to `peer` got no usable answer (`why`).
@@ -191,11 +242,12 @@ impl Node {
                 } else {
                     self.metrics.repair_requests_refused.get_or_create(&ReasonLabel { reason: "rate_limited" }).inc();
                     tracing::debug!(%peer, "repair request over the peer's rate; refused");
-                    RepairResponse {
-                        kind: Some(repair_response::Kind::Error(format!(
+                    refused(
+                        Refusal::RateLimited,
+                        format!(
                             "rate limited: more than {REPAIR_REQUESTS_PER_S} repair requests/s (burst {REPAIR_REQUEST_BURST}); ask again later"
-                        ))),
-                    }
+                        ),
+                    )
                 };
                 // The requester may have gone away meanwhile; nothing to do then.
                 let _ = reply.send(response);
@@ -220,16 +272,21 @@ impl Node {
                 let batch = BatchKey::from_proto(&id);
                 match self.consensus.digest_set(&batch).or_else(|| self.consensus.abstention(&batch)) {
                     Some(set) => R::Digests(set),
-                    None => R::Error(format!("batch {batch} unknown")),
+                    None => return refused(Refusal::UnknownBatch, format!("batch {batch} unknown")),
                 }
             }
             Some(repair_request::Kind::Fetch(f)) => {
-                let Some(id) = f.batch_id else { return RepairResponse { kind: Some(R::Error("no batch id".into())) } };
+                let Some(id) = f.batch_id else { return refused(Refusal::Malformed, "no batch id".into()) };
+                let batch = BatchKey::from_proto(&id);
+                #[cfg(feature = "fault-injection")]
+                if self.settings.fault.refuse_fetches {
+                    return refused(Refusal::UnknownBatch, format!("batch {batch} unknown (injected fault)"));
+                }
                 let digests: Vec<Digest> =
                     f.digests.iter().filter_map(|d| Digest::try_from(d.as_slice()).ok()).collect();
-                match self.consensus.orders_for(&BatchKey::from_proto(&id), &digests) {
+                match self.consensus.orders_for(&batch, &digests) {
                     Some(held) => R::Orders(bundle::proven_orders(held, MAX_PROVEN_BYTES)),
-                    None => R::Error(format!("batch {}#{} unknown", id.market, id.epoch)),
+                    None => return refused(Refusal::UnknownBatch, format!("batch {batch} unknown")),
                 }
             }
             Some(repair_request::Kind::Instances(asker)) => {
@@ -238,7 +295,7 @@ impl Node {
                 self.instances.record(peer, run, now);
                 R::Instances(self.instances.recent(&peer, self.liveness_window(), now))
             }
-            None => R::Error("empty request".into()),
+            None => return refused(Refusal::Malformed, "empty request".into()),
         };
         RepairResponse { kind: Some(kind) }
     }
@@ -307,4 +364,9 @@ impl Node {
         }
         (verified.accepted, clean)
     }
+}
+
+/// A refusal to serve a repair request: `reason`, and `detail` for the requester's logs.
+fn refused(reason: Refusal, detail: String) -> RepairResponse {
+    RepairResponse { kind: Some(repair_response::Kind::Refused(RepairRefused { reason: reason as i32, detail })) }
 }
