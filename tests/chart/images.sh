@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The container images, for real: builds both from this machine's release binaries with podman
-# (scripts/build-images.sh: `cargo build --release`, then the Dockerfiles' FROM scratch
+# The container images, for real: builds both from this machine's binaries with podman
+# (the test build's, tests/chart/binaries.sh; scripts/build-images.sh --profile test --no-build,
+# the Dockerfiles' FROM scratch
 # variant) and runs them with the runc runtime, read-only root filesystem, no network:
 #   - each image: user 65532:65532, OCI labels with the Cargo version;
 #   - `openmatch-gossip --help`, `openmatch-gossip-operator --help` exit 0;
@@ -42,8 +43,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "building the images from local release binaries (scripts/build-images.sh --engine podman)"
-scripts/build-images.sh --engine podman >"$work/built.txt" 2>"$work/build.log" || {
+# shellcheck source=tests/chart/binaries.sh
+source tests/chart/binaries.sh
+test_binaries
+echo "building the images from the local test-profile binaries (scripts/build-images.sh --engine podman --profile test --no-build)"
+scripts/build-images.sh --engine podman --profile test --no-build >"$work/built.txt" 2>"$work/build.log" || {
     tail -40 "$work/build.log"
     exit 1
 }

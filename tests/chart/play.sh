@@ -56,10 +56,16 @@ source tests/chart/tools.sh
 chart_tools >/dev/null
 version="$(scripts/build-images.sh --print-version)"
 image="localhost/openmatch-gossip:$version"
-op=target/release/openmatch-gossip-operator
+# shellcheck source=tests/chart/binaries.sh
+source tests/chart/binaries.sh
+test_binaries
+op="$BINDIR/openmatch-gossip-operator"
 work="$(mktemp -d)"
-# Current binaries and images (quick when tests/chart/images.sh just built them).
-scripts/build-images.sh --engine podman >"$work/build.log" 2>&1 || { tail -40 "$work/build.log"; exit 1; }
+# Current images (quick when tests/chart/images.sh just built them).
+scripts/build-images.sh --engine podman --profile test --no-build >"$work/build.log" 2>&1 || {
+    tail -40 "$work/build.log"
+    exit 1
+}
 pods=(reference-engine-0 reference-engine-1 reference-engine-2)
 # On failure, the containers' logs, the reports and the manifests are kept in
 # target/chart-test/play-failure/.
