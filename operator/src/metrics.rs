@@ -4,11 +4,14 @@
 //! | metric | type | meaning |
 //! |---|---|---|
 //! | `openmatch_gossip_operator_reconciles_total` | counter | reconcile runs |
-//! | `openmatch_gossip_operator_reconcile_failures_total{reason}` | counter | failed runs by reason (`invalid_spec`, `list_pods`, `apply_config_map`, `apply_service`, `write_status`, `missing_namespace`) |
+//! | `openmatch_gossip_operator_reconcile_failures_total{reason}` | counter | failed runs by reason (`invalid_spec`, `list_pods`, `apply_config_map`, `apply_service`, `write_status`, `missing_namespace`); every reason exists from start-up |
 //! | `openmatch_gossip_operator_reconcile_duration_seconds` | histogram | time per reconcile run, seconds |
 //! | `openmatch_gossip_operator_networks` | gauge | GossipNetworks known to the operator |
 //! | `openmatch_gossip_operator_ready_peers{namespace,network}` | gauge | ready selected pods in a network's bootstrap list |
 //! | `openmatch_gossip_operator_leader` | gauge | 1 while this replica holds the leader Lease (or runs without election), else 0 |
+//! | `openmatch_gossip_operator_api_errors_total{operation}` | counter | Kubernetes API requests that failed, by operation (`watch`, `reconcile`, `lease`); every operation exists from start-up |
+//! | `openmatch_gossip_operator_build_info{version}` | gauge | 1, labelled with the operator's version |
+//! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, … | | the operator process ([`openmatch_gossip_crds::runtime::ProcessCollector`]) |
 //! | `openmatch_gossip_operator_injections_total{result}` | counter | pods the admission webhook answered, by result (`injected`, `skipped`, `refused`); every result exists from start-up |
 
 use std::collections::HashSet;
@@ -40,6 +43,16 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
+    /// Every reason, for creating their series at 0.
+    pub const ALL: [FailureReason; 6] = [
+        FailureReason::InvalidSpec,
+        FailureReason::ListPods,
+        FailureReason::ApplyConfigMap,
+        FailureReason::ApplyService,
+        FailureReason::WriteStatus,
+        FailureReason::MissingNamespace,
+    ];
+
     /// The label value: short snake_case, e.g. `invalid_spec` or `apply_config_map`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -169,8 +182,11 @@ pub struct Metrics {
 
 impl Metrics {
     /// Creates the metrics and registers them in `registry` under the prefix
-    /// `openmatch_gossip_operator`.
+    /// `openmatch_gossip_operator`, with `openmatch_gossip_operator_build_info{version}`,
+    /// and the process metrics (`process_*`) at the root. Every series with a known label
+    /// set exists from here on, at 0.
     pub fn new(registry: &mut Registry) -> Self {
+        openmatch_gossip_crds::runtime::register_process_metrics(registry);
         let m = Metrics {
             reconciles: Counter::default(),
             failures: Family::default(),
@@ -183,6 +199,9 @@ impl Metrics {
             api_errors: Family::default(),
             series: Mutex::default(),
         };
+        for reason in FailureReason::ALL {
+            let _ = m.failures.get_or_create(&ReasonLabel { reason });
+        }
         for operation in ApiOperation::ALL {
             let _ = m.api_errors.get_or_create(&ApiErrorLabel { operation });
         }
@@ -190,6 +209,7 @@ impl Metrics {
             let _ = m.injections.get_or_create(&InjectionLabel { result });
         }
         let r = registry.sub_registry_with_prefix("openmatch_gossip_operator");
+        openmatch_gossip_crds::runtime::register_build_info(r, env!("CARGO_PKG_VERSION"));
         r.register("reconciles", "Reconcile runs", m.reconciles.clone());
         r.register("reconcile_failures", "Failed reconcile runs by reason", m.failures.clone());
         r.register("reconcile_duration_seconds", "Time per reconcile run, seconds", m.duration.clone());
@@ -276,6 +296,9 @@ pub(crate) mod tests {
             "openmatch_gossip_operator_injections_total{result=\"refused\"} 0",
             "openmatch_gossip_operator_api_errors_total{operation=\"watch\"} 0",
             "openmatch_gossip_operator_api_errors_total{operation=\"lease\"} 0",
+            "openmatch_gossip_operator_reconcile_failures_total{reason=\"write_status\"} 0",
+            concat!("openmatch_gossip_operator_build_info{version=\"", env!("CARGO_PKG_VERSION"), "\"} 1"),
+            "# TYPE process_resident_memory_bytes gauge",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -31,6 +31,15 @@ pub(crate) enum Offence {
 }
 
 impl Offence {
+    /// Every offence, for creating their series at 0.
+    pub(crate) const ALL: [Offence; 5] = [
+        Offence::BatchMinority,
+        Offence::ResultMinority,
+        Offence::InvalidMessage,
+        Offence::BadRepair,
+        Offence::UnservedRepair,
+    ];
+
     /// Metric label: `batch_minority`, `result_minority`, `invalid_message`, `bad_repair`,
     /// `unserved_repair`.
     pub(crate) fn as_str(self) -> &'static str {

@@ -49,6 +49,19 @@ pub(crate) enum RejectReason {
 }
 
 impl RejectReason {
+    /// Every reason, for creating their series at 0.
+    pub(crate) const ALL: [RejectReason; 9] = [
+        RejectReason::Oversized,
+        RejectReason::Malformed,
+        RejectReason::Version,
+        RejectReason::WrongTopic,
+        RejectReason::Unsigned,
+        RejectReason::ForgedOrigin,
+        RejectReason::Invalid,
+        RejectReason::FutureEpoch,
+        RejectReason::BadSignature,
+    ];
+
     /// `oversized`, `malformed`, `version`, `wrong_topic`, `unsigned`, `forged_origin`,
     /// `invalid`, `future_epoch`, `bad_signature`.
     pub(crate) fn as_str(self) -> &'static str {

@@ -57,6 +57,10 @@ async fn markets_and_rate_limits_reload_and_a_bad_file_changes_nothing() {
     )
     .await;
     client.submit_order(eth(2)).await.expect("ETH-USDT is traded now");
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &node.sidecar.registry).unwrap();
+    let eth_series = format!("openmatch_gossip_batches_total{{market=\"{ETH}\",outcome=\"halted\"}} 0");
+    assert!(text.lines().any(|l| l == eth_series), "the added market's series, at 0:\n{text}");
     let status = client.get_status(GetStatusRequest {}).await.unwrap().into_inner();
     assert!(
         status.topics.iter().any(|t| t.topic == format!("openmatch/{NETWORK}/orders/{ETH}")),

@@ -4,6 +4,7 @@
 
 mod consensus;
 mod dedup;
+mod exposition;
 mod hostile;
 mod hot_reload;
 mod memory_bound;

@@ -5,9 +5,12 @@
 //! and scrape configuration rely on them); what the probes answer is each binary's
 //! business, through [`Probes`].
 //!
-//! - `/metrics`: 200, the registry in the OpenMetrics text format (content type
-//!   `application/openmetrics-text; version=1.0.0; charset=utf-8`); 500 with a plain-text
-//!   message if a metric fails to encode;
+//! - `/metrics`: 200, the registry in the format the `Accept` header prefers
+//!   ([`super::exposition`]): OpenMetrics 1.0 text (`application/openmetrics-text;
+//!   version=1.0.0; charset=utf-8`, what Prometheus asks for) or the Prometheus text format
+//!   0.0.4 (`text/plain; version=0.0.4; charset=utf-8`, for any other client:
+//!   `promtool check metrics`, `curl`); 500 with a plain-text message if a metric fails to
+//!   encode;
 //! - `/healthz`: [`Probes::liveness`]; `/readyz`: [`Probes::readiness`]: 200 when the
 //!   [`Probe`] passes, else 503, with its body as one line of text;
 //! - [`PEER_ID_PATH`] (`/peer-id`): 200 with the node's libp2p peer id (base58) and a
@@ -20,13 +23,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 
-/// Content type of `/metrics` (OpenMetrics 1.0 text).
-const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+use super::exposition::{self, Format};
 
 /// Where a sidecar's HTTP server answers its libp2p peer id.
 pub const PEER_ID_PATH: &str = "/peer-id";
@@ -60,10 +62,17 @@ struct HttpState {
     peer_id: Option<Arc<str>>,
 }
 
-async fn metrics(State(s): State<HttpState>) -> Response {
+async fn metrics(State(s): State<HttpState>, headers: HeaderMap) -> Response {
     let mut body = String::new();
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
-        Ok(()) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body).into_response(),
+        Ok(()) => match exposition::negotiate(accept) {
+            Format::OpenMetrics => ([(header::CONTENT_TYPE, exposition::OPENMETRICS)], body).into_response(),
+            Format::PrometheusText => {
+                let text = exposition::to_prometheus_text(&body);
+                ([(header::CONTENT_TYPE, exposition::PROMETHEUS_TEXT)], text).into_response()
+            }
+        },
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             [(header::CONTENT_TYPE, "text/plain")],
@@ -167,8 +176,15 @@ mod tests {
     /// `GET path` over HTTP/1.1: status code, `Content-Type` (lower-cased header lookup)
     /// and body.
     async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+        get_with(addr, path, "").await
+    }
+
+    /// [`get`] with extra request header lines (`headers`, each ending with CRLF).
+    async fn get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
@@ -197,9 +213,13 @@ mod tests {
             .await
             .unwrap();
 
+        let accept = "Accept: application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3\r\n";
+        let (code, content_type, body) = get_with(addr, "/metrics", accept).await;
+        assert_eq!((code, content_type.as_str()), (200, exposition::OPENMETRICS));
+        assert!(body.contains("# TYPE requests counter\nrequests_total 1\n") && body.ends_with("# EOF\n"), "{body}");
         let (code, content_type, body) = get(addr, "/metrics").await;
-        assert_eq!((code, content_type.as_str()), (200, OPENMETRICS_CONTENT_TYPE));
-        assert!(body.contains("requests_total 1\n") && body.ends_with("# EOF\n"), "{body}");
+        assert_eq!((code, content_type.as_str()), (200, exposition::PROMETHEUS_TEXT));
+        assert_eq!(body, "# HELP requests_total Requests.\n# TYPE requests_total counter\nrequests_total 1\n");
 
         let text = |(code, _, body): (u16, String, String)| (code, body);
         assert_eq!(text(get(addr, "/healthz").await), (200, "alive\n".into()));

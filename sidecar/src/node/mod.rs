@@ -166,11 +166,15 @@ impl Node {
         registry: &mut Registry,
     ) -> anyhow::Result<(Node, NodeHandle, Arc<Metrics>)> {
         let metrics = Arc::new(Metrics::register(registry));
-        let p2p_registry = registry.sub_registry_with_prefix("libp2p");
         let signer = key.clone().try_into_ed25519().context("the node's identity key must be Ed25519")?;
-        let mut swarm = build_swarm(key, &settings, p2p_registry)?;
-        let p2p_metrics = libp2p::metrics::Metrics::new(p2p_registry);
+        // GossipSub's metrics under `libp2p_gossipsub_`; libp2p-metrics adds its own
+        // `libp2p_` prefix to the swarm's, Kademlia's, Identify's and Ping's.
+        let mut swarm = build_swarm(key, &settings, registry.sub_registry_with_prefix("libp2p"))?;
+        let p2p_metrics = libp2p::metrics::Metrics::new(registry);
         let markets: BTreeSet<String> = std::mem::take(&mut settings.config.markets).into_iter().collect();
+        for m in &markets {
+            metrics.add_market(m);
+        }
         let c = &settings.config;
         let peer_id = *swarm.local_peer_id();
         for t in Topic::all_for(markets.iter()) {

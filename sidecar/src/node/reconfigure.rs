@@ -75,6 +75,7 @@ impl Node {
                     tracing::error!(market = m, error = %e, "could not subscribe");
                 }
             }
+            self.metrics.add_market(m);
             tracing::info!(market = m, "market added: subscribed");
         }
         for m in current.difference(&wanted) {

@@ -15,7 +15,7 @@ use super::Node;
 use super::repair_server::{Inbound, ServerEvent};
 use crate::bundle::{self, BundleProof};
 use crate::decode_limits::MAX_FETCH_DIGESTS;
-use crate::metrics::{MarketLabel, MarketReason, ReasonLabel};
+use crate::metrics::{KindLabel, MarketLabel, MarketReason, ReasonLabel};
 use crate::proto::repair_refused::Reason as Refusal;
 use crate::proto::{self, Order, RepairRefused, RepairRequest, RepairResponse, repair_request, repair_response};
 use crate::repair::MAX_REPAIR_BYTES;
@@ -96,8 +96,7 @@ impl Node {
         let queue = self.repairs.peers.entry(peer).or_default();
         if queue.outstanding < MAX_OUTSTANDING_PER_PEER {
             queue.outstanding += 1;
-            let id = self.swarm.behaviour_mut().repair.send_request(&peer, req);
-            self.repairs.sent.insert(id, pending);
+            self.dispatch_repair(peer, req, pending);
             return;
         }
         queue.waiting.push_back((req, pending));
@@ -108,6 +107,20 @@ impl Node {
         }
     }
 
+    /// Puts `req` on the wire to `peer` (its place among the outstanding ones taken) and
+    /// counts it by kind (`repair_requests_sent_total`).
+    fn dispatch_repair(&mut self, peer: PeerId, req: RepairRequest, pending: PendingRepair) {
+        let kind = match pending {
+            PendingRepair::Digests(_) => "digests",
+            PendingRepair::Decided(_) => "decided",
+            PendingRepair::Fetch { .. } => "fetch",
+            PendingRepair::Instances => "instances",
+        };
+        self.metrics.repair_requests_sent.get_or_create(&KindLabel { kind }).inc();
+        let id = self.swarm.behaviour_mut().repair.send_request(&peer, req);
+        self.repairs.sent.insert(id, pending);
+    }
+
     /// A request sent to `peer` ended, answered or failed: frees its place, sends the next
     /// waiting one, and returns what it was for (`None` if it is not one of ours).
     fn repair_ended(&mut self, peer: PeerId, id: OutboundRequestId) -> Option<PendingRepair> {
@@ -116,8 +129,7 @@ impl Node {
             queue.outstanding = queue.outstanding.saturating_sub(1);
             if let Some((req, next)) = queue.waiting.pop_front() {
                 queue.outstanding += 1;
-                let id = self.swarm.behaviour_mut().repair.send_request(&peer, req);
-                self.repairs.sent.insert(id, next);
+                self.dispatch_repair(peer, req, next);
             } else if queue.outstanding == 0 {
                 self.repairs.peers.remove(&peer);
             }
