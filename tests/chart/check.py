@@ -25,6 +25,8 @@ Each check prints `ok: ...`; the first failure raises and exits non-zero.
 """
 
 import copy
+import json
+import pathlib
 import re
 import sys
 
@@ -92,6 +94,9 @@ WEBHOOK_OBJECTS = {
     ("RoleBinding", OP + "-webhook"),
 }
 BASE |= WEBHOOK_OBJECTS
+# The chart's Grafana dashboards (files/dashboards/<name>.json) and alert rules.
+CHART_FILES = pathlib.Path(__file__).resolve().parent.parent.parent / "charts/openmatch-gossip/files"
+DASHBOARDS = sorted(p.stem for p in (CHART_FILES / "dashboards").glob("*.json"))
 SCENARIOS = {
     "default": BASE,
     "all-on": BASE | {
@@ -99,7 +104,8 @@ SCENARIOS = {
         ("PodMonitor", "og-openmatch-gossip-sidecars"),
         ("Issuer", "og-openmatch-gossip-selfsigned"),
         ("Certificate", "og-openmatch-gossip-webhook"),
-    },
+        ("PrometheusRule", "og-openmatch-gossip"),
+    } | {("ConfigMap", f"og-openmatch-gossip-dashboard-{d}") for d in DASHBOARDS},
     # One replica without leader election, watching one namespace: namespaced RBAC, no
     # Lease Role, no PodDisruptionBudget (it would block drains), no metrics Service.
     "namespaced": {
@@ -426,6 +432,28 @@ def check_render(path, scenario):
             fail(f"{where}: PodMonitor {pm['spec']}")
         ok(f"{where}: PodMonitor selects injected pods (gossip.openmatch.io/injected=true), port metrics, all "
            f"namespaces, the pod's network label as gossip_network")
+    pr = by.get(("PrometheusRule", "og-openmatch-gossip"))
+    if pr:
+        rules = yaml.safe_load((CHART_FILES / "prometheus-rules.yaml").read_text())
+        if pr["spec"] != {"groups": rules["groups"]} or pr["metadata"]["labels"].get("release") != "prometheus":
+            fail(f"{where}: PrometheusRule differs from files/prometheus-rules.yaml or lacks its labels")
+        alerts = [r["alert"] for g in pr["spec"]["groups"] for r in g["rules"]]
+        ok(f"{where}: PrometheusRule holds files/prometheus-rules.yaml as it is ({len(alerts)} alerts, "
+           f"their $labels templates untouched), with the release label")
+    for d in DASHBOARDS if scenario == "all-on" else []:
+        cm = by[("ConfigMap", f"og-openmatch-gossip-dashboard-{d}")]
+        board = json.loads(cm["data"][f"{d}.json"])
+        if cm["metadata"]["labels"].get("grafana_dashboard") != "1" or \
+                board != json.loads((CHART_FILES / "dashboards" / f"{d}.json").read_text()) or \
+                cm["metadata"].get("annotations") != {"grafana_folder": "trading"}:
+            fail(f"{where}: dashboard ConfigMap {d}: labels {cm['metadata']['labels']}, "
+                 f"annotations {cm['metadata'].get('annotations')}")
+        names = [v["name"] for v in board["templating"]["list"]]
+        if names[:2] != ["datasource", "network"]:
+            fail(f"{where}: dashboard {d} variables {names}")
+    if scenario == "all-on":
+        ok(f"{where}: dashboards {', '.join(DASHBOARDS)} as ConfigMaps labelled grafana_dashboard=1, "
+           f"each file as it is, with $datasource and $network")
     check_webhook(by, where, scenario, sel, c)
 
     if scenario == "all-on":

@@ -174,6 +174,13 @@ pub struct EngineArgs {
     /// its event stream after the last event it processed. Transport `sidecar` only.
     #[arg(long, value_name = "PATH")]
     pub state_file: Option<PathBuf>,
+    /// Fault drill, never in production: submit a wrong result hash for every batch whose
+    /// epoch is a multiple of N, as a nondeterministic engine would. Its sidecar then
+    /// finds itself outvoted, its peers halt those batches (result mismatch) and, after
+    /// three, ban it for a while: what the alerts and dashboards are for
+    /// (tests/prometheus). The engine still reports every order's fate.
+    #[arg(long, value_name = "N")]
+    pub corrupt_results_every: Option<u64>,
 }
 
 /// Orders of one shard, ready to replay.
@@ -566,6 +573,7 @@ pub async fn run(args: &EngineArgs) -> anyhow::Result<EngineReport> {
             handed: sent_upto.clone(),
             state: matcher.clone(),
             journal: journal.clone(),
+            corrupt_results_every: args.corrupt_results_every.filter(|n| *n > 0),
         };
         tokio::spawn(m.run(journaled.resuming()));
     }

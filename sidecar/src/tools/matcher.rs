@@ -181,6 +181,9 @@ pub(super) struct Matcher {
     pub(super) state: Arc<Mutex<MatcherState>>,
     /// Where effects are recorded (a no-op without `--state-file`).
     pub(super) journal: Journal,
+    /// Fault drill (`--corrupt-results-every`): a wrong result hash for batches whose
+    /// epoch is a multiple of this.
+    pub(super) corrupt_results_every: Option<u64>,
 }
 
 fn key(id: Option<&BatchId>) -> (String, u64) {
@@ -245,7 +248,11 @@ impl Matcher {
                 }
                 let trades = crate::tools::auction::run_auction(&orders);
                 let hash = <[u8; 32]>::try_from(a.batch_hash.as_slice()).unwrap_or_default();
-                let result_hash = crate::tools::auction::result_hash(&hash, &trades);
+                let mut result_hash = crate::tools::auction::result_hash(&hash, &trades);
+                if self.corrupt_results_every.is_some_and(|n| epoch % n == 0) {
+                    result_hash[0] ^= 0xff;
+                    tracing::warn!(market, epoch, "fault drill: submitting a wrong result hash");
+                }
                 let req = SubmitResultRequest {
                     batch_id: a.batch_id,
                     result_hash: result_hash.to_vec(),
