@@ -214,13 +214,13 @@ pub struct Metrics {
     /// kind (`digests`, `fetch`, `decided`, `instances`).
     pub repair_requests_sent: Family<KindLabel, Counter>,
     /// `openmatch_gossip_late_orders_total`: orders that reached this node after it had
-    /// sealed their batch: a peer's order on gossip (held back, not delivered then: it
-    /// reaches the engine only if the agreed batch holds it, fetched by repair and counted
-    /// in `repaired_orders`; else its origin's engine learns it was excluded), or an own
-    /// submission for a sealed epoch (refused, never acknowledged). Not a loss: no
-    /// acknowledged order is lost without its origin's engine being told
-    /// (`order_outcomes_total{outcome="excluded"}`).
-    pub late_orders: Family<MarketLabel, Counter>,
+    /// sealed their batch, by `source`: `peer`, a peer's order on gossip (held back, not
+    /// delivered then: it reaches the engine only if the agreed batch holds it, fetched by
+    /// repair and counted in `repaired_orders`; else its origin's engine learns it was
+    /// excluded), or `own`, this node's engine's submission for a sealed epoch (refused,
+    /// never acknowledged). Not a loss: no acknowledged order is lost without its origin's
+    /// engine being told (`order_outcomes_total{outcome="excluded"}`).
+    pub late_orders: Family<MarketSource, Counter>,
     /// `openmatch_gossip_order_outcomes_total`: this node's own orders by fate, outcome
     /// `committed` (in the agreed batch) or `excluded` (not in it, or the batch disputed).
     pub order_outcomes: Family<MarketOutcome, Counter>,
@@ -309,6 +309,15 @@ pub struct MarketOutcome {
 pub struct ReasonLabel {
     /// Why.
     pub reason: &'static str,
+}
+
+/// Labels: market and where an order came from (`peer` or `own`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MarketSource {
+    /// Market name.
+    pub market: String,
+    /// `peer` (gossip) or `own` (this node's engine).
+    pub source: &'static str,
 }
 
 /// Label: kind (of a repair request).
@@ -455,7 +464,7 @@ impl Metrics {
         );
         r.register(
             "late_orders",
-            "Orders that arrived after this node sealed their batch: held back (peers') or refused (own)",
+            "Orders that arrived after this node sealed their batch, by source: held back (peer) or refused (own)",
             m.late_orders.clone(),
         );
         r.register("order_outcomes", "Own orders by fate: committed or excluded", m.order_outcomes.clone());
@@ -543,7 +552,6 @@ impl Metrics {
             &self.result_mismatches,
             &self.results_outvoted,
             &self.repaired_orders,
-            &self.late_orders,
         ] {
             let _ = family.get_or_create(&MarketLabel { market: m() });
         }
@@ -555,6 +563,9 @@ impl Metrics {
         }
         for outcome in BatchOutcome::ALL {
             let _ = self.batches.get_or_create(&MarketOutcome { market: m(), outcome: outcome.as_str() });
+        }
+        for source in ["peer", "own"] {
+            let _ = self.late_orders.get_or_create(&MarketSource { market: m(), source });
         }
         for outcome in ORDER_OUTCOMES {
             let _ = self.order_outcomes.get_or_create(&MarketOutcome { market: m(), outcome });

@@ -47,6 +47,7 @@ async fn a_fresh_node_exports_its_series_at_zero_in_the_format_asked_for() {
         ),
         format!("openmatch_gossip_messages_duplicate_total{{kind=\"orders\",market=\"{BTC}\"}} 0"),
         format!("openmatch_gossip_orders_duplicate_total{{market=\"{BTC}\"}} 0"),
+        format!("openmatch_gossip_late_orders_total{{market=\"{BTC}\",source=\"own\"}} 0"),
         format!("openmatch_gossip_publish_retries_total{{market=\"{BTC}\",reason=\"queues_full\"}} 0"),
         "openmatch_gossip_send_queue_failures_total{queue=\"priority\"} 0".to_owned(),
         "openmatch_gossip_peer_penalties_total{reason=\"unserved_repair\"} 0".to_owned(),

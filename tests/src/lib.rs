@@ -386,7 +386,7 @@ pub fn ids(orders: &[Order]) -> Vec<u64> {
 /// Metric readers over [`RunningSidecar::metrics`] (label sets spelled out once here).
 pub mod metric {
     use openmatch_gossip_sidecar::metrics::{
-        KindMarket, KindMarketReason, MarketLabel, MarketOutcome, MarketReason, MethodCode, ReasonLabel,
+        KindMarket, KindMarketReason, MarketLabel, MarketOutcome, MarketReason, MarketSource, MethodCode, ReasonLabel,
     };
     use openmatch_gossip_sidecar::server::RunningSidecar;
 
@@ -445,9 +445,10 @@ pub mod metric {
         n.metrics.banned_peers.get()
     }
 
-    /// `late_orders{market}`: arrived after this node sealed their batch.
+    /// `late_orders{market, source="peer"}`: peers' orders that arrived after this node
+    /// sealed their batch.
     pub fn late(n: &RunningSidecar, market: &str) -> u64 {
-        n.metrics.late_orders.get_or_create(&MarketLabel { market: market.to_owned() }).get()
+        n.metrics.late_orders.get_or_create(&MarketSource { market: market.to_owned(), source: "peer" }).get()
     }
 
     /// `messages_duplicate{kind="orders", market}`.

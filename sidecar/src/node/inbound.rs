@@ -12,7 +12,7 @@ use libp2p::gossipsub::{self, MessageAcceptance};
 use super::Node;
 use crate::consensus::AddOutcome;
 use crate::epoch::unix_now_ns;
-use crate::metrics::{MarketLabel, QueueLabel};
+use crate::metrics::{MarketLabel, MarketSource, QueueLabel};
 use crate::reputation::Offence;
 use crate::topics::{Topic, TopicKind};
 use crate::validation::{Admission, Payload, Verdict};
@@ -174,7 +174,8 @@ impl Node {
         }
         if late > 0 {
             tracing::warn!(market, late, "orders arrived after this node sealed their batch; not delivered");
-            self.metrics.late_orders.get_or_create(&MarketLabel { market: market.clone() }).inc_by(late);
+            let l = MarketSource { market: market.clone(), source: "peer" };
+            self.metrics.late_orders.get_or_create(&l).inc_by(late);
         }
         self.hand_to_engine(&market, fresh);
     }

@@ -13,7 +13,7 @@ use super::own_orders::Seen;
 use crate::bundle::BundleProof;
 use crate::consensus::AddOutcome;
 use crate::epoch::unix_now_ns;
-use crate::metrics::{KindMarket, MarketLabel, MarketReason, QueueLabel};
+use crate::metrics::{KindMarket, MarketLabel, MarketReason, MarketSource, QueueLabel};
 use crate::proto::{Order, event::Kind};
 use crate::topics::{Topic, TopicKind};
 use crate::wire;
@@ -100,7 +100,8 @@ impl Node {
             if self.consensus.add_order(&o, receipt.digest, None) == AddOutcome::Late {
                 // This node sealed the epoch already (engine sealing closed it, or the
                 // clock passed the floor's predecessor): the order is refused, no receipt.
-                self.metrics.late_orders.get_or_create(&MarketLabel { market: o.market.clone() }).inc();
+                let l = MarketSource { market: o.market.clone(), source: "own" };
+                self.metrics.late_orders.get_or_create(&l).inc();
                 not_queued += 1;
                 continue;
             }
