@@ -33,7 +33,7 @@ MSEL = SEL + ', market=~"$market"'
 RI = "$__rate_interval"
 
 
-def variable(name, label, query, ds=True):
+def variable(name, label, query):
     v = {
         "name": name,
         "label": label,

@@ -112,7 +112,7 @@ def without_threshold(expr):
     return re.sub(r"\s*(>|<|==|>=|<=|!=)\s*[0-9.]+\s*$", "", expr)
 
 
-def panel_queries(bindir):
+def panel_queries():
     out = subprocess.run([sys.executable, str(ROOT / "scripts/dashboards.py"), "--queries"], check=True,
                          capture_output=True, text=True).stdout
     qs = [json.loads(line) for line in out.splitlines()]
@@ -217,7 +217,7 @@ def main():
         time.sleep(3)  # a last scrape and rule evaluation
 
         print("dashboard panels:")
-        for q in panel_queries(bindir):
+        for q in panel_queries():
             data = bool(query(prom, q["expr"]))
             ok &= data
             print(f"  {q['dashboard']} / {q['panel']}: returns data: {'yes' if data else 'NO'}")
