@@ -117,6 +117,24 @@ pub struct BootstrapPeer {
     pub addr: Multiaddr,
 }
 
+/// An observer of the gossip messages a node receives, for the simulation benchmark
+/// (`openmatch-gossip simulate`, [`crate::tools::simulate`]), which reconstructs each
+/// message's path from it. Called once per message GossipSub hands the node (its first
+/// copy; later copies are dropped by GossipSub's seen-cache and never reach the node) with
+/// the message's id, its topic, its author (`None` if unsigned) and the peer it came from.
+/// Not reachable from the command line or the config file: `None` in a sidecar.
+#[derive(Clone)]
+pub struct ReceiptObserver(pub std::sync::Arc<ObserveReceipt>);
+
+/// What a [`ReceiptObserver`] calls: (message id, topic, author, the peer it came from).
+pub type ObserveReceipt = dyn Fn(&libp2p::gossipsub::MessageId, &str, Option<PeerId>, PeerId) + Send + Sync;
+
+impl std::fmt::Debug for ReceiptObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReceiptObserver")
+    }
+}
+
 /// Decides whether an inbound gossip order is lost (see [`FaultInjector`]).
 #[cfg(feature = "fault-injection")]
 pub type DropOrder = std::sync::Arc<dyn Fn(&crate::proto::Order) -> bool + Send + Sync>;
@@ -181,6 +199,8 @@ pub struct NodeSettings {
     pub event_retention: usize,
     /// Memory bound for the outbox and the subscribers' queues together, bytes.
     pub queue_memory_bytes: usize,
+    /// Benchmark hook: sees every gossip message's first receipt ([`ReceiptObserver`]).
+    pub receipt_observer: Option<ReceiptObserver>,
 }
 
 /// Default of `--queue-memory-bytes`: 64 MiB, so that the subscribers' half holds a replay
@@ -349,6 +369,7 @@ impl NodeSettings {
             subscriber_buffer: 1_000_000,
             event_retention: 262_144,
             queue_memory_bytes: DEFAULT_QUEUE_MEMORY_BYTES,
+            receipt_observer: None,
         })
     }
 }

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use openmatch_gossip_crds::runtime::{LogFormat, init_logging};
-use openmatch_gossip_sidecar::tools::{bench, cluster, engine, relay};
+use openmatch_gossip_sidecar::tools::{bench, cluster, engine, relay, simulate};
 use openmatch_gossip_sidecar::{config, identity, server};
 
 /// openmatch-gossip: a libp2p gossip sidecar for replicated matching engines.
@@ -42,6 +42,11 @@ enum Cmd {
     /// baseline between the same engines (and, at real pace, the stack floor of `relay`);
     /// prints a table of ratios.
     Bench(bench::BenchArgs),
+    /// Benchmark: networks of 25, 50 and 100 real nodes in one process over libp2p's
+    /// memory transport, each node replaying its shard of the recording at real pace;
+    /// prints delivery ratio, agreed batches, amplification, duplicates, hops and latency
+    /// per network size. Give it both cores: `--worker-threads 2`.
+    Simulate(simulate::SimulateArgs),
     /// Print the peer id of an identity key file, creating the key if absent.
     PeerId {
         /// Key file path.
@@ -128,6 +133,10 @@ async fn run(cmd: Cmd) -> anyhow::Result<std::process::ExitCode> {
         Cmd::Bench(args) => {
             let binary = std::env::current_exe()?;
             let ok = bench::run(&args, &binary).await?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Cmd::Simulate(args) => {
+            let ok = simulate::run(&args).await?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::PeerId { path } => {

@@ -13,4 +13,5 @@ mod node_lifecycle;
 mod rate_limit;
 mod relay;
 mod round_trip;
+mod simulate;
 mod socket_api;

@@ -22,6 +22,9 @@ impl Node {
     pub(super) fn on_gossipsub(&mut self, ev: gossipsub::Event) {
         match ev {
             gossipsub::Event::Message { propagation_source, message_id, message } => {
+                if let Some(observe) = &self.settings.receipt_observer {
+                    (observe.0)(&message_id, message.topic.as_str(), message.source, propagation_source);
+                }
                 self.inbox.push((propagation_source, message_id, message));
             }
             gossipsub::Event::Subscribed { peer_id, topic } => {

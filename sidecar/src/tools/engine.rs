@@ -231,6 +231,20 @@ pub fn load_workload(
     if shards == 0 || shard >= shards {
         bail!("--shard {shard} must be below --shards {shards}");
     }
+    Ok(load_shards(dir, from_s, duration_s, shards)?.swap_remove(shard))
+}
+
+/// [`load_workload`] for every shard at once, reading the recordings once: element `i` is
+/// shard `i` of `shards` (at least 1). Events go round-robin to the shards in time order.
+pub fn load_shards(
+    dir: Option<&Path>,
+    from_s: f64,
+    duration_s: Option<f64>,
+    shards: usize,
+) -> anyhow::Result<Vec<Workload>> {
+    if shards == 0 {
+        bail!("at least one shard is needed");
+    }
     let dir = dir.map(Path::to_path_buf).unwrap_or_else(marketdata::bundled_dataset_dir);
     let mut per_market: Vec<Vec<MarketEvent>> = Vec::new();
     for (_, file) in MARKETS {
@@ -242,38 +256,35 @@ pub fn load_workload(
     let merged = marketdata::merge_by_time(per_market);
     let t0 = merged.first().map_or(0, |(_, e)| e.recv_ts_ns) + (from_s.max(0.0) * 1e9) as u64;
     let horizon = duration_s.map(|s| (s * 1e9) as u64);
-    let mut events = Vec::new();
-    let (mut mine, mut others, mut next_id) = (0u64, 0u64, 0u64);
-    let mut checksum = Checksum::default();
+    let mut out: Vec<Workload> = (0..shards)
+        .map(|_| Workload {
+            markets: MARKETS.iter().map(|(m, _)| m.to_string()).collect(),
+            events: Vec::new(),
+            orders: 0,
+            expected_from_peers: 0,
+            checksum: Checksum::default(),
+        })
+        .collect();
+    let mut total = 0u64;
     for (k, (m, ev)) in merged.into_iter().skip_while(|(_, e)| e.recv_ts_ns < t0).enumerate() {
         let offset = ev.recv_ts_ns - t0;
         if horizon.is_some_and(|h| offset >= h) {
             break;
         }
-        if k % shards != shard {
-            others += ev.orders.len() as u64;
-            continue;
-        }
+        let w = &mut out[k % shards];
         let market = MARKETS[m].0;
-        let orders: Vec<Order> = ev
-            .orders
-            .iter()
-            .map(|o| {
-                next_id += 1;
-                to_order(market, next_id - 1, o)
-            })
-            .collect();
-        mine += orders.len() as u64;
-        orders.iter().for_each(|o| checksum.add(o));
-        events.push((offset, orders));
+        let first_id = w.orders;
+        let orders: Vec<Order> =
+            ev.orders.iter().enumerate().map(|(j, o)| to_order(market, first_id + j as u64, o)).collect();
+        w.orders += orders.len() as u64;
+        total += orders.len() as u64;
+        orders.iter().for_each(|o| w.checksum.add(o));
+        w.events.push((offset, orders));
     }
-    Ok(Workload {
-        markets: MARKETS.iter().map(|(m, _)| m.to_string()).collect(),
-        events,
-        orders: mine,
-        expected_from_peers: others,
-        checksum,
-    })
+    for w in &mut out {
+        w.expected_from_peers = total - w.orders;
+    }
+    Ok(out)
 }
 
 /// Tally of orders received from one origin.
