@@ -228,8 +228,11 @@ struct Held {
 }
 
 impl Held {
-    fn new(order: &Order, proof: Option<Arc<BundleProof>>) -> Self {
-        Held { order: wire::strip_market(order), proof }
+    /// Boxed: a batch's map then moves 40-byte entries (digest and pointer) when it grows,
+    /// not the whole order (see docs/BENCHMARKS.md, "Throughput and memory at maximum
+    /// speed").
+    fn new(order: &Order, proof: Option<Arc<BundleProof>>) -> Box<Self> {
+        Box::new(Held { order: wire::strip_market(order), proof })
     }
 }
 
@@ -237,7 +240,7 @@ impl Held {
 struct Batch {
     /// The batch's orders by digest. Canonical order (ascending digest) is established
     /// when sealing and serving.
-    orders: HashMap<Digest, Held, DigestHasher>,
+    orders: HashMap<Digest, Box<Held>, DigestHasher>,
     phase: BatchPhase,
     revision: u32,
     /// Our seal's hash, from the first seal on.
