@@ -249,27 +249,37 @@ for p, r in reports.items():
         if q != p and r["by_origin"].get(other["origin"], {}).get("checksum") != other["committed_checksum"]:
             problems.append(f"{p}: orders from {q} differ from what {q} committed")
 # Batches: the same hash wherever a batch was agreed; every batch that holds orders agreed
-# at all three; every batch from the latest first epoch on agreed at all three. Only an
-# empty batch from before a sidecar started (its floor: it votes from the epoch it started
-# in, PROTOCOL "Sidecar restart") may be missing at that sidecar's engine.
+# at all three; every batch of a market from the latest first epoch in that market on agreed
+# at all three. Only an empty batch from before a sidecar's floor in that market (it votes
+# from the first epoch it opened per market, PROTOCOL "Sidecar restart"; a sidecar that
+# starts at an epoch's edge may open one market in the epoch and the next market in the one
+# after) may be missing at that sidecar's engine.
 EMPTY = hashlib.sha256(b"").hexdigest()
 agreed = {p: r["agreed_batches"] for p, r in reports.items()}
 every = set().union(*agreed.values())
+market = lambda k: k.split("#")[0]
 epoch = lambda k: int(k.split("#")[1])
-start = max(min(map(epoch, a)) for a in agreed.values() if a) if every else 0
+floors = {}  # (engine, market) -> first epoch agreed there
+for p, a in agreed.items():
+    for k in a:
+        floors[p, market(k)] = min(floors.get((p, market(k)), epoch(k)), epoch(k))
+start = {m: max(floors.get((p, m), 0) for p in agreed) for m in map(market, every)}
+disputed = set().union(*(r.get("disputed_batches", []) for r in reports.values()))
+for m in map(market, disputed):
+    start.setdefault(m, 0)
 for k in sorted(every, key=epoch):
     at = {p: a[k] for p, a in agreed.items() if k in a}
     if len(set(at.values())) > 1:
         problems.append(f"batch {k} agreed with different hashes: {at}")
-    elif len(at) < len(agreed) and (epoch(k) >= start or set(at.values()) != {EMPTY}):
+    elif len(at) < len(agreed) and (epoch(k) >= start[market(k)] or set(at.values()) != {EMPTY}):
         problems.append(f"batch {k} ({'empty' if set(at.values()) == {EMPTY} else 'with orders'}) agreed "
                         f"only at {sorted(at)}")
-disputed = set().union(*(r.get("disputed_batches", []) for r in reports.values()))
 for k in sorted(disputed & every):
     problems.append(f"batch {k} agreed somewhere and disputed elsewhere")
 for k in sorted(disputed, key=epoch):
-    if epoch(k) >= start:
-        problems.append(f"batch {k} disputed, from after every sidecar had started (epoch {start})")
+    if epoch(k) >= start[market(k)]:
+        problems.append(f"batch {k} disputed, from after every sidecar had started in {market(k)} "
+                        f"(epoch {start[market(k)]})")
 full = [k for k in every if all(k in a for a in agreed.values())]
 nonempty = [k for k in full if agreed[pods[0]][k] != EMPTY]
 if not nonempty:
