@@ -38,6 +38,8 @@
 //! Trust: seals and "agreed" reports of members are taken as cast (crash faults, not
 //! Byzantine ones); hostile input is bounded by validation, rate limits and reputation.
 
+mod batch_orders;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,7 +54,8 @@ use crate::proto::{
     ResultAgreed, ResultMismatch, TradeResult,
 };
 use crate::reputation::Offence;
-use crate::wire::{self, BatchKey, BatchResult, Digest, SealedBatch};
+use crate::wire::{BatchKey, BatchResult, Digest, SealedBatch};
+use batch_orders::BatchOrders;
 
 /// Where a batch stands (DESIGN §4: COLLECT → MATCH → SETTLE, with their outcomes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,31 +219,11 @@ struct Offer {
     received_at: Instant,
 }
 
-/// An order as a batch keeps it.
-#[derive(Debug)]
-struct Held {
-    /// The order without its market (the batch key holds it: [`wire::strip_market`]), so
-    /// keeping a copy allocates nothing but the map slot.
-    order: Order,
-    /// Its origin's signed bundle, shared with the bundle's other orders; `None` only for
-    /// this node's own orders until their pack is published.
-    proof: Option<Arc<BundleProof>>,
-}
-
-impl Held {
-    /// Boxed: a batch's map then moves 40-byte entries (digest and pointer) when it grows,
-    /// not the whole order (see docs/BENCHMARKS.md, "Throughput and memory at maximum
-    /// speed").
-    fn new(order: &Order, proof: Option<Arc<BundleProof>>) -> Box<Self> {
-        Box::new(Held { order: wire::strip_market(order), proof })
-    }
-}
-
 #[derive(Debug)]
 struct Batch {
     /// The batch's orders by digest. Canonical order (ascending digest) is established
     /// when sealing and serving.
-    orders: HashMap<Digest, Box<Held>, DigestHasher>,
+    orders: BatchOrders,
     phase: BatchPhase,
     revision: u32,
     /// Our seal's hash, from the first seal on.
@@ -272,7 +255,7 @@ struct Batch {
 impl Batch {
     fn new() -> Self {
         Batch {
-            orders: HashMap::default(),
+            orders: BatchOrders::default(),
             phase: BatchPhase::Collect,
             revision: 0,
             hash: None,
@@ -312,13 +295,9 @@ pub(crate) struct Consensus {
     cursor: Option<BatchKey>,
 }
 
-/// Hasher of the per-batch order maps: foldhash, randomly seeded per map (digests come from
-/// peers, so an unseeded hash of their bytes would let a peer aim orders at one bucket).
-type DigestHasher = foldhash::fast::RandomState;
-
 /// `b`'s digests in canonical (ascending) order.
 fn sorted_digests(b: &Batch) -> Vec<Digest> {
-    let mut digests: Vec<Digest> = b.orders.keys().copied().collect();
+    let mut digests: Vec<Digest> = b.orders.digests().copied().collect();
     digests.sort_unstable();
     digests
 }
@@ -417,7 +396,7 @@ impl Consensus {
     /// is not agreed (or unknown).
     pub(crate) fn committed(&self, batch: &BatchKey, digest: &Digest) -> Option<bool> {
         let b = self.batches.get(batch)?;
-        b.phase.agreed().then(|| b.orders.contains_key(digest))
+        b.phase.agreed().then(|| b.orders.contains(digest))
     }
 
     /// Adds a copy of `order` (`origin` and `epoch` set) to its batch, creating the batch
@@ -438,13 +417,7 @@ impl Consensus {
         if !batch.phase.open() {
             return AddOutcome::Late;
         }
-        match batch.orders.entry(digest) {
-            std::collections::hash_map::Entry::Occupied(_) => AddOutcome::Duplicate,
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(Held::new(order, proof));
-                AddOutcome::Added
-            }
-        }
+        if batch.orders.insert(digest, order, proof) { AddOutcome::Added } else { AddOutcome::Duplicate }
     }
 
     /// This node published `orders` of `market` as one bundle: each of them that a batch
@@ -458,10 +431,8 @@ impl Consensus {
                 key.epoch = o.epoch;
                 batch = Some(self.batches.get_mut(&key));
             }
-            if let Some(Some(b)) = batch.as_mut()
-                && let Some(held) = b.orders.get_mut(d)
-            {
-                held.proof.get_or_insert_with(|| proof.clone());
+            if let Some(Some(b)) = batch.as_mut() {
+                b.orders.attach_proof(d, proof);
             }
         }
     }
@@ -520,7 +491,10 @@ impl Consensus {
             batch_id: Some(batch.to_proto()),
             entries: digests
                 .iter()
-                .map(|d| OriginDigest { digest: d.to_vec(), origin: b.orders[d].order.origin.to_vec() })
+                .map(|d| OriginDigest {
+                    digest: d.to_vec(),
+                    origin: b.orders.origin(d).expect("a listed digest is held").to_vec(),
+                })
                 .collect(),
             seal,
             result: b.result.map(|(hash, trades)| TradeResult {
@@ -562,20 +536,19 @@ impl Consensus {
             _ => BatchDecision::Agreed,
         } as i32;
         if matches!(b.phase, BatchPhase::Collect | BatchPhase::Sealed) {
-            let theirs = b.orders.values().filter(|h| h.order.origin == requester);
-            answer.orders = theirs.map(|h| wire::with_market(&h.order, &batch.market)).collect();
+            answer.orders = b.orders.of_origin(requester, &batch.market).collect();
         }
         if b.phase.agreed() {
             answer.batch_hash = b.hash.map(|h| h.to_vec()).unwrap_or_default();
             let mut proofs = ProofList::default();
             answer.orders = b
                 .orders
-                .values()
-                .map(|h| {
-                    if let Some(p) = &h.proof {
+                .orders(&batch.market)
+                .map(|(order, proof)| {
+                    if let Some(p) = proof {
                         proofs.add(p);
                     }
-                    wire::with_market(&h.order, &batch.market)
+                    order
                 })
                 .collect();
             answer.proofs = proofs.into_proofs();
@@ -603,7 +576,7 @@ impl Consensus {
             return None;
         }
         let mut b = Batch::new();
-        b.orders = orders.into_iter().map(|(d, o, p)| (d, Held::new(&o, Some(p)))).collect();
+        b.orders = orders.into_iter().map(|(d, o, p)| (d, o, Some(p))).collect();
         b.phase = BatchPhase::Agreed;
         b.hash = Some(hash);
         b.repaired = b.orders.len() as u64;
@@ -630,8 +603,8 @@ impl Consensus {
         digests: &[Digest],
     ) -> Option<Vec<(Order, Option<Arc<BundleProof>>)>> {
         let b = self.batches.get(batch)?;
-        let held = digests.iter().filter_map(|d| b.orders.get(d));
-        Some(held.map(|h| (wire::with_market(&h.order, &batch.market), h.proof.clone())).collect())
+        let held = digests.iter().filter_map(|d| Some((b.orders.order(d, &batch.market)?, b.orders.proof(d).cloned())));
+        Some(held.collect())
     }
 
     /// The batch's orders in canonical order (ascending digest), once agreed.
@@ -640,7 +613,8 @@ impl Consensus {
     pub(crate) fn agreed_orders(&self, batch: &BatchKey) -> Result<Vec<Order>, BatchError> {
         let b = self.batches.get(batch).ok_or_else(|| BatchError::Unknown(batch.clone()))?;
         if b.phase.agreed() {
-            Ok(sorted_digests(b).iter().map(|d| wire::with_market(&b.orders[d].order, &batch.market)).collect())
+            let order = |d| b.orders.order(d, &batch.market).expect("a listed digest is held");
+            Ok(sorted_digests(b).iter().map(order).collect())
         } else {
             Err(BatchError::NotServed { batch: batch.clone(), phase: b.phase })
         }
@@ -741,10 +715,7 @@ impl Consensus {
         };
         let mut added = Vec::new();
         for (d, o, proof) in orders {
-            if set.contains(&d)
-                && let std::collections::hash_map::Entry::Vacant(v) = b.orders.entry(d)
-            {
-                v.insert(Held::new(&o, Some(proof)));
+            if set.contains(&d) && b.orders.insert(d, &o, Some(proof)) {
                 added.push(o);
             }
         }
@@ -983,7 +954,7 @@ fn adopt(ctx: &TickContext<'_>, key: &BatchKey, b: &mut Batch, hash: Digest, act
         }
         return;
     };
-    let missing: Vec<Digest> = set.iter().filter(|d| !b.orders.contains_key(*d)).copied().collect();
+    let missing: Vec<Digest> = set.iter().filter(|d| !b.orders.contains(d)).copied().collect();
     if !missing.is_empty() {
         let (holder, vouched_at) = a.holder.expect("a set comes with its holder");
         a.asked_at = Some(ctx.now);
@@ -991,7 +962,7 @@ fn adopt(ctx: &TickContext<'_>, key: &BatchKey, b: &mut Batch, hash: Digest, act
         return;
     }
     let set = a.set.take().expect("checked above");
-    b.orders.retain(|d, _| set.contains(d));
+    b.orders.retain(|d| set.contains(d));
     debug_assert_eq!(batch_hash_sorted(&sorted_digests(b)), hash);
     b.hash = Some(hash);
     b.revision += 1;

@@ -7,9 +7,9 @@
 //! On the wire an order carries neither `origin` nor `market`: they are implied by the
 //! message's signer and its topic. [`encode_orders`] never writes them, and
 //! [`Gossip::decode`] fills them in (or, if a sender wrote them, checks that they agree).
-//! A batch stores its orders without `market` ([`strip_market`]), the batch key holding
-//! it, and serves them with it restored ([`with_market`]). No other module clears or
-//! restores these fields.
+//! A batch stores its orders without `market`, the batch key holding it, and serves them
+//! with it restored (`consensus::batch_orders`). No other module clears or restores these
+//! fields.
 //!
 //! ## Origin signature
 //! A message of orders carries, in its envelope, the origin's signature over the bundle
@@ -399,31 +399,6 @@ fn batch_and_hash(
     Ok((BatchKey { market: id.market, epoch: id.epoch }, hash))
 }
 
-/// A copy of `order` without its market, as a batch stores it (the batch key holds the
-/// market, so keeping a copy allocates nothing but the map slot).
-pub(crate) fn strip_market(order: &Order) -> Order {
-    Order {
-        id: order.id,
-        market: String::new(),
-        side: order.side,
-        price_ticks: order.price_ticks,
-        quantity_lots: order.quantity_lots,
-        kind: order.kind,
-        client_ts_ns: order.client_ts_ns,
-        origin: order.origin.clone(),
-        epoch: order.epoch,
-        freeze_proof: order.freeze_proof.clone(),
-        submitted_at_ns: order.submitted_at_ns,
-    }
-}
-
-/// A copy of a stored order (see [`strip_market`]) with its market restored.
-pub(crate) fn with_market(order: &Order, market: &str) -> Order {
-    let mut o = order.clone();
-    o.market = market.to_owned();
-    o
-}
-
 /// Appends the canonical encoding (version 1, see the module docs) of `order` to `out`.
 pub fn canonical_encoding(order: &Order, out: &mut Vec<u8>) {
     encode_canonical(order, &order.origin, order.epoch, &mut |b| out.extend_from_slice(b));
@@ -607,14 +582,6 @@ mod tests {
         let result = BatchResult { batch: seal.batch.clone(), hash: [5; 32], trades: 9 };
         let r = Topic { kind: TopicKind::Results, market: "M".into() };
         assert_eq!(Gossip::decode(&r, Some(&author()), &encode_result(&result), CAP), Ok(Gossip::TradeResult(result)));
-    }
-
-    #[test]
-    fn stored_orders_get_their_market_back() {
-        let o = full_order(1);
-        let stored = strip_market(&o);
-        assert!(stored.market.is_empty());
-        assert_eq!(with_market(&stored, "BTC-USDT"), o);
     }
 
     #[test]

@@ -206,39 +206,19 @@ struct SimNode {
 /// Runs every network size in turn, prints the table; `true` if every run passed.
 pub async fn run(args: &SimulateArgs) -> anyhow::Result<bool> {
     let mut table = String::new();
-    let _ = writeln!(
-        table,
-        "| nodes | orders submitted | delivery ratio | excluded | batches agreed | copies / order delivered | duplicates / message | consensus copies / node / s | hops p50 / p99 / max | delivery p50 / p99 µs | agreement p50 / p99 µs | formation s | CPU s | peak RSS MiB |"
-    );
-    let _ = writeln!(table, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut ok = true;
     for &n in &args.nodes {
         let r = run_one(args, n).await?;
-        eprintln!("{}", render(&r));
+        let figures = figures(&r);
+        let line: Vec<String> = figures.iter().map(|(name, value)| format!("{name} {value}")).collect();
+        eprintln!("simulate: {}: {}", line.join(", "), if r.ok() { "OK" } else { "FAILED" });
         ok &= r.ok();
-        let _ = writeln!(
-            table,
-            "| {} | {} | {:.4} | {} | {} / {} | {:.3} | {:.2} | {:.0} | {} / {} / {} | {} / {} | {} / {} | {:.1} | {:.0} | {:.0} |",
-            r.nodes,
-            r.submitted,
-            r.delivery_ratio,
-            r.excluded,
-            r.batches.0,
-            r.batches.1,
-            r.copies_per_order,
-            r.duplicates_per_message,
-            r.consensus_copies_per_node_s,
-            r.hops.p50_us,
-            r.hops.p99_us,
-            r.hops.max_us,
-            r.latency.p50_us,
-            r.latency.p99_us,
-            r.agreement.p50_us,
-            r.agreement.p99_us,
-            r.formation_s,
-            r.cpu_s,
-            r.peak_rss_mib
-        );
+        if table.is_empty() {
+            let names: Vec<&str> = figures.iter().map(|(name, _)| *name).collect();
+            let _ = writeln!(table, "| {} |\n|{}", names.join(" | "), "---|".repeat(names.len()));
+        }
+        let values: Vec<&str> = figures.iter().map(|(_, value)| value.as_str()).collect();
+        let _ = writeln!(table, "| {} |", values.join(" | "));
     }
     println!("{table}");
     if let Some(path) = &args.markdown {
@@ -247,31 +227,27 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
-fn render(r: &SimReport) -> String {
-    format!(
-        "simulate: {} nodes, {} orders submitted: delivery ratio {:.4}, {} duplicate deliveries, {} excluded, batches agreed {} of {} ({} disputed), {:.3} copies per order delivered, {:.2} duplicates per message, {:.0} consensus copies per node per s, hops p50 {} p99 {}, delivery p50 {} µs p99 {} µs, agreement p50 {} µs p99 {} µs, formed in {:.1} s, CPU {:.0} s, peak RSS {:.0} MiB: {}",
-        r.nodes,
-        r.submitted,
-        r.delivery_ratio,
-        r.duplicate_deliveries,
-        r.excluded,
-        r.batches.0,
-        r.batches.1,
-        r.disputed,
-        r.copies_per_order,
-        r.duplicates_per_message,
-        r.consensus_copies_per_node_s,
-        r.hops.p50_us,
-        r.hops.p99_us,
-        r.latency.p50_us,
-        r.latency.p99_us,
-        r.agreement.p50_us,
-        r.agreement.p99_us,
-        r.formation_s,
-        r.cpu_s,
-        r.peak_rss_mib,
-        if r.ok() { "OK" } else { "FAILED" }
-    )
+/// The report's figures as (name, value), in table order: the Markdown table's columns and
+/// the one-line summary on stderr both come from this list.
+fn figures(r: &SimReport) -> Vec<(&'static str, String)> {
+    vec![
+        ("nodes", r.nodes.to_string()),
+        ("orders submitted", r.submitted.to_string()),
+        ("delivery ratio", format!("{:.4}", r.delivery_ratio)),
+        ("duplicate deliveries", r.duplicate_deliveries.to_string()),
+        ("excluded", r.excluded.to_string()),
+        ("batches agreed", format!("{} / {}", r.batches.0, r.batches.1)),
+        ("disputed", r.disputed.to_string()),
+        ("copies / order delivered", format!("{:.3}", r.copies_per_order)),
+        ("duplicates / message", format!("{:.2}", r.duplicates_per_message)),
+        ("consensus copies / node / s", format!("{:.0}", r.consensus_copies_per_node_s)),
+        ("hops p50 / p99 / max", format!("{} / {} / {}", r.hops.p50_us, r.hops.p99_us, r.hops.max_us)),
+        ("delivery p50 / p99 µs", format!("{} / {}", r.latency.p50_us, r.latency.p99_us)),
+        ("agreement p50 / p99 µs", format!("{} / {}", r.agreement.p50_us, r.agreement.p99_us)),
+        ("formation s", format!("{:.1}", r.formation_s)),
+        ("CPU s", format!("{:.0}", r.cpu_s)),
+        ("peak RSS MiB", format!("{:.0}", r.peak_rss_mib)),
+    ]
 }
 
 /// A splitmix64 step: the bootstrap lists' randomness, seeded per run.
