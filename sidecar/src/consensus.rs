@@ -613,8 +613,7 @@ impl Consensus {
     pub(crate) fn agreed_orders(&self, batch: &BatchKey) -> Result<Vec<Order>, BatchError> {
         let b = self.batches.get(batch).ok_or_else(|| BatchError::Unknown(batch.clone()))?;
         if b.phase.agreed() {
-            let order = |d| b.orders.order(d, &batch.market).expect("a listed digest is held");
-            Ok(sorted_digests(b).iter().map(order).collect())
+            Ok(b.orders.canonical(&batch.market))
         } else {
             Err(BatchError::NotServed { batch: batch.clone(), phase: b.phase })
         }

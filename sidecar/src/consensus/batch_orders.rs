@@ -103,6 +103,14 @@ impl BatchOrders {
         self.index.get(digest).map(|&ix| self.rebuild(&self.held[ix as usize], market))
     }
 
+    /// Every order in canonical order (ascending digest), `market` restored. Sorts the
+    /// index's (digest, slot) pairs, so each order is found by its slot, not looked up again.
+    pub(super) fn canonical(&self, market: &str) -> Vec<Order> {
+        let mut slots: Vec<(Digest, u32)> = self.index.iter().map(|(d, &ix)| (*d, ix)).collect();
+        slots.sort_unstable_by_key(|&(d, _)| d);
+        slots.iter().map(|&(_, ix)| self.rebuild(&self.held[ix as usize], market)).collect()
+    }
+
     /// Every order with `market` restored, with its proof, in unspecified order.
     pub(super) fn orders<'a>(
         &'a self,
@@ -231,6 +239,10 @@ mod tests {
             assert_eq!(s.order(d, "BTC-USDT").as_ref(), Some(o));
             assert_eq!(s.origin(d), Some(&o.origin));
         }
+        let mut by_digest = orders.clone();
+        by_digest.sort_unstable_by_key(|(d, _)| *d);
+        let canonical: Vec<Order> = by_digest.into_iter().map(|(_, o)| o).collect();
+        assert_eq!(s.canonical("BTC-USDT"), canonical, "ascending digest, market restored");
         let mut from_b: Vec<u64> = s.of_origin(b"origin-b", "BTC-USDT").map(|o| o.id).collect();
         from_b.sort_unstable();
         assert_eq!(from_b, [0, 3]);
