@@ -238,7 +238,7 @@ fn figures(r: &SimReport) -> Vec<(&'static str, String)> {
         ("excluded", r.excluded.to_string()),
         ("batches agreed", format!("{} / {}", r.batches.0, r.batches.1)),
         ("disputed", r.disputed.to_string()),
-        ("copies / order delivered", format!("{:.3}", r.copies_per_order)),
+        ("message copies / order delivered", format!("{:.3}", r.copies_per_order)),
         ("duplicates / message", format!("{:.2}", r.duplicates_per_message)),
         ("consensus copies / node / s", format!("{:.0}", r.consensus_copies_per_node_s)),
         ("hops p50 / p99 / max", format!("{} / {} / {}", r.hops.p50_us, r.hops.p99_us, r.hops.max_us)),
