@@ -10,8 +10,8 @@
 //!   carries a freeze proof. The prost `Order` it replaces took 136 bytes behind a boxed
 //!   allocation;
 //! - the index maps each 32-byte digest to a 4-byte slot, so growing the index moves 36
-//!   bytes per order, and growing the array is a `realloc` (pages remapped, not copied,
-//!   once it is large).
+//!   bytes per order, and growing the array is one `realloc` (which glibc serves for a
+//!   large block by remapping its pages rather than copying them).
 //!
 //! Orders are only added, except when an adoption drops those outside the certified set
 //! ([`BatchOrders::retain`], which rebuilds).
