@@ -94,7 +94,9 @@ pub struct ClusterReport {
 }
 
 impl ClusterReport {
-    /// Nothing lost, duplicated or altered; every batch agreed and its result agreed.
+    /// Nothing lost, duplicated or altered; no batch disputed; every batch holding orders
+    /// settled (its result agreed). Empty batches' halts do not count
+    /// ([`crate::tools::engine::BatchTally`]).
     pub fn ok(&self) -> bool {
         self.missing == 0
             && self.duplicates == 0
@@ -152,26 +154,38 @@ impl ClusterReport {
         if !self.batches.is_empty() {
             let _ = writeln!(
                 s,
-                "batches per market, summed over the {} nodes (sealed = agreed + disputed):",
+                "batches per market, summed over the {} nodes (sealed = agreed + disputed + empty; empty: agreed without an order, their verdicts apart):",
                 self.engines.len()
             );
             let _ = writeln!(
                 s,
-                "{:<10} {:>7} {:>7} {:>9} {:>10} {:>9} {:>7} {:>8} {:>8}",
-                "market", "sealed", "agreed", "repaired", "rep.orders", "disputed", "halted", "settled", "trades"
+                "{:<10} {:>7} {:>7} {:>9} {:>10} {:>9} {:>7} {:>8} {:>8} {:>6} {:>12}",
+                "market",
+                "sealed",
+                "agreed",
+                "repaired",
+                "rep.orders",
+                "disputed",
+                "halted",
+                "settled",
+                "trades",
+                "empty",
+                "empty halted"
             );
             for (m, b) in &self.batches {
                 let _ = writeln!(
                     s,
-                    "{m:<10} {:>7} {:>7} {:>9} {:>10} {:>9} {:>7} {:>8} {:>8}",
-                    b.agreed + b.disputed,
+                    "{m:<10} {:>7} {:>7} {:>9} {:>10} {:>9} {:>7} {:>8} {:>8} {:>6} {:>12}",
+                    b.agreed + b.disputed + b.empty,
                     b.agreed,
                     b.repaired,
                     b.repaired_orders,
                     b.disputed,
                     b.halted,
                     b.results_agreed,
-                    b.trades
+                    b.trades,
+                    b.empty,
+                    b.empty_halted
                 );
             }
             let a = &self.agreement;
@@ -475,6 +489,8 @@ fn summarise(args: &ClusterArgs, engines: Vec<EngineReport>, sidecars: Vec<Proce
             b.results_agreed += t.results_agreed;
             b.halted += t.halted;
             b.trades += t.trades;
+            b.empty += t.empty;
+            b.empty_halted += t.empty_halted;
         }
         for (origin, (checksum, sent)) in &sent_by_origin {
             if *origin == e.origin {

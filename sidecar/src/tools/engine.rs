@@ -296,10 +296,13 @@ pub struct OriginTally {
     pub checksum: String,
 }
 
-/// Batch outcomes of one market, as the engine saw them.
+/// Batch outcomes of one market, as the engine saw them. `agreed`, `results_agreed` and
+/// `halted` count batches holding orders; batches that held none are counted in `empty`
+/// and `empty_halted` (after the engines stop, epochs go on closing empty batches whose
+/// results nobody submits, so they halt).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BatchTally {
-    /// `BatchAgreed` received.
+    /// `BatchAgreed` received for a batch holding orders.
     pub agreed: u64,
     /// Agreed batches that needed repair at this node.
     pub repaired: u64,
@@ -313,6 +316,12 @@ pub struct BatchTally {
     pub halted: u64,
     /// Trades matched over the agreed batches.
     pub trades: u64,
+    /// `BatchAgreed` received for a batch holding no order.
+    #[serde(default)]
+    pub empty: u64,
+    /// `ResultMismatch { halt }` received for such a batch.
+    #[serde(default)]
+    pub empty_halted: u64,
 }
 
 /// What an engine did, printed as one JSON line on stdout at the end.

@@ -45,7 +45,8 @@ pub(super) struct PeerOrder {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(super) enum Effect {
     /// A batch agreed and matched here: its hash (hex), seal → agreement µs, orders
-    /// repaired into it here, trades matched, and the peers' orders in it.
+    /// repaired into it here, trades matched, the peers' orders in it, and whether it held
+    /// no order at all.
     Agreed {
         market: String,
         epoch: u64,
@@ -54,6 +55,8 @@ pub(super) enum Effect {
         repaired_orders: u64,
         trades: u64,
         peer_orders: Vec<PeerOrder>,
+        #[serde(default)]
+        empty: bool,
     },
     /// A batch disputed: not matched.
     Disputed { market: String, epoch: u64 },
@@ -77,8 +80,13 @@ pub(super) enum Effect {
 pub(super) struct MatcherState {
     pub(super) batches: BTreeMap<String, BatchTally>,
     pub(super) agreement: Latency,
-    /// Agreed batches without a result verdict yet.
+    /// Agreed batches holding orders without a result verdict yet.
     pub(super) unsettled: HashSet<(String, u64)>,
+    /// Agreed batches that held no order. Their verdicts are tallied apart
+    /// ([`BatchTally::empty`]): once the engines stop, epochs go on closing empty batches
+    /// whose results the stopped engines never submit, so they halt, and an engine must
+    /// not wait for them.
+    empty: HashSet<(String, u64)>,
     /// Batches agreed or disputed.
     decided: HashSet<(String, u64)>,
     /// Agreed batches: "MARKET#EPOCH" → hash (hex).
@@ -106,11 +114,16 @@ impl MatcherState {
     /// Applies one effect. `own` are this engine's orders (an own order's id is its index).
     pub(super) fn apply(&mut self, effect: &Effect, own: &[Order]) {
         match effect {
-            Effect::Agreed { market, epoch, hash, agreement_us, repaired_orders, trades, peer_orders } => {
+            Effect::Agreed { market, epoch, hash, agreement_us, repaired_orders, trades, peer_orders, empty } => {
                 self.decided.insert((market.clone(), *epoch));
                 self.agreed_batches.insert(format!("{market}#{epoch}"), hash.clone());
                 self.agreement.record(*agreement_us);
                 let t = self.batches.entry(market.clone()).or_default();
+                if *empty {
+                    t.empty += 1;
+                    self.empty.insert((market.clone(), *epoch));
+                    return;
+                }
                 t.agreed += 1;
                 t.trades += trades;
                 if *repaired_orders > 0 {
@@ -132,12 +145,20 @@ impl MatcherState {
                 self.batches.entry(market.clone()).or_default().disputed += 1;
             }
             Effect::ResultAgreed { market, epoch } => {
+                if self.empty.contains(&(market.clone(), *epoch)) {
+                    return;
+                }
                 self.unsettled.remove(&(market.clone(), *epoch));
                 self.batches.entry(market.clone()).or_default().results_agreed += 1;
             }
             Effect::Halted { market, epoch } => {
+                let t = self.batches.entry(market.clone()).or_default();
+                if self.empty.contains(&(market.clone(), *epoch)) {
+                    t.empty_halted += 1;
+                    return;
+                }
                 self.unsettled.remove(&(market.clone(), *epoch));
-                self.batches.entry(market.clone()).or_default().halted += 1;
+                t.halted += 1;
             }
             Effect::Committed { ids } => {
                 for &id in ids {
@@ -278,6 +299,7 @@ impl Matcher {
                     repaired_orders: a.repaired_orders,
                     trades: trades.len() as u64,
                     peer_orders,
+                    empty: orders.is_empty(),
                 })
             }
             Kind::OrdersCommitted(c) => Some(Effect::Committed { ids: c.ids }),
@@ -366,5 +388,48 @@ impl Matcher {
                 0
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agreed(epoch: u64, empty: bool) -> Effect {
+        Effect::Agreed {
+            market: "M".into(),
+            epoch,
+            hash: "ab".into(),
+            agreement_us: 10,
+            repaired_orders: 0,
+            trades: 0,
+            peer_orders: Vec::new(),
+            empty,
+        }
+    }
+
+    #[test]
+    fn empty_batches_are_not_waited_for_and_their_verdicts_are_tallied_apart() {
+        let mut st = MatcherState::default();
+        for effect in [agreed(1, false), agreed(2, true), agreed(3, true), agreed(4, false)] {
+            st.apply(&effect, &[]);
+        }
+        assert_eq!(st.unsettled.len(), 2, "only batches holding orders await a verdict");
+        assert_eq!(st.agreed_batches.len(), 4, "every agreed batch is listed for hash comparison");
+        st.apply(&Effect::ResultAgreed { market: "M".into(), epoch: 1 }, &[]);
+        st.apply(&Effect::ResultAgreed { market: "M".into(), epoch: 2 }, &[]);
+        st.apply(&Effect::Halted { market: "M".into(), epoch: 3 }, &[]);
+        st.apply(&Effect::Halted { market: "M".into(), epoch: 4 }, &[]);
+        assert!(st.unsettled.is_empty());
+        let t = &st.batches["M"];
+        assert_eq!((t.agreed, t.results_agreed, t.halted), (2, 1, 1));
+        assert_eq!((t.empty, t.empty_halted), (2, 1));
+    }
+
+    #[test]
+    fn an_agreed_effect_from_an_older_journal_holds_orders() {
+        let line = r#"{"kind":"agreed","market":"M","epoch":7,"hash":"ab","agreement_us":1,"repaired_orders":0,"trades":2,"peer_orders":[]}"#;
+        let effect: Effect = serde_json::from_str(line).unwrap();
+        assert!(matches!(effect, Effect::Agreed { empty: false, .. }));
     }
 }
