@@ -41,6 +41,17 @@ use crate::wire::{self, BatchKey};
 /// Orders per `BatchChunk` of a `GetBatch` stream.
 const BATCH_CHUNK_ORDERS: usize = 4096;
 
+/// `orders` split into `BatchChunk`s of [`BATCH_CHUNK_ORDERS`] orders, in order, each order
+/// moved (not copied) into its chunk; an empty batch is an empty stream.
+fn batch_chunks(orders: Vec<Order>) -> Vec<Result<BatchChunk, Status>> {
+    let mut orders = orders.into_iter();
+    std::iter::from_fn(|| {
+        let chunk: Vec<Order> = orders.by_ref().take(BATCH_CHUNK_ORDERS).collect();
+        (!chunk.is_empty()).then_some(Ok(BatchChunk { orders: chunk }))
+    })
+    .collect()
+}
+
 /// How the node's errors reach the engine (the gRPC status codes of README's API table).
 impl From<BatchError> for Status {
     fn from(e: BatchError) -> Self {
@@ -255,9 +266,7 @@ impl Sidecar for EngineApi {
     async fn get_batch(&self, req: Request<GetBatchRequest>) -> Result<Response<Self::GetBatchStream>, Status> {
         let key = batch_key(req.into_inner().batch_id)?;
         let orders = self.node.batch(key).await??;
-        let chunks: Vec<Result<BatchChunk, Status>> =
-            orders.chunks(BATCH_CHUNK_ORDERS).map(|c| Ok(BatchChunk { orders: c.to_vec() })).collect();
-        Ok(Response::new(futures::stream::iter(chunks)))
+        Ok(Response::new(futures::stream::iter(batch_chunks(orders))))
     }
 
     async fn submit_result(&self, req: Request<SubmitResultRequest>) -> Result<Response<SubmitResultResponse>, Status> {
@@ -449,6 +458,17 @@ mod tests {
             (s.code(), s.message()),
             (Code::ResourceExhausted, "message length too large (7 orders accepted before this error)")
         );
+    }
+
+    #[test]
+    fn a_batch_streams_in_full_chunks_in_order() {
+        let orders = |n: usize| -> Vec<Order> { (0..n as u64).map(|id| Order { id, ..Order::default() }).collect() };
+        for n in [0, 1, BATCH_CHUNK_ORDERS, 2 * BATCH_CHUNK_ORDERS + 5] {
+            let chunks: Vec<Vec<Order>> = batch_chunks(orders(n)).into_iter().map(|c| c.unwrap().orders).collect();
+            assert_eq!(chunks.len(), n.div_ceil(BATCH_CHUNK_ORDERS), "{n} orders");
+            assert!(chunks.iter().all(|c| !c.is_empty() && c.len() <= BATCH_CHUNK_ORDERS));
+            assert_eq!(chunks.concat(), orders(n), "{n} orders, in order");
+        }
     }
 
     #[test]
