@@ -179,8 +179,22 @@ impl Node {
         // A deferred pack is signed again when it goes out: it may be packed differently.
         let proof = BundleProof::sign(&self.key, &self.info.network, market, pack.digests.as_slice().into());
         let data = wire::encode_orders(&pack.orders, proof.signature());
-        let deferral = match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
-            Ok(_) => {
+        let published = self.swarm.behaviour_mut().gossipsub.publish(topic, data);
+        let deferral = match published {
+            Ok(_) | Err(PublishError::Duplicate) => {
+                if published.is_err() {
+                    // This exact pack was deferred with every peer's queue full, and
+                    // GossipSub had already put its message in its duplicate and message
+                    // caches (libp2p-gossipsub 0.50, `Behaviour::publish` caches before it
+                    // sends), so the identical retry is refused. The orders keep this proof
+                    // (signing is deterministic: the cached message carries it) and peers
+                    // that miss them pull them by repair when the batch is sealed.
+                    tracing::warn!(
+                        market,
+                        orders = n,
+                        "pack refused as a duplicate of its own deferred publish; peers get its orders by repair"
+                    );
+                }
                 self.consensus.attach_proof(market, &pack.orders, &Arc::new(proof));
                 self.retry_at.remove(market);
                 self.credits.give_back(n, charge);
@@ -195,7 +209,9 @@ impl Node {
             Err(PublishError::AllQueuesFull(_)) => Deferral::QueuesFull,
             Err(other) => {
                 // Signing or size failures cannot be fixed by retrying: the pack is dropped
-                // loudly (the outbox packs within the cap, so this is a bug).
+                // loudly (the outbox packs within the cap, so this is a bug). Its orders
+                // stay in their batch without a proof, so peers cannot repair them and the
+                // engine is told `OrdersExcluded` when the batch is decided without them.
                 tracing::error!(market, orders = n, error = %other, "publish failed; orders dropped");
                 Deferral::PublishError
             }
