@@ -94,9 +94,9 @@ pub struct ClusterReport {
 }
 
 impl ClusterReport {
-    /// Nothing lost, duplicated or altered; no batch disputed; every batch holding orders
-    /// settled (its result agreed). Empty batches' halts do not count
-    /// ([`crate::tools::engine::BatchTally`]).
+    /// Nothing lost, duplicated or altered; no batch disputed (but those from before every
+    /// sidecar had started); every batch holding orders settled (its result agreed). Empty
+    /// batches' halts do not count ([`crate::tools::engine::BatchTally`]).
     pub fn ok(&self) -> bool {
         self.missing == 0
             && self.duplicates == 0
@@ -154,18 +154,19 @@ impl ClusterReport {
         if !self.batches.is_empty() {
             let _ = writeln!(
                 s,
-                "batches per market, summed over the {} nodes (sealed = agreed + disputed + empty; empty: agreed without an order, their verdicts apart):",
+                "batches per market, summed over the {} nodes (sealed = agreed + disputed + disputed early + empty; empty: agreed without an order, verdicts apart; disputed early: from before every sidecar had started):",
                 self.engines.len()
             );
             let _ = writeln!(
                 s,
-                "{:<10} {:>7} {:>7} {:>9} {:>10} {:>9} {:>7} {:>8} {:>8} {:>6} {:>12}",
+                "{:<10} {:>7} {:>7} {:>9} {:>10} {:>9} {:>14} {:>7} {:>8} {:>8} {:>6} {:>12}",
                 "market",
                 "sealed",
                 "agreed",
                 "repaired",
                 "rep.orders",
                 "disputed",
+                "disputed early",
                 "halted",
                 "settled",
                 "trades",
@@ -175,12 +176,13 @@ impl ClusterReport {
             for (m, b) in &self.batches {
                 let _ = writeln!(
                     s,
-                    "{m:<10} {:>7} {:>7} {:>9} {:>10} {:>9} {:>7} {:>8} {:>8} {:>6} {:>12}",
-                    b.agreed + b.disputed + b.empty,
+                    "{m:<10} {:>7} {:>7} {:>9} {:>10} {:>9} {:>14} {:>7} {:>8} {:>8} {:>6} {:>12}",
+                    b.agreed + b.disputed + b.disputed_before_floor + b.empty,
                     b.agreed,
                     b.repaired,
                     b.repaired_orders,
                     b.disputed,
+                    b.disputed_before_floor,
                     b.halted,
                     b.results_agreed,
                     b.trades,
@@ -470,6 +472,47 @@ pub async fn run(args: &ClusterArgs, binary: &Path) -> anyhow::Result<ClusterRep
     Ok(summarise(args, reports, usage))
 }
 
+/// `"MARKET#EPOCH"` → (market, epoch); `None` if malformed.
+fn batch_key(key: &str) -> Option<(&str, u64)> {
+    let (market, epoch) = key.rsplit_once('#')?;
+    Some((market, epoch.parse().ok()?))
+}
+
+/// Per market, the first epoch every sidecar voted on: the latest of the engines' first
+/// agreed epochs there.
+fn common_floors(engines: &[EngineReport]) -> BTreeMap<&str, u64> {
+    let mut floors: BTreeMap<&str, u64> = BTreeMap::new();
+    for e in engines {
+        let mut first: BTreeMap<&str, u64> = BTreeMap::new();
+        for (m, epoch) in e.agreed_batches.keys().filter_map(|k| batch_key(k)) {
+            first.entry(m).and_modify(|f| *f = (*f).min(epoch)).or_insert(epoch);
+        }
+        for (m, f) in first {
+            floors.entry(m).and_modify(|x| *x = (*x).max(f)).or_insert(f);
+        }
+    }
+    floors
+}
+
+/// Per market, the disputes at engine `e` of batches that no engine agreed and that are
+/// older than the market's [`common_floors`] entry: see `BatchTally::disputed_before_floor`.
+/// A batch agreed at one engine and disputed at another stays a dispute.
+fn disputed_before_floor(
+    e: &EngineReport,
+    engines: &[EngineReport],
+    floors: &BTreeMap<&str, u64>,
+) -> BTreeMap<String, u64> {
+    let mut early: BTreeMap<String, u64> = BTreeMap::new();
+    for key in &e.disputed_batches {
+        let Some((m, epoch)) = batch_key(key) else { continue };
+        let agreed_somewhere = engines.iter().any(|o| o.agreed_batches.contains_key(key));
+        if !agreed_somewhere && floors.get(m).is_some_and(|f| epoch < *f) {
+            *early.entry(m.to_owned()).or_default() += 1;
+        }
+    }
+    early
+}
+
 fn summarise(args: &ClusterArgs, engines: Vec<EngineReport>, sidecars: Vec<ProcessUsage>) -> ClusterReport {
     let sent_by_origin: BTreeMap<&str, (&str, u64)> =
         engines.iter().map(|e| (e.origin.as_str(), (e.sent_checksum.as_str(), e.sent))).collect();
@@ -477,6 +520,7 @@ fn summarise(args: &ClusterArgs, engines: Vec<EngineReport>, sidecars: Vec<Proce
     let mut latency = Latency::default();
     let mut agreement = Latency::default();
     let mut batches: BTreeMap<String, crate::tools::engine::BatchTally> = BTreeMap::new();
+    let floors = common_floors(&engines);
     for e in &engines {
         latency.merge_buckets(&e.latency_buckets);
         agreement.merge_buckets(&e.agreement_buckets);
@@ -491,6 +535,11 @@ fn summarise(args: &ClusterArgs, engines: Vec<EngineReport>, sidecars: Vec<Proce
             b.trades += t.trades;
             b.empty += t.empty;
             b.empty_halted += t.empty_halted;
+        }
+        for (m, n) in disputed_before_floor(e, &engines, &floors) {
+            let b = batches.entry(m).or_default();
+            b.disputed -= n;
+            b.disputed_before_floor += n;
         }
         for (origin, (checksum, sent)) in &sent_by_origin {
             if *origin == e.origin {
@@ -520,5 +569,38 @@ fn summarise(args: &ClusterArgs, engines: Vec<EngineReport>, sidecars: Vec<Proce
         agreement: agreement.summary(),
         engines,
         sidecars,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(agreed: &[&str], disputed: &[&str]) -> EngineReport {
+        EngineReport {
+            agreed_batches: agreed.iter().map(|k| (k.to_string(), "ab".to_string())).collect(),
+            disputed_batches: disputed.iter().map(|k| k.to_string()).collect(),
+            ..EngineReport::default()
+        }
+    }
+
+    /// The failing run this rule comes from: sidecar 0 started in epoch 729, the others in
+    /// 730 and abstained on 729, so sidecar 0 disputed its first batch in both markets.
+    #[test]
+    fn a_dispute_from_before_every_sidecar_started_is_apart_unless_agreed_elsewhere() {
+        let later = ["B#730", "B#731", "E#730", "E#731"];
+        let engines = vec![engine(&later, &["B#729", "E#729", "E#731"]), engine(&later, &[]), engine(&later, &[])];
+        let floors = common_floors(&engines);
+        assert_eq!(floors, BTreeMap::from([("B", 730), ("E", 730)]));
+        let early = disputed_before_floor(&engines[0], &engines, &floors);
+        assert_eq!(early, BTreeMap::from([("B".to_string(), 1), ("E".to_string(), 1)]), "E#731 is agreed elsewhere");
+
+        // A floor is the latest first epoch: an engine that started later moves it.
+        let engines =
+            vec![engine(&["B#731"], &[]), engine(&["B#730", "B#731"], &["B#729"]), engine(&["B#731"], &["B#730"])];
+        let floors = common_floors(&engines);
+        assert_eq!(floors["B"], 731);
+        assert_eq!(disputed_before_floor(&engines[1], &engines, &floors), BTreeMap::from([("B".to_string(), 1)]));
+        assert!(disputed_before_floor(&engines[2], &engines, &floors).is_empty(), "B#730 is agreed at engine 1");
     }
 }

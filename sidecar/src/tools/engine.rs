@@ -322,6 +322,13 @@ pub struct BatchTally {
     /// `ResultMismatch { halt }` received for such a batch.
     #[serde(default)]
     pub empty_halted: u64,
+    /// Set by the main job's summary, not by an engine: disputes (moved out of `disputed`)
+    /// of batches agreed nowhere and from before every sidecar had started in the market.
+    /// A sidecar votes from the epoch it started in and abstains on older batches
+    /// (docs/PROTOCOL.md §11.10), so when the sidecars start across an epoch's edge, the
+    /// earlier ones' first batch cannot reach a quorum.
+    #[serde(default)]
+    pub disputed_before_floor: u64,
 }
 
 /// What an engine did, printed as one JSON line on stdout at the end.
