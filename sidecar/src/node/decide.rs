@@ -20,8 +20,10 @@ use crate::topics::{Topic, TopicKind};
 use crate::wire::{BatchKey, Digest};
 
 impl Node {
-    /// Every [`super::CONSENSUS_TICK`]: seals due batches (clock mode), advances every
-    /// batch and carries out the actions.
+    /// Every [`super::CONSENSUS_TICK`], and after a round of validation that brought a
+    /// peer's seal: seals due batches (clock mode), advances every batch and carries out
+    /// the actions. Every step is judged by the time, so running it more often changes
+    /// only how soon it acts.
     pub(super) fn on_consensus_tick(&mut self) {
         let now_ms = unix_now_ns() / 1_000_000;
         let now = Instant::now();

@@ -135,7 +135,7 @@ impl Node {
             }
             Payload::Seal(seal) => {
                 if let Some(author) = author {
-                    self.consensus.on_peer_seal(author, &seal);
+                    self.decide_pending |= self.consensus.on_peer_seal(author, &seal);
                 }
             }
             Payload::Result(result) => {

@@ -71,7 +71,9 @@ use crate::reputation::Reputation;
 use crate::topics::Topic;
 use crate::validation::{Validator, ValidatorLimits};
 
-/// How often batches are checked for sealing, agreement, repair and timeouts.
+/// How often batches are checked for sealing, agreement, repair and timeouts. The ticks
+/// fall on multiples of this period in Unix time ([`consensus_ticks`]), and a batch is
+/// also decided as soon as a peer's seal arrives, not at the next tick.
 const CONSENSUS_TICK: Duration = Duration::from_millis(20);
 /// How long a stopping node keeps trying to publish what is left in its outbox.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
@@ -82,6 +84,20 @@ const KAD_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(60);
 /// Most commands handled before the outbox is flushed (bounds latency under load while
 /// letting a backlog pack densely).
 const COMMANDS_PER_TURN: usize = 256;
+
+/// The consensus tick: every [`CONSENSUS_TICK`], at multiples of it in Unix time (a
+/// missed tick is skipped, keeping the phase). Epoch ends plus grace fall on such
+/// multiples with the defaults (1,000 ms epochs, 200 ms grace), so nodes whose clocks
+/// agree seal a batch at the same instant rather than up to a tick apart, and a batch's
+/// agreement waits for the seals' propagation only.
+fn consensus_ticks() -> tokio::time::Interval {
+    let period = CONSENSUS_TICK.as_nanos() as u64;
+    let to_next = period - crate::epoch::unix_now_ns() % period;
+    let first = tokio::time::Instant::now() + Duration::from_nanos(to_next);
+    let mut ticks = tokio::time::interval_at(first, CONSENSUS_TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    ticks
+}
 
 /// A random name for this run of the node (the incarnation in event cursors): SipHash
 /// with the process's random keys over the start time.
@@ -128,6 +144,8 @@ pub(crate) struct Node {
     /// Whether recovery is done: submissions wait for it (the handle reads it).
     recovered: watch::Sender<bool>,
     closing: bool,
+    /// A peer's seal arrived since the last decision: decide before the next tick.
+    decide_pending: bool,
     consensus: Consensus,
     epochs: EpochClock,
     reputation: Reputation,
@@ -242,6 +260,7 @@ impl Node {
             recovery: if engine_sealing { recovery::Recovery::Done } else { recovery::Recovery::NotStarted },
             recovered,
             closing: false,
+            decide_pending: false,
             repairs: Default::default(),
             repair_rate: crate::ratelimit::PeerRateLimiter::new(
                 openmatch_gossip_crds::sidecar_config::RateLimitConfig {
@@ -284,7 +303,7 @@ impl Node {
         let mut heartbeat = every(Duration::from_millis(self.settings.config.heartbeat.interval_ms as u64));
         let mut redial = every(REDIAL_INTERVAL);
         let mut kad_bootstrap = tokio::time::interval(KAD_BOOTSTRAP_INTERVAL);
-        let mut consensus_tick = every(CONSENSUS_TICK);
+        let mut consensus_tick = consensus_ticks();
         let mut flush_deadline: Option<tokio::time::Instant> = None;
 
         loop {
@@ -324,6 +343,9 @@ impl Node {
                 _ = std::future::ready(()), if !self.inbox.is_empty() => {}
             }
             self.validate_inbox().await;
+            if std::mem::take(&mut self.decide_pending) {
+                self.on_consensus_tick();
+            }
             self.flush();
             if flush_deadline.is_some() && self.outbox.is_empty() {
                 break;
