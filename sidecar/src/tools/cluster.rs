@@ -12,7 +12,7 @@
 //! directly: the benchmark's baseline. With transport `relay` the sidecars are
 //! `openmatch-gossip relay` processes ([`crate::tools::relay`]): the benchmark's stack floor.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -91,16 +91,22 @@ pub struct ClusterReport {
     pub batches: BTreeMap<String, crate::tools::engine::BatchTally>,
     /// Seal → agreement latency over all engines and batches.
     pub agreement: LatencySummary,
+    /// Batches agreed with different hashes at different engines ([`divergent_batches`]);
+    /// empty on a sound run.
+    #[serde(default)]
+    pub divergent_batches: Vec<String>,
 }
 
 impl ClusterReport {
-    /// Nothing lost, duplicated or altered; no batch disputed (but those from before every
-    /// sidecar had started); every batch holding orders settled (its result agreed). Empty
-    /// batches' halts do not count ([`crate::tools::engine::BatchTally`]).
+    /// Nothing lost, duplicated or altered; every batch agreed with the same hash wherever
+    /// it was agreed; no batch disputed (but those from before every sidecar had started);
+    /// every batch holding orders settled (its result agreed). Empty batches' halts do not
+    /// count ([`crate::tools::engine::BatchTally`]).
     pub fn ok(&self) -> bool {
         self.missing == 0
             && self.duplicates == 0
             && self.checksum_mismatches.is_empty()
+            && self.divergent_batches.is_empty()
             && self.batches.values().all(|b| b.disputed == 0 && b.halted == 0 && b.results_agreed == b.agreed)
     }
 
@@ -207,15 +213,21 @@ impl ClusterReport {
         for m in &self.checksum_mismatches {
             let _ = writeln!(s, "  mismatch: {m}");
         }
+        if !self.batches.is_empty() || !self.divergent_batches.is_empty() {
+            let _ = writeln!(s, "batches agreed with different hashes: {}", self.divergent_batches.len());
+            for b in &self.divergent_batches {
+                let _ = writeln!(s, "  divergent: {b}");
+            }
+        }
         let _ = writeln!(
             s,
             "{}",
             if self.ok() && self.batches.is_empty() {
                 "RESULT: OK — every engine received every other engine's orders exactly once"
             } else if self.ok() {
-                "RESULT: OK — every engine received every other engine's orders exactly once; every batch agreed and settled"
+                "RESULT: OK — every engine received every other engine's orders exactly once; every batch holding orders agreed with one hash everywhere and settled"
             } else {
-                "RESULT: FAILED — orders lost, duplicated or altered, or a batch disputed or halted"
+                "RESULT: FAILED — orders lost, duplicated or altered, or a batch disputed, divergent or halted"
             }
         );
         s
@@ -513,6 +525,27 @@ fn disputed_before_floor(
     early
 }
 
+/// Batches agreed at two or more engines with different batch hashes, one line each:
+/// `"MARKET#EPOCH: HASH at engines [0, 2]; HASH at engines [1]"`, ascending by key. A
+/// quorum certifies one hash per batch (docs/PROTOCOL.md §11.2), so any line here is a
+/// safety violation.
+pub fn divergent_batches(engines: &[EngineReport]) -> Vec<String> {
+    let mut seen: BTreeMap<&str, BTreeMap<&str, BTreeSet<usize>>> = BTreeMap::new();
+    for e in engines {
+        for (key, hash) in &e.agreed_batches {
+            seen.entry(key).or_default().entry(hash).or_default().insert(e.shard);
+        }
+    }
+    seen.into_iter()
+        .filter(|(_, by_hash)| by_hash.len() > 1)
+        .map(|(key, by_hash)| {
+            let parts: Vec<String> =
+                by_hash.iter().map(|(hash, shards)| format!("{hash} at engines {shards:?}")).collect();
+            format!("{key}: {}", parts.join("; "))
+        })
+        .collect()
+}
+
 fn summarise(args: &ClusterArgs, engines: Vec<EngineReport>, sidecars: Vec<ProcessUsage>) -> ClusterReport {
     let sent_by_origin: BTreeMap<&str, (&str, u64)> =
         engines.iter().map(|e| (e.origin.as_str(), (e.sent_checksum.as_str(), e.sent))).collect();
@@ -567,6 +600,7 @@ fn summarise(args: &ClusterArgs, engines: Vec<EngineReport>, sidecars: Vec<Proce
         latency: latency.summary(),
         batches,
         agreement: agreement.summary(),
+        divergent_batches: divergent_batches(&engines),
         engines,
         sidecars,
     }
@@ -602,5 +636,29 @@ mod tests {
         assert_eq!(floors["B"], 731);
         assert_eq!(disputed_before_floor(&engines[1], &engines, &floors), BTreeMap::from([("B".to_string(), 1)]));
         assert!(disputed_before_floor(&engines[2], &engines, &floors).is_empty(), "B#730 is agreed at engine 1");
+    }
+
+    #[test]
+    fn a_batch_agreed_with_two_hashes_is_reported_and_fails_the_run() {
+        let mut engines = vec![engine(&["B#7", "B#8"], &[]), engine(&["B#7", "B#8"], &[]), engine(&["B#7"], &[])];
+        for (i, e) in engines.iter_mut().enumerate() {
+            e.shard = i;
+        }
+        assert!(divergent_batches(&engines).is_empty(), "same hash everywhere, a batch agreed at two of three");
+        engines[2].agreed_batches.insert("B#7".into(), "cd".into());
+        assert_eq!(divergent_batches(&engines), vec!["B#7: ab at engines {0, 1}; cd at engines {2}".to_string()]);
+
+        let args = ClusterArgs {
+            nodes: 3,
+            replay: ReplayArgs { pace: Pace::Real, speed: 1.0, from_s: 0.0, duration_s: Some(1.0) },
+            transport: TransportKind::Sidecar,
+            grace_ms: 200,
+            work_dir: None,
+            keep: false,
+            json: false,
+        };
+        let report = summarise(&args, engines, Vec::new());
+        assert!(!report.ok());
+        assert!(report.render().contains("divergent: B#7"), "{}", report.render());
     }
 }

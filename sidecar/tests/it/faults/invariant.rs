@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use openmatch_gossip_sidecar::tools::cluster::divergent_batches;
 use openmatch_gossip_sidecar::tools::engine::EngineReport;
 
 /// The figures of one scenario, summed over its engines.
@@ -124,19 +125,8 @@ pub(crate) fn check(reports: &[EngineReport]) -> Verdict {
             }
         }
     }
-    let mut batches: BTreeMap<&str, BTreeSet<(&str, usize)>> = BTreeMap::new();
-    for r in reports {
-        for (key, hash) in &r.agreed_batches {
-            batches.entry(key).or_default().insert((hash, r.shard));
-        }
-    }
-    figures.batches = batches.len();
-    for (key, seen) in &batches {
-        let hashes: BTreeSet<&str> = seen.iter().map(|(h, _)| *h).collect();
-        if hashes.len() > 1 {
-            v.push(format!("batch {key} agreed with different hashes: {seen:?} (hash, engine)"));
-        }
-    }
+    figures.batches = reports.iter().flat_map(|r| r.agreed_batches.keys()).collect::<BTreeSet<_>>().len();
+    v.extend(divergent_batches(reports).into_iter().map(|b| format!("batch agreed with different hashes: {b}")));
     Verdict { figures, violations: v }
 }
 
@@ -269,7 +259,7 @@ mod tests {
         let v = check(&reports);
         assert_eq!(v.figures.batches, 3);
         assert_eq!(v.violations.len(), 1, "{:?}", v.violations);
-        assert!(v.violations[0].starts_with("batch BTC-USDT#7 agreed with different hashes"), "{}", v.violations[0]);
+        assert!(v.violations[0].starts_with("batch agreed with different hashes: BTC-USDT#7: "), "{}", v.violations[0]);
     }
 
     #[test]
