@@ -1,5 +1,6 @@
 //! The reference engine's matcher: it does, for every event of its sidecar's stream, what a
 //! replicated matching engine does — for `BatchAgreed`, fetch the batch in canonical order,
+//! check it against the agreed batch hash (a cut stream is fetched again, never matched),
 //! run the reference auction ([`crate::tools::auction`]) and submit the result hash; for
 //! `OrdersExcluded`, resubmit its own orders (same id, same content); on a sidecar restart,
 //! resubmit every order not known committed — and keeps the tallies the engine reports.
@@ -23,11 +24,42 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use crate::proto::sidecar_client::SidecarClient;
-use crate::proto::{BatchId, Cursor, GetBatchRequest, Order, SubmitOrdersRequest, SubmitResultRequest, event::Kind};
+use crate::proto::{
+    BatchChunk, BatchId, Cursor, GetBatchRequest, Order, SubmitOrdersRequest, SubmitResultRequest, event::Kind,
+};
 use crate::tools::engine::{BatchTally, Receiver};
 use crate::tools::journal::{Entry, Journal};
 use crate::tools::sidecar_link::Feed;
 use crate::tools::stats::{Checksum, Latency};
+
+/// Times the matcher asks for an agreed batch before it gives up on matching it.
+const FETCH_ATTEMPTS: u32 = 3;
+
+/// Every order of a `GetBatch` stream, in stream order; `Err` (saying after how many
+/// orders) if the stream ended with an error.
+async fn collect_batch(
+    mut stream: impl futures::Stream<Item = Result<BatchChunk, tonic::Status>> + Unpin,
+) -> Result<Vec<Order>, String> {
+    let mut orders = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => orders.extend(chunk.orders),
+            Err(s) => return Err(format!("stream failed after {} orders: {s}", orders.len())),
+        }
+    }
+    Ok(orders)
+}
+
+/// `orders` if their batch hash ([`crate::batch_hash::batch_hash`] over their order
+/// digests) is `batch_hash`, the agreed one.
+fn check_batch(orders: Vec<Order>, batch_hash: &[u8]) -> Result<Vec<Order>, String> {
+    let hash = crate::batch_hash::batch_hash(orders.iter().map(crate::wire::order_digest));
+    if hash.as_slice() == batch_hash {
+        Ok(orders)
+    } else {
+        Err(format!("{} orders that do not hash to the agreed batch hash", orders.len()))
+    }
+}
 
 /// One peer order of an agreed batch, as the tallies keep it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -246,6 +278,28 @@ impl Matcher {
         }
     }
 
+    /// The orders of agreed batch `batch_id` from `GetBatch`, checked against its agreed
+    /// `batch_hash` (the SHA-256 of their sorted order digests, docs/PROTOCOL.md §6), so
+    /// a cut stream or altered content is never matched. Tries [`FETCH_ATTEMPTS`] times;
+    /// `None` (each failure logged) if no attempt brought the agreed batch.
+    async fn fetch_batch(&mut self, batch_id: Option<&BatchId>, batch_hash: &[u8]) -> Option<Vec<Order>> {
+        for attempt in 1..=FETCH_ATTEMPTS {
+            let checked = match self.client.get_batch(GetBatchRequest { batch_id: batch_id.cloned() }).await {
+                Ok(stream) => {
+                    collect_batch(stream.into_inner()).await.and_then(|orders| check_batch(orders, batch_hash))
+                }
+                Err(s) => Err(format!("GetBatch failed: {s}")),
+            };
+            match checked {
+                Ok(orders) => return Some(orders),
+                Err(why) => {
+                    tracing::error!(batch = ?batch_id, attempt, FETCH_ATTEMPTS, "fetching an agreed batch: {why}")
+                }
+            }
+        }
+        None
+    }
+
     /// Does what event `kind` asks of an engine; returns its effect on the tallies.
     async fn process(&mut self, kind: Kind) -> Option<Effect> {
         match kind {
@@ -254,19 +308,10 @@ impl Matcher {
                 if self.state.lock().expect("matcher state").decided.contains(&(market.clone(), epoch)) {
                     return None; // replayed by a restarted sidecar: matched already
                 }
-                let mut orders = Vec::new();
-                match self.client.get_batch(GetBatchRequest { batch_id: a.batch_id.clone() }).await {
-                    Ok(stream) => {
-                        let mut stream = stream.into_inner();
-                        while let Some(Ok(chunk)) = stream.next().await {
-                            orders.extend(chunk.orders);
-                        }
-                    }
-                    Err(s) => {
-                        tracing::error!(market, epoch, status = %s, "GetBatch failed");
-                        return None;
-                    }
-                }
+                let Some(orders) = self.fetch_batch(a.batch_id.as_ref(), &a.batch_hash).await else {
+                    tracing::error!(market, epoch, "batch not fetched: not matched, no result submitted");
+                    return None;
+                };
                 let trades = crate::tools::auction::run_auction(&orders);
                 let hash = <[u8; 32]>::try_from(a.batch_hash.as_slice()).unwrap_or_default();
                 let mut result_hash = crate::tools::auction::result_hash(&hash, &trades);
@@ -299,7 +344,7 @@ impl Matcher {
                     repaired_orders: a.repaired_orders,
                     trades: trades.len() as u64,
                     peer_orders,
-                    empty: orders.is_empty(),
+                    empty: orders.is_empty(), // fetched and checked against the agreed hash
                 })
             }
             Kind::OrdersCommitted(c) => Some(Effect::Committed { ids: c.ids }),
@@ -431,5 +476,51 @@ mod tests {
         let line = r#"{"kind":"agreed","market":"M","epoch":7,"hash":"ab","agreement_us":1,"repaired_orders":0,"trades":2,"peer_orders":[]}"#;
         let effect: Effect = serde_json::from_str(line).unwrap();
         assert!(matches!(effect, Effect::Agreed { empty: false, .. }));
+    }
+
+    fn order(id: u64) -> Order {
+        Order {
+            id,
+            market: "M".into(),
+            origin: vec![7; 38].into(),
+            epoch: 3,
+            price_ticks: 100 + id,
+            quantity_lots: 1,
+            ..Order::default()
+        }
+    }
+
+    fn hash_of(orders: &[Order]) -> Vec<u8> {
+        crate::batch_hash::batch_hash(orders.iter().map(crate::wire::order_digest)).to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_fetched_batch_is_matched_only_whole_and_as_agreed() {
+        let orders: Vec<Order> = (1..=5).map(order).collect();
+        let agreed = hash_of(&orders);
+        let chunks = |cut: bool| {
+            let mut c = vec![Ok(BatchChunk { orders: orders[..3].to_vec() })];
+            c.push(if cut {
+                Err(tonic::Status::unavailable("gone"))
+            } else {
+                Ok(BatchChunk { orders: orders[3..].to_vec() })
+            });
+            futures::stream::iter(c)
+        };
+
+        let whole = collect_batch(chunks(false)).await.unwrap();
+        assert_eq!(check_batch(whole, &agreed).unwrap(), orders);
+
+        let cut = collect_batch(chunks(true)).await.unwrap_err();
+        assert!(cut.starts_with("stream failed after 3 orders"), "{cut}");
+
+        let short = check_batch(orders[..4].to_vec(), &agreed).unwrap_err();
+        assert_eq!(short, "4 orders that do not hash to the agreed batch hash");
+        let mut altered = orders.clone();
+        altered[2].quantity_lots = 2;
+        assert!(check_batch(altered, &agreed).is_err(), "same count, other content");
+
+        let empty = collect_batch(futures::stream::iter(Vec::new())).await.unwrap();
+        assert!(check_batch(empty, &hash_of(&[])).unwrap().is_empty(), "an empty batch has the empty-set hash");
     }
 }
