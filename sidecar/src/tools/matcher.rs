@@ -31,6 +31,7 @@ use crate::tools::engine::{BatchTally, Receiver};
 use crate::tools::journal::{Entry, Journal};
 use crate::tools::sidecar_link::Feed;
 use crate::tools::stats::{Checksum, Latency};
+use crate::wire::Digest;
 
 /// Times the matcher asks for an agreed batch before it gives up on matching it.
 const FETCH_ATTEMPTS: u32 = 3;
@@ -50,15 +51,46 @@ async fn collect_batch(
     Ok(orders)
 }
 
-/// `orders` if their batch hash ([`crate::batch_hash::batch_hash`] over their order
-/// digests) is `batch_hash`, the agreed one.
-fn check_batch(orders: Vec<Order>, batch_hash: &[u8]) -> Result<Vec<Order>, String> {
+/// What matching one agreed batch gave.
+struct Matched {
+    /// Trades of the reference auction.
+    trades: u64,
+    /// The result hash to submit (docs/PROTOCOL.md §8).
+    result_hash: Digest,
+    /// The batch's orders from other origins than `own_origin`, for the tallies.
+    peer_orders: Vec<PeerOrder>,
+    /// The batch held no order (its hash is the empty set's).
+    empty: bool,
+}
+
+/// Matches the fetched `orders` of an agreed batch: checks that their batch hash
+/// ([`crate::batch_hash::batch_hash`] over their order digests) is the agreed
+/// `batch_hash`, runs the reference auction on them (they come in canonical order) and
+/// computes the result hash. CPU-bound: a SHA-256 digest, the auction's work and a peer id
+/// in base58 per order.
+///
+/// Errors: the orders do not give the agreed batch hash (a short or altered batch).
+fn match_batch(orders: Vec<Order>, batch_hash: &Digest, own_origin: &[u8]) -> Result<Matched, String> {
     let hash = crate::batch_hash::batch_hash(orders.iter().map(crate::wire::order_digest));
-    if hash.as_slice() == batch_hash {
-        Ok(orders)
-    } else {
-        Err(format!("{} orders that do not hash to the agreed batch hash", orders.len()))
+    if &hash != batch_hash {
+        return Err(format!("{} orders that do not hash to the agreed batch hash", orders.len()));
     }
+    let trades = crate::tools::auction::run_auction(&orders);
+    let peer_orders = orders
+        .iter()
+        .filter(|o| o.origin != own_origin)
+        .map(|o| PeerOrder {
+            origin: crate::tools::engine::origin_label(&o.origin),
+            id: o.id,
+            term: format!("{:032x}", Checksum::term(o)),
+        })
+        .collect();
+    Ok(Matched {
+        trades: trades.len() as u64,
+        result_hash: crate::tools::auction::result_hash(batch_hash, &trades),
+        peer_orders,
+        empty: orders.is_empty(),
+    })
 }
 
 /// One peer order of an agreed batch, as the tallies keep it.
@@ -278,20 +310,27 @@ impl Matcher {
         }
     }
 
-    /// The orders of agreed batch `batch_id` from `GetBatch`, checked against its agreed
-    /// `batch_hash` (the SHA-256 of their sorted order digests, docs/PROTOCOL.md §6), so
-    /// a cut stream or altered content is never matched. Tries [`FETCH_ATTEMPTS`] times;
-    /// `None` (each failure logged) if no attempt brought the agreed batch.
-    async fn fetch_batch(&mut self, batch_id: Option<&BatchId>, batch_hash: &[u8]) -> Option<Vec<Order>> {
+    /// Fetches agreed batch `batch_id` (`GetBatch`) and matches it ([`match_batch`], on a
+    /// blocking thread so that this engine's event reader, which timestamps deliveries,
+    /// is not held up by matching). A cut stream or orders that do not give the agreed
+    /// `batch_hash` are fetched again, up to [`FETCH_ATTEMPTS`] times; `None` (each failure
+    /// logged) if no attempt brought the agreed batch.
+    async fn fetch_and_match(&mut self, batch_id: Option<&BatchId>, batch_hash: Digest) -> Option<Matched> {
         for attempt in 1..=FETCH_ATTEMPTS {
-            let checked = match self.client.get_batch(GetBatchRequest { batch_id: batch_id.cloned() }).await {
-                Ok(stream) => {
-                    collect_batch(stream.into_inner()).await.and_then(|orders| check_batch(orders, batch_hash))
-                }
+            let matched = match self.client.get_batch(GetBatchRequest { batch_id: batch_id.cloned() }).await {
+                Ok(stream) => match collect_batch(stream.into_inner()).await {
+                    Ok(orders) => {
+                        let own = self.own_origin.clone();
+                        tokio::task::spawn_blocking(move || match_batch(orders, &batch_hash, &own))
+                            .await
+                            .unwrap_or_else(|e| Err(format!("matching panicked: {e}")))
+                    }
+                    Err(why) => Err(why),
+                },
                 Err(s) => Err(format!("GetBatch failed: {s}")),
             };
-            match checked {
-                Ok(orders) => return Some(orders),
+            match matched {
+                Ok(m) => return Some(m),
                 Err(why) => {
                     tracing::error!(batch = ?batch_id, attempt, FETCH_ATTEMPTS, "fetching an agreed batch: {why}")
                 }
@@ -308,13 +347,13 @@ impl Matcher {
                 if self.state.lock().expect("matcher state").decided.contains(&(market.clone(), epoch)) {
                     return None; // replayed by a restarted sidecar: matched already
                 }
-                let Some(orders) = self.fetch_batch(a.batch_id.as_ref(), &a.batch_hash).await else {
+                let hash = <[u8; 32]>::try_from(a.batch_hash.as_slice()).unwrap_or_default();
+                let Some(Matched { trades, mut result_hash, peer_orders, empty }) =
+                    self.fetch_and_match(a.batch_id.as_ref(), hash).await
+                else {
                     tracing::error!(market, epoch, "batch not fetched: not matched, no result submitted");
                     return None;
                 };
-                let trades = crate::tools::auction::run_auction(&orders);
-                let hash = <[u8; 32]>::try_from(a.batch_hash.as_slice()).unwrap_or_default();
-                let mut result_hash = crate::tools::auction::result_hash(&hash, &trades);
                 if self.corrupt_results_every.is_some_and(|n| epoch % n == 0) {
                     result_hash[0] ^= 0xff;
                     tracing::warn!(market, epoch, "fault drill: submitting a wrong result hash");
@@ -322,29 +361,20 @@ impl Matcher {
                 let req = SubmitResultRequest {
                     batch_id: a.batch_id,
                     result_hash: result_hash.to_vec(),
-                    trade_count: trades.len() as u64,
+                    trade_count: trades,
                 };
                 if let Err(s) = self.client.submit_result(req).await {
                     tracing::error!(market, epoch, status = %s, "SubmitResult failed");
                 }
-                let peer_orders = orders
-                    .iter()
-                    .filter(|o| o.origin != self.own_origin)
-                    .map(|o| PeerOrder {
-                        origin: crate::tools::engine::origin_label(&o.origin),
-                        id: o.id,
-                        term: format!("{:032x}", Checksum::term(o)),
-                    })
-                    .collect();
                 Some(Effect::Agreed {
                     market,
                     epoch,
                     hash: a.batch_hash.iter().map(|b| format!("{b:02x}")).collect(),
                     agreement_us: a.agreement_us,
                     repaired_orders: a.repaired_orders,
-                    trades: trades.len() as u64,
+                    trades,
                     peer_orders,
-                    empty: orders.is_empty(), // fetched and checked against the agreed hash
+                    empty,
                 })
             }
             Kind::OrdersCommitted(c) => Some(Effect::Committed { ids: c.ids }),
@@ -490,8 +520,8 @@ mod tests {
         }
     }
 
-    fn hash_of(orders: &[Order]) -> Vec<u8> {
-        crate::batch_hash::batch_hash(orders.iter().map(crate::wire::order_digest)).to_vec()
+    fn hash_of(orders: &[Order]) -> Digest {
+        crate::batch_hash::batch_hash(orders.iter().map(crate::wire::order_digest))
     }
 
     #[tokio::test]
@@ -509,18 +539,25 @@ mod tests {
         };
 
         let whole = collect_batch(chunks(false)).await.unwrap();
-        assert_eq!(check_batch(whole, &agreed).unwrap(), orders);
+        assert_eq!(whole, orders);
+        let m = match_batch(whole, &agreed, b"someone else").unwrap();
+        let trades = crate::tools::auction::run_auction(&orders);
+        assert_eq!(m.trades, trades.len() as u64);
+        assert_eq!(m.result_hash, crate::tools::auction::result_hash(&agreed, &trades));
+        assert_eq!((m.peer_orders.len(), m.empty), (5, false));
+        let own = match_batch(orders.clone(), &agreed, &orders[0].origin).unwrap();
+        assert!(own.peer_orders.is_empty(), "its own orders are not peer orders");
 
         let cut = collect_batch(chunks(true)).await.unwrap_err();
         assert!(cut.starts_with("stream failed after 3 orders"), "{cut}");
 
-        let short = check_batch(orders[..4].to_vec(), &agreed).unwrap_err();
+        let short = match_batch(orders[..4].to_vec(), &agreed, b"").err().unwrap();
         assert_eq!(short, "4 orders that do not hash to the agreed batch hash");
         let mut altered = orders.clone();
         altered[2].quantity_lots = 2;
-        assert!(check_batch(altered, &agreed).is_err(), "same count, other content");
+        assert!(match_batch(altered, &agreed, b"").is_err(), "same count, other content");
 
         let empty = collect_batch(futures::stream::iter(Vec::new())).await.unwrap();
-        assert!(check_batch(empty, &hash_of(&[])).unwrap().is_empty(), "an empty batch has the empty-set hash");
+        assert!(match_batch(empty, &hash_of(&[]), b"").unwrap().empty, "an empty batch has the empty-set hash");
     }
 }
