@@ -33,11 +33,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub markdown: Option<PathBuf>,
     /// Runs of the stack floor and of openmatch-gossip in each real-pace window, in
-    /// interleaved pairs. One window's p99 on a shared
-    /// 2-core machine moves by about ±2 ms from run to run, as much as the difference
-    /// being measured; with more than one pair a second table gives each pair's p99
-    /// ratio, their median, and the ratio of the p99s pooled over every pair's deliveries.
-    /// The first pair fills the main table.
+    /// interleaved pairs. One window's p99 on a shared 2-core machine moves by about
+    /// ±2 ms from run to run, as much as the difference being measured; with more than
+    /// one pair a second table gives each pair's p99 ratio, their median, and the ratio
+    /// of the p99s pooled over every pair's deliveries. The first pair fills the main
+    /// table.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub real_pairs: u32,
 }

@@ -526,7 +526,7 @@ fn disputed_before_floor(
 }
 
 /// Batches agreed at two or more engines with different batch hashes, one line each:
-/// `"MARKET#EPOCH: HASH at engines [0, 2]; HASH at engines [1]"`, ascending by key. A
+/// `"MARKET#EPOCH: HASH at engines {0, 2}; HASH at engines {1}"`, ascending by key. A
 /// quorum certifies one hash per batch (docs/PROTOCOL.md §11.2), so any line here is a
 /// safety violation.
 pub fn divergent_batches(engines: &[EngineReport]) -> Vec<String> {
