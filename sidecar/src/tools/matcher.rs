@@ -11,7 +11,7 @@
 //! journal's effects to a fresh state and resumes its stream after the last cursor, so its
 //! state after a crash is what it would have been without one.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -76,11 +76,13 @@ fn match_batch(orders: Vec<Order>, batch_hash: &Digest, own_origin: &[u8]) -> Re
         return Err(format!("{} orders that do not hash to the agreed batch hash", orders.len()));
     }
     let trades = crate::tools::auction::run_auction(&orders);
+    // A batch has a few origins: each is rendered in base58 once.
+    let mut labels: BTreeMap<&[u8], String> = BTreeMap::new();
     let peer_orders = orders
         .iter()
         .filter(|o| o.origin != own_origin)
         .map(|o| PeerOrder {
-            origin: crate::tools::engine::origin_label(&o.origin),
+            origin: labels.entry(&o.origin).or_insert_with(|| crate::tools::engine::origin_label(&o.origin)).clone(),
             id: o.id,
             term: format!("{:032x}", Checksum::term(o)),
         })
@@ -195,10 +197,17 @@ impl MatcherState {
                     t.repaired_orders += repaired_orders;
                 }
                 self.unsettled.insert((market.clone(), *epoch));
+                // A batch has a few origins: each is parsed from base58 once.
+                let mut origins: HashMap<&str, Bytes> = HashMap::new();
                 for o in peer_orders {
-                    let origin = libp2p::PeerId::from_str(&o.origin)
-                        .map(|p| Bytes::from(p.to_bytes()))
-                        .unwrap_or_else(|_| Bytes::from(o.origin.clone().into_bytes()));
+                    let origin = origins
+                        .entry(&o.origin)
+                        .or_insert_with(|| {
+                            libp2p::PeerId::from_str(&o.origin)
+                                .map(|p| Bytes::from(p.to_bytes()))
+                                .unwrap_or_else(|_| Bytes::from(o.origin.clone().into_bytes()))
+                        })
+                        .clone();
                     let term = u128::from_str_radix(&o.term, 16).unwrap_or_default();
                     self.received.take_one(&origin, o.id, term, None);
                 }
