@@ -66,8 +66,8 @@ struct Matched {
 /// Matches the fetched `orders` of an agreed batch: checks that their batch hash
 /// ([`crate::batch_hash::batch_hash`] over their order digests) is the agreed
 /// `batch_hash`, runs the reference auction on them (they come in canonical order) and
-/// computes the result hash. CPU-bound: a SHA-256 digest, the auction's work and a peer id
-/// in base58 per order.
+/// computes the result hash. CPU-bound: a SHA-256 digest and the auction's work per order,
+/// a base58 peer id per distinct origin.
 ///
 /// Errors: the orders do not give the agreed batch hash (a short or altered batch).
 fn match_batch(orders: Vec<Order>, batch_hash: &Digest, own_origin: &[u8]) -> Result<Matched, String> {
