@@ -15,6 +15,8 @@ async fn five_nodes_deliver_everything_and_agree_every_batch() {
         duration_s: 3.0,
         speed: 1.0,
         epoch_ms: 1_000,
+        heartbeat_ms: 1_000,
+        grace_ms: 200,
         bootstrap: 2,
         settle_s: 60,
         data_dir: None,

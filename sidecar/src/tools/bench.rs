@@ -8,8 +8,9 @@
 //! sidecars' queue memory bound (`--queue-memory-bytes`, default 64 MiB): the bound covers
 //! the queues, not the whole process, so the ratio shows what the rest costs. With
 //! `--real-pairs N`, each real-pace window runs the floor and openmatch-gossip N times each,
-//! interleaved, and a second table gives the p99 ratio of each pair, their median and the
-//! ratio of the pooled p99s: one window's p99 is too noisy here to judge a 1.2× target.
+//! interleaved, and a second table gives the p99 ratio of each pair, their median with a
+//! distribution-free confidence interval, and the ratio of the pooled p99s: one window's
+//! p99 is too noisy here to judge a 1.2× target.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -35,8 +36,9 @@ pub struct BenchArgs {
     /// Runs of the stack floor and of openmatch-gossip in each real-pace window, in
     /// interleaved pairs. One window's p99 on a shared 2-core machine moves by about
     /// ±2 ms from run to run, as much as the difference being measured; with more than
-    /// one pair a second table gives each pair's p99 ratio, their median, and the ratio
-    /// of the p99s pooled over every pair's deliveries. The first pair fills the main
+    /// one pair a second table gives each pair's p99 ratio, their median and its
+    /// confidence interval (the whole range, 93.75 %, for 5 pairs; 95 % from 6), and the
+    /// ratio of the p99s pooled over every pair's deliveries. The first pair fills the main
     /// table.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub real_pairs: u32,
@@ -63,6 +65,38 @@ fn median(xs: &[f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
     if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 }
+}
+
+/// A distribution-free confidence interval for the median of `xs`: `(lo, hi, coverage)`,
+/// where `lo` and `hi` are the k-th smallest and k-th largest value for the largest `k`
+/// whose coverage `1 − 2·P(Bin(n, ½) ≤ k − 1)` is still at least 95 %, and `k = 1`
+/// (the whole range) when even that falls short: 93.75 % for 5 values, 50 % for 2.
+/// It assumes only that the values are independent draws of one distribution (here:
+/// interleaved pairs on the same machine). Source: W. J. Conover, *Practical
+/// Nonparametric Statistics*, 3rd ed., §3.2 (confidence interval for a quantile).
+/// `xs` not empty.
+fn median_interval(xs: &[f64]) -> (f64, f64, f64) {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    // P(Bin(n, ½) ≤ j), exactly enough for the few pairs a bench runs.
+    let cdf = |j: usize| {
+        let mut choose = 1.0_f64;
+        let mut sum = 0.0;
+        for i in 0..=j {
+            if i > 0 {
+                choose = choose * (n + 1 - i) as f64 / i as f64;
+            }
+            sum += choose;
+        }
+        sum / 2f64.powi(n as i32)
+    };
+    let coverage = |k: usize| 1.0 - 2.0 * cdf(k - 1);
+    let mut k = 1;
+    while 2 * (k + 1) <= n && coverage(k + 1) >= 0.95 {
+        k += 1;
+    }
+    (v[k - 1], v[n - k], coverage(k))
 }
 
 /// One table row; `bounded`: the processes are sidecars, which have the queue memory
@@ -152,12 +186,14 @@ pub async fn run(args: &BenchArgs, binary: &Path) -> anyhow::Result<bool> {
             if pairs.len() > 1 {
                 let (per_pair, pooled) = p99_ratios(&pairs);
                 let list: Vec<String> = per_pair.iter().map(|r| format!("{r:.2}")).collect();
+                let (lo, hi, coverage) = median_interval(&per_pair);
                 let _ = writeln!(
                     pair_table,
-                    "| {label} | {} | {} | {:.2} | {:.2} |",
+                    "| {label} | {} | {} | {:.2} | {lo:.2}–{hi:.2} ({:.1} %) | {:.2} |",
                     pairs.len(),
                     list.join(" / "),
                     median(&per_pair),
+                    coverage * 100.0,
                     pooled
                 );
             }
@@ -167,7 +203,7 @@ pub async fn run(args: &BenchArgs, binary: &Path) -> anyhow::Result<bool> {
     if !pair_table.is_empty() {
         let _ = write!(
             table,
-            "\n| window | interleaved pairs | p99 openmatch-gossip / stack floor, per pair | median | pooled p99s |\n|---|---|---|---|---|\n{pair_table}"
+            "\n| window | interleaved pairs | p99 openmatch-gossip / stack floor, per pair | median | median's confidence interval (coverage) | pooled p99s |\n|---|---|---|---|---|---|\n{pair_table}"
         );
     }
     println!("{table}");
@@ -223,5 +259,27 @@ mod tests {
         assert!((pooled - 2_000.0 / 1_000.0).abs() < 0.05, "{pooled}");
         assert!((median(&per_pair) - 1.5).abs() < 0.05);
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+    }
+
+    #[test]
+    fn the_medians_interval_is_the_order_statistics_of_the_binomial_tables() {
+        // 5 values: no pair of order statistics reaches 95 %, so the whole range,
+        // 1 − 2/32 = 93.75 %.
+        let (lo, hi, c) = median_interval(&[2.0, 1.3, 2.7, 1.9, 2.1]);
+        assert_eq!((lo, hi), (1.3, 2.7));
+        assert!((c - 0.9375).abs() < 1e-12, "{c}");
+        // 9 values: the 2nd smallest and 2nd largest, 1 − 2·10/512 = 96.09 % (the 3rd
+        // would give 82 %, below 95 %).
+        let nine: Vec<f64> = (1..=9).rev().map(f64::from).collect();
+        let (lo, hi, c) = median_interval(&nine);
+        assert_eq!((lo, hi), (2.0, 8.0));
+        assert!((c - (1.0 - 20.0 / 512.0)).abs() < 1e-12, "{c}");
+        // 20 values: the 6th and 15th, 1 − 2·P(Bin(20, ½) ≤ 5) = 95.86 %.
+        let twenty: Vec<f64> = (1..=20).map(f64::from).collect();
+        let (lo, hi, c) = median_interval(&twenty);
+        assert_eq!((lo, hi), (6.0, 15.0));
+        assert!((c - 0.958_610_5).abs() < 1e-6, "{c}");
+        // One value: its own interval, 0 % coverage said plainly.
+        assert_eq!(median_interval(&[1.5]), (1.5, 1.5, 0.0));
     }
 }

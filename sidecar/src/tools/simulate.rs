@@ -70,6 +70,17 @@ pub struct SimulateArgs {
     /// flow: on two cores the larger sizes need longer epochs (`docs/BENCHMARKS.md`).
     #[arg(long, default_value_t = 1_000)]
     pub epoch_ms: u32,
+    /// `PeerStatus` heartbeat interval, ms (`heartbeat.intervalMs`; the configuration's
+    /// default is 1,000); the liveness window is five intervals, as in the default
+    /// configuration (5,000 ms). Every node hears every node's heartbeat, in several
+    /// copies, so this traffic too grows with N² per second, whatever the order flow.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(100..))]
+    pub heartbeat_ms: u32,
+    /// Epoch grace, ms (`consensus.graceMs`; the configuration's default is 200): how
+    /// long after an epoch ends its batch is sealed. It must exceed the propagation delay,
+    /// which grows with N once the process is short of CPU.
+    #[arg(long, default_value_t = 200)]
+    pub grace_ms: u32,
     /// Random other nodes each node dials at start (its bootstrap list).
     #[arg(long, default_value_t = 4)]
     pub bootstrap: usize,
@@ -259,13 +270,10 @@ fn splitmix(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Starts `n` nodes on the memory transport, each dialing `bootstrap` random others.
-fn start_nodes(
-    n: usize,
-    bootstrap: usize,
-    epoch_ms: u32,
-    receipts: &Arc<Mutex<Receipts>>,
-) -> anyhow::Result<Vec<SimNode>> {
+/// Starts `n` nodes on the memory transport, each dialing `args.bootstrap` random others,
+/// with `args`' epoch, grace and heartbeat.
+fn start_nodes(n: usize, args: &SimulateArgs, receipts: &Arc<Mutex<Receipts>>) -> anyhow::Result<Vec<SimNode>> {
+    let bootstrap = args.bootstrap;
     let mut seed = crate::epoch::unix_now_ns();
     // Memory-transport ports are process-wide: a random base keeps sizes apart.
     let base = splitmix(&mut seed) % (1 << 40) + 1;
@@ -293,7 +301,10 @@ fn start_nodes(
         config.p2p.bootstrap_peers = peers.iter().map(|&j| addrs[j].clone()).collect();
         config.p2p.mdns = false;
         config.consensus.members = n as u32;
-        config.consensus.epoch_ms = epoch_ms;
+        config.consensus.epoch_ms = args.epoch_ms;
+        config.consensus.grace_ms = args.grace_ms;
+        config.heartbeat.interval_ms = args.heartbeat_ms;
+        config.heartbeat.liveness_window_ms = 5 * args.heartbeat_ms;
         let mut settings = NodeSettings::new(
             config,
             PathBuf::from(format!("sim-node-{i}.sock")),
@@ -493,7 +504,7 @@ pub async fn run_one(args: &SimulateArgs, n: usize) -> anyhow::Result<SimReport>
     let receipts = Arc::new(Mutex::new(Receipts::default()));
     let started = Instant::now();
     eprintln!("simulate: starting {n} nodes");
-    let nodes = start_nodes(n, args.bootstrap, args.epoch_ms, &receipts)?;
+    let nodes = start_nodes(n, args, &receipts)?;
     wait_formed(&nodes, Duration::from_secs(args.settle_s)).await?;
     let formation_s = started.elapsed().as_secs_f64();
     eprintln!(
