@@ -37,9 +37,9 @@ pub struct BenchArgs {
     /// interleaved pairs. One window's p99 on a shared 2-core machine moves by about
     /// ±2 ms from run to run, as much as the difference being measured; with more than
     /// one pair a second table gives each pair's p99 ratio, their median and its
-    /// confidence interval (the whole range, 93.75 %, for 5 pairs; 95 % from 6), and the
-    /// ratio of the p99s pooled over every pair's deliveries. The first pair fills the main
-    /// table.
+    /// confidence interval (the whole range, 93.75 %, for 5 pairs; at least 95 % from 6
+    /// pairs), and the ratio of the p99s pooled over every pair's deliveries. The first
+    /// pair fills the main table.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub real_pairs: u32,
 }

@@ -304,7 +304,7 @@ fn start_nodes(n: usize, args: &SimulateArgs, receipts: &Arc<Mutex<Receipts>>) -
         config.consensus.epoch_ms = args.epoch_ms;
         config.consensus.grace_ms = args.grace_ms;
         config.heartbeat.interval_ms = args.heartbeat_ms;
-        config.heartbeat.liveness_window_ms = 5 * args.heartbeat_ms;
+        config.heartbeat.liveness_window_ms = args.heartbeat_ms.saturating_mul(5);
         let mut settings = NodeSettings::new(
             config,
             PathBuf::from(format!("sim-node-{i}.sock")),
